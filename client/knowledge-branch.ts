@@ -1,0 +1,188 @@
+// The knowledge branch of DESIGN.md §2. A transfer never writes the device's trained weight W:
+// each pair owns a branch K_p = s·(A′B′ − AB), recomputed (not accumulated) at every transfer and
+// capped at τ‖W‖_F, and the slot computes with W_eff = W + Σ_p K_p. The model's kernel variable
+// is kept equal to W_eff, so training and inference need no change; W is kernel − Σ_p K_p.
+import * as tf from '@tensorflow/tfjs';
+import type { LowRank } from '../shared/math/low-rank.js';
+import { slotShapeOf, slotVariable } from './slot.js';
+
+export const DEFAULT_TAU = 0.5;
+
+export interface BranchUpdate {
+  /** s = min(1, τ‖W‖_F/‖D‖_F), 1 when D = 0. */
+  scale: number;
+  /** ‖K‖_F of the new branch. */
+  branchNorm: number;
+  /** ‖W‖_F of the trained weight (kernel without any branch). */
+  weightNorm: number;
+}
+
+interface Branch {
+  layer: string;
+  K: tf.Tensor2D;
+  scale: number;
+  /** K is exactly zero: nothing to add or subtract, which keeps identity transfers bit-exact. */
+  zero: boolean;
+}
+
+/** ‖t‖_F, scaled by max|t| first so huge entries do not overflow float32 when squared. */
+function frobenius(t: tf.Tensor): number {
+  const [maxAbs, rel] = tf.tidy(() => {
+    const m = tf.max(tf.abs(t));
+    return [m, tf.norm(tf.div(t, tf.maximum(m, tf.scalar(1e-30))))];
+  });
+  const a = maxAbs.dataSync()[0];
+  const r = rel.dataSync()[0];
+  maxAbs.dispose();
+  rel.dispose();
+  if (Number.isNaN(r) || Number.isNaN(a)) return NaN;
+  if (a === 0) return 0;
+  return a * r;
+}
+
+function describe(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+function checkFactors(what: string, f: LowRank, m: number, n: number, layer: string): void {
+  const { A, B } = f;
+  if (!A || !B) throw new Error(`${what}: expected factors { A, B }`);
+  if (A.rank !== 2 || B.rank !== 2) {
+    throw new Error(`${what}: A and B must be 2-D, got A ${describe(A.shape)} and B ${describe(B.shape)}`);
+  }
+  const [am, ar] = A.shape;
+  const [br, bn] = B.shape;
+  if (am !== m || bn !== n || ar !== br) {
+    throw new Error(
+      `${what}: factors A ${describe(A.shape)} · B ${describe(B.shape)} do not fit slot "${layer}" ` +
+        `of shape [${m}, ${n}] (need A [${m}, r] and B [r, ${n}])`,
+    );
+  }
+}
+
+export class KnowledgeBranches {
+  private readonly model: tf.LayersModel;
+  private readonly branches = new Map<string, Branch>();
+
+  constructor(model: tf.LayersModel) {
+    this.model = model;
+  }
+
+  /**
+   * Apply pair `pairId`'s transfer to `layer`: D = A′B′ − AB (generated minus the slice of W that
+   * was sent), s = min(1, τ‖W‖_F/‖D‖_F), K_new = s·D replaces this pair's previous branch
+   * (kernel += K_new − K_old). Other pairs' branches are untouched. The factors stay the
+   * caller's. A pair is bound to one layer; remove it before using the id on another layer.
+   */
+  set(pairId: string, layer: string, generated: LowRank, current: LowRank, tau = DEFAULT_TAU): BranchUpdate {
+    if (!(Number.isFinite(tau) && tau > 0)) throw new Error(`tau must be a finite number > 0, got ${tau}`);
+    const old = this.branches.get(pairId);
+    if (old && old.layer !== layer) {
+      throw new Error(`pair "${pairId}" already has a branch on layer "${old.layer}", not "${layer}"; remove it first`);
+    }
+    const variable = slotVariable(this.model, layer);
+    const [m, n] = slotShapeOf(variable.shape);
+    checkFactors(`pair "${pairId}" generated (A′, B′)`, generated, m, n, layer);
+    checkFactors(`pair "${pairId}" current slice (A, B)`, current, m, n, layer);
+
+    const D = tf.tidy(() =>
+      tf.sub(tf.matMul(generated.A, generated.B), tf.matMul(current.A, current.B)),
+    ) as tf.Tensor2D;
+    const W = this.weight(layer);
+    let dNorm: number;
+    let wNorm: number;
+    try {
+      dNorm = frobenius(D);
+      wNorm = frobenius(W);
+    } finally {
+      W.dispose();
+    }
+    if (!Number.isFinite(dNorm)) {
+      D.dispose();
+      throw new Error(`pair "${pairId}": A′B′ − AB is not finite (NaN or Inf in the factors)`);
+    }
+    const scale = dNorm === 0 ? 1 : Math.min(1, (tau * wNorm) / dNorm);
+    let K = D;
+    if (scale !== 1) {
+      K = tf.tidy(() => tf.mul(D, tf.scalar(scale))) as tf.Tensor2D;
+      D.dispose();
+    }
+    const branchNorm = scale === 1 ? dNorm : frobenius(K);
+    const zero = branchNorm === 0;
+
+    // kernel += K_new − K_old, skipped when both are exactly zero so an identity transfer leaves
+    // the kernel bit-identical (x + 0 would turn −0 into +0).
+    if (!(zero && (!old || old.zero))) {
+      tf.tidy(() => {
+        const delta = old && !old.zero ? tf.sub(K, old.K) : K;
+        variable.assign(tf.add(variable, tf.reshape(delta, variable.shape)));
+      });
+    }
+    old?.K.dispose();
+    this.branches.set(pairId, { layer, K, scale, zero });
+    return { scale, branchNorm, weightNorm: wNorm };
+  }
+
+  /** Take pair `pairId`'s branch out of its kernel. Returns false if the pair had none. */
+  remove(pairId: string): boolean {
+    const b = this.branches.get(pairId);
+    if (!b) return false;
+    if (!b.zero) {
+      const variable = slotVariable(this.model, b.layer);
+      tf.tidy(() => {
+        variable.assign(tf.sub(variable, tf.reshape(b.K, variable.shape)));
+      });
+    }
+    b.K.dispose();
+    this.branches.delete(pairId);
+    return true;
+  }
+
+  /** The trained weight W = kernel − Σ_p K_p of `layer` as a 2-D slot matrix. Caller owns it. */
+  weight(layer: string): tf.Tensor2D {
+    const variable = slotVariable(this.model, layer);
+    const shape = slotShapeOf(variable.shape);
+    return tf.tidy(() => {
+      let W = tf.reshape(variable, shape) as tf.Tensor2D;
+      for (const b of this.branches.values()) {
+        if (b.layer === layer && !b.zero) W = tf.sub(W, b.K);
+      }
+      return tf.clone(W);
+    });
+  }
+
+  /** A copy of pair `pairId`'s branch K (2-D), or undefined. Caller owns it. */
+  branch(pairId: string): tf.Tensor2D | undefined {
+    const b = this.branches.get(pairId);
+    return b ? (tf.clone(b.K) as tf.Tensor2D) : undefined;
+  }
+
+  /** The cap factor s of pair `pairId`'s current branch, or undefined. */
+  scaleOf(pairId: string): number | undefined {
+    return this.branches.get(pairId)?.scale;
+  }
+
+  /** The layer pair `pairId`'s branch sits on, or undefined. */
+  layerOf(pairId: string): string | undefined {
+    return this.branches.get(pairId)?.layer;
+  }
+
+  /** Pairs that currently hold a branch. */
+  pairs(): string[] {
+    return [...this.branches.keys()];
+  }
+
+  /** Layers that carry at least one branch. */
+  layers(): string[] {
+    return [...new Set([...this.branches.values()].map((b) => b.layer))];
+  }
+
+  /**
+   * Free the branch tensors. The kernels keep W_eff (call remove() first to restore W); this
+   * object must not be used afterwards.
+   */
+  dispose(): void {
+    for (const b of this.branches.values()) b.K.dispose();
+    this.branches.clear();
+  }
+}

@@ -1,0 +1,196 @@
+// AdamW (Loshchilov & Hutter) with bias correction, decoupled weight decay and global-norm
+// gradient clipping, in the PyTorch formulation:
+//
+//   g ← g · min(1, clipNorm / ‖g‖₂)            (norm over every parameter together)
+//   m ← β1·m + (1−β1)·g        v ← β2·v + (1−β2)·g²        t ← t + 1
+//   p ← p·(1 − lr·wd) − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
+//
+// Written here rather than taken from tf.train.adam because the adapter needs decoupled weight
+// decay and moments that can be checkpointed and restored bit for bit.
+import * as tf from '@tensorflow/tfjs';
+
+export interface AdamWConfig {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  clipNorm: number;
+}
+
+export interface NamedVariable {
+  name: string;
+  variable: tf.Variable;
+}
+
+export interface StepResult {
+  /** Global L2 norm of the gradients before clipping. */
+  gradNorm: number;
+  /** True when the gradients were scaled down to clipNorm. */
+  clipped: boolean;
+  /** Step count after this step (1 after the first step). */
+  step: number;
+}
+
+/** Optimiser state: step count and first/second moments, by parameter name. */
+export interface AdamWState {
+  step: number;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
+}
+
+interface Slot {
+  name: string;
+  variable: tf.Variable;
+  m: tf.Tensor;
+  v: tf.Tensor;
+}
+
+function checkConfig(c: AdamWConfig): AdamWConfig {
+  const bad = (what: string) => {
+    throw new Error(`AdamW: ${what}`);
+  };
+  if (!(Number.isFinite(c.lr) && c.lr >= 0)) bad(`lr must be a finite number ≥ 0, got ${c.lr}`);
+  if (!(c.beta1 >= 0 && c.beta1 < 1)) bad(`beta1 must be in [0, 1), got ${c.beta1}`);
+  if (!(c.beta2 >= 0 && c.beta2 < 1)) bad(`beta2 must be in [0, 1), got ${c.beta2}`);
+  if (!(Number.isFinite(c.eps) && c.eps > 0)) bad(`eps must be > 0, got ${c.eps}`);
+  if (!(Number.isFinite(c.weightDecay) && c.weightDecay >= 0)) bad(`weightDecay must be ≥ 0, got ${c.weightDecay}`);
+  if (!(c.clipNorm > 0)) bad(`clipNorm must be > 0, got ${c.clipNorm}`);
+  return { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay, clipNorm: c.clipNorm };
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+export class AdamW {
+  readonly config: AdamWConfig;
+  private readonly slots: Slot[] = [];
+  private readonly byName = new Map<string, Slot>();
+  private t = 0;
+  private disposed = false;
+
+  /** `params` in a stable order; names must be unique. The optimiser does not own the variables. */
+  constructor(params: readonly NamedVariable[], config: AdamWConfig) {
+    this.config = checkConfig(config);
+    for (const { name, variable } of params) {
+      if (this.byName.has(name)) throw new Error(`AdamW: duplicate parameter name ${name}`);
+      if (variable.dtype !== 'float32') throw new Error(`AdamW: parameter ${name} must be float32`);
+      const slot: Slot = { name, variable, m: tf.zerosLike(variable), v: tf.zerosLike(variable) };
+      this.slots.push(slot);
+      this.byName.set(name, slot);
+    }
+  }
+
+  get stepCount(): number {
+    return this.t;
+  }
+
+  get paramNames(): string[] {
+    return this.slots.map((s) => s.name);
+  }
+
+  /**
+   * One AdamW step. `grads` maps parameter names to gradients (not consumed: the caller still owns
+   * and disposes them). A parameter absent from `grads` counts as having a zero gradient. A
+   * non-finite gradient norm throws before any state changes.
+   */
+  step(grads: Map<string, tf.Tensor>): StepResult {
+    if (this.disposed) throw new Error('AdamW: optimiser has been disposed');
+    for (const [name, g] of grads) {
+      const slot = this.byName.get(name);
+      if (!slot) throw new Error(`AdamW: gradient for unknown parameter ${name}`);
+      if (!sameShape(g.shape, slot.variable.shape)) {
+        throw new Error(`AdamW: gradient for ${name} has shape [${g.shape.join(', ')}], the parameter has [${slot.variable.shape.join(', ')}]`);
+      }
+    }
+    const gradList = this.slots.map((s) => grads.get(s.name)).filter((g): g is tf.Tensor => g !== undefined);
+    // Sum of squares per tensor on the backend, one read, the total in float64.
+    let sumSq = 0;
+    if (gradList.length > 0) {
+      const parts = tf.tidy(() => tf.stack(gradList.map((g) => tf.sum(tf.square(g)))));
+      const values = parts.dataSync();
+      parts.dispose();
+      for (const x of values) sumSq += x;
+    }
+    const gradNorm = Math.sqrt(sumSq);
+    if (!Number.isFinite(gradNorm)) {
+      throw new Error(`AdamW: gradient norm is ${gradNorm}; step refused, parameters and moments unchanged`);
+    }
+    const { lr, beta1, beta2, eps, weightDecay, clipNorm } = this.config;
+    const clipped = gradNorm > clipNorm;
+    const scale = clipped ? clipNorm / gradNorm : 1;
+    this.t += 1;
+    const stepSize = lr / (1 - Math.pow(beta1, this.t));
+    const sqrtBc2 = Math.sqrt(1 - Math.pow(beta2, this.t));
+    const decay = 1 - lr * weightDecay;
+    for (const slot of this.slots) {
+      const g0 = grads.get(slot.name);
+      const [m, v] = tf.tidy(() => {
+        const g = g0 === undefined ? tf.zerosLike(slot.variable) : scale === 1 ? g0 : tf.mul(g0, scale);
+        const mNew = tf.add(tf.mul(slot.m, beta1), tf.mul(g, 1 - beta1));
+        const vNew = tf.add(tf.mul(slot.v, beta2), tf.mul(tf.square(g), 1 - beta2));
+        const denom = tf.add(tf.div(tf.sqrt(vNew), sqrtBc2), eps);
+        const pNew = tf.sub(tf.mul(slot.variable, decay), tf.mul(tf.div(mNew, denom), stepSize));
+        slot.variable.assign(pNew);
+        return [mNew, vNew];
+      });
+      slot.m.dispose();
+      slot.v.dispose();
+      slot.m = m;
+      slot.v = v;
+    }
+    return { gradNorm, clipped, step: this.t };
+  }
+
+  /** Copy of the state (moments by name, in parameter order). */
+  exportState(): AdamWState {
+    const m = new Map<string, Float32Array>();
+    const v = new Map<string, Float32Array>();
+    for (const s of this.slots) {
+      m.set(s.name, Float32Array.from(s.m.dataSync() as Float32Array));
+      v.set(s.name, Float32Array.from(s.v.dataSync() as Float32Array));
+    }
+    return { step: this.t, m, v };
+  }
+
+  /** Replace the state; every parameter must be present with the right number of values. */
+  importState(state: AdamWState): void {
+    if (this.disposed) throw new Error('AdamW: optimiser has been disposed');
+    if (!Number.isSafeInteger(state.step) || state.step < 0) {
+      throw new Error(`AdamW: step must be a non-negative integer, got ${state.step}`);
+    }
+    for (const which of ['m', 'v'] as const) {
+      const map = state[which];
+      for (const name of map.keys()) {
+        if (!this.byName.has(name)) throw new Error(`AdamW: state.${which} has unknown parameter ${name}`);
+      }
+      for (const s of this.slots) {
+        const values = map.get(s.name);
+        if (!values) throw new Error(`AdamW: state.${which} lacks parameter ${s.name}`);
+        if (values.length !== s.variable.size) {
+          throw new Error(`AdamW: state.${which}[${s.name}] has ${values.length} values, the parameter has ${s.variable.size}`);
+        }
+      }
+    }
+    for (const s of this.slots) {
+      // Copies: the cpu backend would otherwise keep a reference to the caller's arrays.
+      const m = tf.tensor(Float32Array.from(state.m.get(s.name)!), s.variable.shape, 'float32');
+      const v = tf.tensor(Float32Array.from(state.v.get(s.name)!), s.variable.shape, 'float32');
+      s.m.dispose();
+      s.v.dispose();
+      s.m = m;
+      s.v = v;
+    }
+    this.t = state.step;
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const s of this.slots) {
+      s.m.dispose();
+      s.v.dispose();
+    }
+  }
+}

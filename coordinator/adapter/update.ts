@@ -1,0 +1,111 @@
+// The adapter update of DESIGN.md §2: the device reports gA = ∂loss/∂A′ and gB = ∂loss/∂B′ for the
+// factors the adapter produced; the coordinator pulls them back through the adapter (a
+// vector-Jacobian product at the input that produced A′, B′) and takes one AdamW step.
+import * as tf from '@tensorflow/tfjs';
+import type { LowRank } from '../../shared/math/low-rank.js';
+import { AdamW, type StepResult } from './adamw.js';
+import { type AdapterConfig, parseAdapterConfig } from './config.js';
+import { LpkaAdapter } from './lpka.js';
+
+export interface AdapterInput {
+  target: LowRank;
+  source: LowRank;
+}
+
+export interface UpstreamGrads {
+  gA: tf.Tensor2D;
+  gB: tf.Tensor2D;
+}
+
+function shapeStr(s: readonly number[]): string {
+  return `[${s.join(', ')}]`;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/**
+ * Gradients of ⟨A′, gA⟩ + ⟨B′, gB⟩ with respect to every adapter parameter, where A′, B′ =
+ * adapter.forward(input). That is the VJP of the adapter's output with the upstream gradients.
+ * The caller owns the returned tensors.
+ */
+export function adapterVjp(adapter: LpkaAdapter, input: AdapterInput, upstream: UpstreamGrads): Map<string, tf.Tensor> {
+  const { target, source } = input;
+  const wantA = target.A.shape;
+  const wantB = target.B.shape;
+  if (!upstream || !upstream.gA || !upstream.gB) throw new Error('adapter update: upstream gradients gA and gB are required');
+  // A′ has the target A's shape and B′ the target B's: the adapter maps tokens to tokens.
+  if (!sameShape(upstream.gA.shape, wantA)) {
+    throw new Error(`adapter update: gA has shape ${shapeStr(upstream.gA.shape)}, but A′ has shape ${shapeStr(wantA)}`);
+  }
+  if (!sameShape(upstream.gB.shape, wantB)) {
+    throw new Error(`adapter update: gB has shape ${shapeStr(upstream.gB.shape)}, but B′ has shape ${shapeStr(wantB)}`);
+  }
+  const named = adapter.namedParams();
+  const byTfName = new Map(named.map((p) => [p.variable.name, p.name]));
+  const { value, grads } = tf.variableGrads(() => {
+    const out = adapter.forward(target, source);
+    return tf.add(tf.sum(tf.mul(out.A, upstream.gA)), tf.sum(tf.mul(out.B, upstream.gB))) as tf.Scalar;
+  }, named.map((p) => p.variable));
+  value.dispose();
+  const out = new Map<string, tf.Tensor>();
+  for (const [tfName, g] of Object.entries(grads)) {
+    const name = byTfName.get(tfName);
+    if (name === undefined) {
+      g?.dispose();
+      continue;
+    }
+    if (g) out.set(name, g);
+  }
+  return out;
+}
+
+/**
+ * One adapter update: VJP at the remembered input, global-norm clip, AdamW step.
+ * Inputs and upstream gradients stay owned by the caller; nothing else survives the call.
+ */
+export function adapterUpdate(adapter: LpkaAdapter, opt: AdamW, input: AdapterInput, upstream: UpstreamGrads): StepResult {
+  const grads = adapterVjp(adapter, input, upstream);
+  try {
+    return opt.step(grads);
+  } finally {
+    for (const g of grads.values()) g.dispose();
+  }
+}
+
+/** An adapter and its optimiser, created and disposed together: what the coordinator holds per pair. */
+export class AdapterWithOptimizer {
+  constructor(
+    readonly adapter: LpkaAdapter,
+    readonly opt: AdamW,
+  ) {}
+
+  static create(config: AdapterConfig): AdapterWithOptimizer {
+    const cfg = parseAdapterConfig(config);
+    const adapter = new LpkaAdapter(cfg);
+    return new AdapterWithOptimizer(adapter, new AdamW(adapter.namedParams(), cfg));
+  }
+
+  get config(): AdapterConfig {
+    return this.adapter.config;
+  }
+
+  get step(): number {
+    return this.opt.stepCount;
+  }
+
+  /** A′, B′ for a target slice given a source slice; the caller owns the result. */
+  forward(target: LowRank, source: LowRank): LowRank {
+    return this.adapter.forward(target, source);
+  }
+
+  update(input: AdapterInput, upstream: UpstreamGrads): StepResult {
+    return adapterUpdate(this.adapter, this.opt, input, upstream);
+  }
+
+  dispose(): void {
+    this.opt.dispose();
+    this.adapter.dispose();
+  }
+}

@@ -1,0 +1,213 @@
+// Atomic checkpoints of every pair: one file of serialized adapter state per pair plus a JSON
+// manifest (format version, pairs, next cycle ids, counters, updates).
+//
+// Atomicity across several files: pair files carry the checkpoint's generation in their name and
+// are never overwritten; the manifest, written last (temp file, fsync, rename, fsync of the
+// directory), names the files of its generation. A crash at any point leaves the previous manifest
+// pointing at a complete, consistent set. Files of older generations are removed only after the
+// new manifest is durable.
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+
+export const CHECKPOINT_FORMAT = 'mergenet-fed/coordinator-checkpoint';
+export const CHECKPOINT_FORMAT_VERSION = 1;
+export const MANIFEST_NAME = 'manifest.json';
+
+const endpoint = z.object({ device: z.string(), slot: z.string() });
+const count = z.number().int().nonnegative();
+
+export const pairCountersSchema = z.object({
+  cyclesStarted: count,
+  updates: count,
+  drops: z.record(z.string(), count),
+  lastGradNorm: z.number().optional(),
+  lastCycleStep: count.optional(),
+});
+export type PairCountersSnapshot = z.infer<typeof pairCountersSchema>;
+
+const manifestPairSchema = z.object({
+  id: z.string(),
+  source: endpoint,
+  target: endpoint,
+  /** effective rank (the adapter's), or the requested one if the pair has no adapter yet */
+  rank: z.number().int().positive(),
+  auto: z.boolean(),
+  sourceMode: z.enum(['real', 'noise']),
+  nextCycleId: count,
+  adapterStep: count,
+  counters: pairCountersSchema,
+  state: z.object({ file: z.string(), bytes: count, sha256: z.string() }).optional(),
+});
+
+const manifestSchema = z.object({
+  format: z.literal(CHECKPOINT_FORMAT),
+  formatVersion: z.literal(CHECKPOINT_FORMAT_VERSION),
+  protocolVersion: z.number().int(),
+  generation: count,
+  savedAt: z.string(),
+  totals: z.object({ updates: count, cyclesStarted: count }),
+  pairs: z.array(manifestPairSchema),
+});
+export type CheckpointManifest = z.infer<typeof manifestSchema>;
+
+/** One pair as saved or restored. `state` is serializeAdapterState's bytes (absent: no adapter yet). */
+export interface CheckpointPair {
+  id: string;
+  source: { device: string; slot: string };
+  target: { device: string; slot: string };
+  rank: number;
+  auto: boolean;
+  sourceMode: 'real' | 'noise';
+  nextCycleId: number;
+  adapterStep: number;
+  counters: PairCountersSnapshot;
+  state?: Uint8Array;
+}
+
+export interface CheckpointData {
+  totals: { updates: number; cyclesStarted: number };
+  pairs: CheckpointPair[];
+}
+
+export interface LoadedCheckpoint extends CheckpointData {
+  generation: number;
+  savedAt: string;
+}
+
+export class CheckpointError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CheckpointError';
+  }
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** Safe in a file name on any OS, and unique thanks to the index prefix. */
+function fileNameFor(index: number, pairId: string, generation: number): string {
+  return `pair-${index}-${pairId.replace(/[^A-Za-z0-9_.-]/g, '_')}.g${generation}.bin`;
+}
+
+/** Write a file durably under its final name: temp file, fsync, rename. */
+async function writeAtomic(dir: string, name: string, bytes: Uint8Array): Promise<void> {
+  const tmp = join(dir, `.tmp-${process.pid}-${Date.now()}-${name}`);
+  const fh = await open(tmp, 'w');
+  try {
+    await fh.writeFile(bytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, join(dir, name));
+}
+
+/** fsync a directory so that renames in it survive a crash (Linux; a no-op failure elsewhere). */
+async function syncDir(dir: string): Promise<void> {
+  let fh;
+  try {
+    fh = await open(dir, 'r');
+    await fh.sync();
+  } catch {
+    // Some platforms cannot fsync a directory; the rename is still atomic there.
+  } finally {
+    await fh?.close();
+  }
+}
+
+/**
+ * Reads and writes checkpoints of one directory. Saves are queued, so two never interleave, and
+ * each save captures its data synchronously when called (the caller serializes adapters first).
+ */
+export class Checkpointer {
+  private generation = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly dir: string) {}
+
+  /** The checkpoint in the directory, or undefined if there is none. Throws CheckpointError if it is corrupt. */
+  async load(): Promise<LoadedCheckpoint | undefined> {
+    let text: string;
+    try {
+      text = await readFile(join(this.dir, MANIFEST_NAME), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    let manifest: CheckpointManifest;
+    try {
+      const res = manifestSchema.safeParse(JSON.parse(text));
+      if (!res.success) {
+        throw new Error(res.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; '));
+      }
+      manifest = res.data;
+    } catch (err) {
+      throw new CheckpointError(`checkpoint manifest ${join(this.dir, MANIFEST_NAME)} is invalid: ${(err as Error).message}`);
+    }
+    const pairs: CheckpointPair[] = [];
+    for (const p of manifest.pairs) {
+      let state: Uint8Array | undefined;
+      if (p.state) {
+        const path = join(this.dir, p.state.file);
+        const bytes = new Uint8Array(await readFile(path));
+        if (bytes.byteLength !== p.state.bytes || sha256(bytes) !== p.state.sha256) {
+          throw new CheckpointError(`checkpoint file ${path} of pair ${p.id} does not match its manifest (size or sha256)`);
+        }
+        state = bytes;
+      }
+      const { state: _s, ...rest } = p;
+      pairs.push({ ...rest, state });
+    }
+    this.generation = Math.max(this.generation, manifest.generation);
+    return { generation: manifest.generation, savedAt: manifest.savedAt, totals: manifest.totals, pairs };
+  }
+
+  /** Queue a save of `data`; resolves when it is durable. Returns the generation written. */
+  save(data: CheckpointData): Promise<number> {
+    const generation = ++this.generation;
+    const run = this.queue.then(() => this.write(generation, data));
+    // A failed save must not wedge the queue for the next one.
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async write(generation: number, data: CheckpointData): Promise<number> {
+    await mkdir(this.dir, { recursive: true });
+    const manifest: CheckpointManifest = {
+      format: CHECKPOINT_FORMAT,
+      formatVersion: CHECKPOINT_FORMAT_VERSION,
+      protocolVersion: PROTOCOL_VERSION,
+      generation,
+      savedAt: new Date().toISOString(),
+      totals: data.totals,
+      pairs: [],
+    };
+    const keep = new Set<string>([MANIFEST_NAME]);
+    for (const [i, p] of data.pairs.entries()) {
+      const { state, ...rest } = p;
+      let stateRef: CheckpointManifest['pairs'][number]['state'];
+      if (state) {
+        const file = fileNameFor(i, p.id, generation);
+        await writeAtomic(this.dir, file, state);
+        keep.add(file);
+        stateRef = { file, bytes: state.byteLength, sha256: sha256(state) };
+      }
+      manifest.pairs.push({ ...rest, state: stateRef });
+    }
+    // The pair files must be durable before the manifest that names them.
+    await syncDir(this.dir);
+    await writeAtomic(this.dir, MANIFEST_NAME, Buffer.from(JSON.stringify(manifest, null, 2) + '\n', 'utf8'));
+    await syncDir(this.dir);
+    for (const name of await readdir(this.dir)) {
+      if (keep.has(name)) continue;
+      if (/^pair-.*\.g\d+\.bin$/.test(name) || name.startsWith(`.tmp-${process.pid}-`)) {
+        await rm(join(this.dir, name), { force: true });
+      }
+    }
+    return generation;
+  }
+}

@@ -1,0 +1,338 @@
+// The coordinator's configuration: a YAML file, validated with zod, with errors that name the
+// field (e.g. `pairs[1].target.slot: required`). Tokens given by environment variable or file are
+// resolved here, at load, so that a missing secret fails at start-up and not at the first handshake.
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { adapterConfigSchema, defaultAdapterConfig, type AdapterConfig } from './adapter/config.js';
+
+/** A configuration that cannot be used; `issues` lists every problem as "field: message". */
+export class ConfigError extends Error {
+  constructor(
+    readonly issues: string[],
+    readonly source?: string,
+  ) {
+    super(`invalid coordinator config${source ? ` ${source}` : ''}:\n  ${issues.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const idSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9_.:\-]+$/, { error: 'use letters, digits and _ . : - only' });
+const posInt = z.number().int().positive();
+const nonNegInt = z.number().int().nonnegative();
+
+/**
+ * Adapter hyper-parameters a config may override: every field of the adapter config except the
+ * rank (the pair decides it). Built from the adapter's own schema so the two cannot drift.
+ */
+const adapterShape = (adapterConfigSchema as unknown as { shape: Record<string, z.ZodType> }).shape;
+export const adapterOverridesSchema = z.strictObject(
+  Object.fromEntries(
+    Object.entries(adapterShape)
+      .filter(([k]) => k !== 'rank')
+      .map(([k, v]) => [k, v.optional()]),
+  ),
+);
+export type AdapterOverrides = Partial<Omit<AdapterConfig, 'rank'>>;
+
+const endpointSchema = z.strictObject({ device: idSchema, slot: idSchema });
+
+const deviceSchema = z
+  .strictObject({
+    id: idSchema,
+    token: z.string().min(1, { error: 'token is empty' }).optional(),
+    tokenEnv: z.string().min(1).optional(),
+    tokenFile: z.string().min(1).optional(),
+  })
+  .superRefine((d, ctx) => {
+    const given = [d.token, d.tokenEnv, d.tokenFile].filter((v) => v !== undefined).length;
+    if (given !== 1) {
+      ctx.addIssue({ code: 'custom', message: `give exactly one of token, tokenEnv, tokenFile (got ${given})` });
+    }
+  });
+
+const pairSchema = z.strictObject({
+  id: idSchema.optional(),
+  source: endpointSchema,
+  target: endpointSchema,
+  rank: posInt.optional(),
+  tCycle: posInt.optional(),
+  k: posInt.optional(),
+  tau: z.number().positive().finite().optional(),
+  adapter: adapterOverridesSchema.optional(),
+  /** 'noise' is the control: the source slice is replaced by Gaussian noise of equal shape and norm. */
+  sourceMode: z.enum(['real', 'noise']).default('real'),
+});
+
+const rawConfigSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535).default(0),
+  devices: z.array(deviceSchema).default([]),
+  defaults: z
+    .strictObject({
+      rank: posInt.default(8),
+      tCycle: posInt.default(50),
+      k: posInt.default(10),
+      tau: z.number().positive().finite().default(0.5),
+      adapter: adapterOverridesSchema.default({}),
+    })
+    .prefault({}),
+  pairs: z.array(pairSchema).default([]),
+  autoPair: z
+    .strictObject({
+      enabled: z.boolean().default(false),
+      /** 'first': each device's first registered slot; otherwise the slot of that name on each device. */
+      slot: z.union([z.literal('first'), idSchema]).default('first'),
+      sourceMode: z.enum(['real', 'noise']).default('real'),
+    })
+    .prefault({}),
+  limits: z
+    .strictObject({
+      maxMessageBytes: posInt.max(1 << 30).default(16 * 1024 * 1024),
+      maxRank: posInt.max(4096).default(64),
+    })
+    .prefault({}),
+  timing: z
+    .strictObject({
+      cycleTimeoutMs: posInt.default(30_000),
+      sourceMaxAgeMs: posInt.default(120_000),
+    })
+    .prefault({}),
+  checkpoint: z
+    .strictObject({
+      dir: z.string().min(1).optional(),
+      everyUpdates: posInt.default(50),
+    })
+    .prefault({}),
+  /** 0 turns the periodic status log off. */
+  statusEveryMs: nonNegInt.default(10_000),
+});
+type RawConfig = z.infer<typeof rawConfigSchema>;
+
+export type SourceMode = 'real' | 'noise';
+
+export interface Endpoint {
+  device: string;
+  slot: string;
+}
+
+export interface DeviceConfig {
+  id: string;
+  /** The resolved secret. */
+  token: string;
+  /** Where the token came from, for logs (never the token itself). */
+  tokenSource: string;
+}
+
+export interface PairConfig {
+  id: string;
+  source: Endpoint;
+  target: Endpoint;
+  /** Requested rank; the effective rank is capped by both slots and limits.maxRank. */
+  rank: number;
+  tCycle: number;
+  k: number;
+  tau: number;
+  sourceMode: SourceMode;
+  /** defaults.adapter merged with the pair's own overrides. */
+  adapter: AdapterOverrides;
+  /** Created by autoPair rather than listed in the config. */
+  auto: boolean;
+}
+
+export interface CoordinatorConfig {
+  host: string;
+  port: number;
+  devices: DeviceConfig[];
+  defaults: { rank: number; tCycle: number; k: number; tau: number; adapter: AdapterOverrides };
+  pairs: PairConfig[];
+  autoPair: { enabled: boolean; slot: 'first' | string; sourceMode: SourceMode };
+  limits: { maxMessageBytes: number; maxRank: number };
+  timing: { cycleTimeoutMs: number; sourceMaxAgeMs: number };
+  checkpoint: { dir?: string; everyUpdates: number };
+  statusEveryMs: number;
+}
+
+export interface ParseOptions {
+  /** Environment for `tokenEnv` (default process.env). */
+  env?: Record<string, string | undefined>;
+  /** Directory that relative `tokenFile` and `checkpoint.dir` paths are resolved against (default cwd). */
+  baseDir?: string;
+  /** Named in error messages (the file path). */
+  source?: string;
+}
+
+/** `pairs.1.target.slot` → `pairs[1].target.slot`. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else out += out ? `.${String(p)}` : String(p);
+  }
+  return out || '(config)';
+}
+
+/** The default id of a pair: readable, and unique per (source, target). */
+export function defaultPairId(source: Endpoint, target: Endpoint): string {
+  return `${source.device}.${source.slot}--${target.device}.${target.slot}`;
+}
+
+/**
+ * Validate an already-parsed object (from YAML or built in code) and resolve the tokens.
+ * Throws ConfigError listing every problem by field.
+ */
+export function parseCoordinatorConfig(obj: unknown, opts: ParseOptions = {}): CoordinatorConfig {
+  const res = rawConfigSchema.safeParse(obj ?? {}, {
+    error: (iss) => (iss.code === 'invalid_type' && iss.input === undefined ? 'required' : undefined),
+  });
+  if (!res.success) {
+    throw new ConfigError(
+      res.error.issues.map((i) => `${formatPath(i.path)}: ${i.message}`),
+      opts.source,
+    );
+  }
+  return resolveConfig(res.data, opts);
+}
+
+function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
+  const issues: string[] = [];
+  const env = opts.env ?? process.env;
+  const baseDir = opts.baseDir ?? process.cwd();
+
+  const devices: DeviceConfig[] = [];
+  const seen = new Set<string>();
+  raw.devices.forEach((d, i) => {
+    const at = `devices[${i}]`;
+    if (seen.has(d.id)) issues.push(`${at}.id: duplicate device id "${d.id}"`);
+    seen.add(d.id);
+    let token: string | undefined;
+    let tokenSource = '';
+    if (d.token !== undefined) {
+      token = d.token;
+      tokenSource = 'inline';
+    } else if (d.tokenEnv !== undefined) {
+      token = env[d.tokenEnv];
+      tokenSource = `env ${d.tokenEnv}`;
+      if (token === undefined) issues.push(`${at}.tokenEnv: environment variable ${d.tokenEnv} is not set`);
+      else if (token === '') issues.push(`${at}.tokenEnv: environment variable ${d.tokenEnv} is empty`);
+    } else if (d.tokenFile !== undefined) {
+      const path = resolve(baseDir, d.tokenFile);
+      tokenSource = `file ${path}`;
+      try {
+        // A trailing newline is an editor's, not part of the secret.
+        token = readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+        if (token === '') issues.push(`${at}.tokenFile: ${path} is empty`);
+      } catch (err) {
+        issues.push(`${at}.tokenFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+    }
+    if (token) devices.push({ id: d.id, token, tokenSource });
+  });
+
+  const pairs: PairConfig[] = [];
+  const pairIds = new Set<string>();
+  const endpointsSeen = new Set<string>();
+  raw.pairs.forEach((p, i) => {
+    const at = `pairs[${i}]`;
+    for (const end of ['source', 'target'] as const) {
+      if (!seen.has(p[end].device)) issues.push(`${at}.${end}.device: unknown device "${p[end].device}" (not in devices)`);
+    }
+    if (p.source.device === p.target.device && p.source.slot === p.target.slot) {
+      issues.push(`${at}.target: the target is the source itself`);
+    }
+    const id = p.id ?? defaultPairId(p.source, p.target);
+    if (pairIds.has(id)) issues.push(`${at}.id: duplicate pair id "${id}"`);
+    pairIds.add(id);
+    const ends = `${p.source.device}/${p.source.slot}>${p.target.device}/${p.target.slot}`;
+    if (endpointsSeen.has(ends)) issues.push(`${at}: another pair already links the same source and target`);
+    endpointsSeen.add(ends);
+    const rank = p.rank ?? raw.defaults.rank;
+    if (rank > raw.limits.maxRank) issues.push(`${at}.rank: ${rank} is above limits.maxRank (${raw.limits.maxRank})`);
+    const adapter = { ...raw.defaults.adapter, ...(p.adapter ?? {}) } as AdapterOverrides;
+    try {
+      defaultAdapterConfig(rank, adapter);
+    } catch (err) {
+      issues.push(`${at}.adapter: ${(err as Error).message.replace(/^invalid adapter config: /, '')}`);
+    }
+    pairs.push({
+      id,
+      source: p.source,
+      target: p.target,
+      rank,
+      tCycle: p.tCycle ?? raw.defaults.tCycle,
+      k: p.k ?? raw.defaults.k,
+      tau: p.tau ?? raw.defaults.tau,
+      sourceMode: p.sourceMode,
+      adapter,
+      auto: false,
+    });
+  });
+  if (raw.defaults.rank > raw.limits.maxRank) {
+    issues.push(`defaults.rank: ${raw.defaults.rank} is above limits.maxRank (${raw.limits.maxRank})`);
+  }
+  try {
+    defaultAdapterConfig(Math.min(raw.defaults.rank, raw.limits.maxRank), raw.defaults.adapter as AdapterOverrides);
+  } catch (err) {
+    issues.push(`defaults.adapter: ${(err as Error).message.replace(/^invalid adapter config: /, '')}`);
+  }
+  if (issues.length) throw new ConfigError(issues, opts.source);
+
+  return {
+    host: raw.host,
+    port: raw.port,
+    devices,
+    defaults: { ...raw.defaults, adapter: raw.defaults.adapter as AdapterOverrides },
+    pairs,
+    autoPair: raw.autoPair,
+    limits: raw.limits,
+    timing: raw.timing,
+    checkpoint: {
+      dir: raw.checkpoint.dir === undefined ? undefined : resolve(baseDir, raw.checkpoint.dir),
+      everyUpdates: raw.checkpoint.everyUpdates,
+    },
+    statusEveryMs: raw.statusEveryMs,
+  };
+}
+
+/** Read, parse and validate a YAML config file. Relative paths in it are resolved against its directory. */
+export function loadCoordinatorConfig(path: string, opts: Omit<ParseOptions, 'source' | 'baseDir'> = {}): CoordinatorConfig {
+  const abs = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(abs, 'utf8');
+  } catch (err) {
+    throw new ConfigError([`cannot read ${abs}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`], abs);
+  }
+  let obj: unknown;
+  try {
+    obj = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError([`not valid YAML: ${(err as Error).message}`], abs);
+  }
+  return parseCoordinatorConfig(obj, { ...opts, baseDir: dirname(abs), source: abs });
+}
+
+/** A 32-bit FNV-1a hash: derives a stable adapter seed from a pair id. */
+export function hash32(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/**
+ * The adapter config of a pair at its effective rank: DESIGN.md's defaults, then defaults.adapter,
+ * then the pair's overrides. The seed is derived from the pair id (mixed with a configured seed),
+ * so two pairs never start from the same weights by accident and a restart gets the same ones.
+ */
+export function pairAdapterConfig(pair: Pick<PairConfig, 'id' | 'adapter'>, rank: number): AdapterConfig {
+  const seed = (hash32(pair.id) ^ (pair.adapter.seed ?? 0)) >>> 0;
+  return defaultAdapterConfig(rank, { ...pair.adapter, seed });
+}

@@ -1,0 +1,239 @@
+// One pair (source device/slot → target device/slot): its adapter and optimiser, its counters,
+// and the cycle in flight. A pair has at most one cycle in flight; it owns that cycle's remembered
+// input (the adapter's update needs the exact input that produced the transfer).
+import * as tf from '@tensorflow/tfjs';
+import type { LowRank } from '../shared/math/low-rank.js';
+import { disposeLowRank } from '../shared/math/low-rank.js';
+import type { ErrorCode } from '../shared/protocol/errors.js';
+import { deserializeAdapterState, serializeAdapterState } from './adapter/state.js';
+import { AdapterWithOptimizer } from './adapter/update.js';
+import type { StepResult } from './adapter/adamw.js';
+import type { CheckpointPair, PairCountersSnapshot } from './checkpoint.js';
+import { hash32, pairAdapterConfig, type Endpoint, type PairConfig } from './config.js';
+import { noiseLikeLowRank, noiseSeed } from './noise.js';
+
+/** Why a cycle ended without an update. */
+export type CycleDropReason = Extract<ErrorCode, 'cycle_timeout' | 'session_replaced' | 'internal'>;
+
+/** Why a target slice did not start a cycle (not errors: the pair waits). */
+export type SkipReason = 'no_source' | 'source_too_old' | 'source_rank_too_low' | 'in_flight' | 'too_soon';
+
+export interface InFlightCycle {
+  cycleId: number;
+  /** the target's session that received the transfer */
+  session: string;
+  sliceId: number;
+  startedAt: number;
+  deadline: number;
+  /** the exact adapter input (owned by the pair until the cycle ends) */
+  input: { target: LowRank; source: LowRank };
+  /** shapes of A′ and B′: the feedback's gA and gB must have these */
+  outShapes: { A: [number, number]; B: [number, number] };
+}
+
+export interface PairCounters {
+  cyclesStarted: number;
+  updates: number;
+  /** cycles abandoned and feedback refused, by reason */
+  drops: Record<string, number>;
+  /** target slices that did not start a cycle, by reason */
+  skips: Record<string, number>;
+  lastGradNorm?: number;
+  lastClipped?: boolean;
+  lastTransferAt?: number;
+  lastUpdateAt?: number;
+  /** the target's step at the last cycle start (T_cycle is counted from here) */
+  lastCycleStep?: number;
+}
+
+/** What happened to a recent cycle, so late or repeated feedback gets the precise reason. */
+type Ended = 'completed' | CycleDropReason;
+const ENDED_MEMORY = 32;
+
+export class Pair {
+  readonly id: string;
+  readonly source: Endpoint;
+  readonly target: Endpoint;
+  /** Effective rank: fixed once the adapter exists. */
+  rank: number;
+  /** False when the pair cannot run (a slot is missing or too small for its adapter); see `inactiveReason`. */
+  active = true;
+  inactiveReason?: string;
+  nextCycleId = 0;
+  inFlight?: InFlightCycle;
+  readonly counters: PairCounters = { cyclesStarted: 0, updates: 0, drops: {}, skips: {} };
+  private model?: AdapterWithOptimizer;
+  private readonly ended = new Map<number, Ended>();
+  private readonly seed: number;
+
+  constructor(readonly config: PairConfig) {
+    this.id = config.id;
+    this.source = config.source;
+    this.target = config.target;
+    this.rank = config.rank;
+    this.seed = hash32(config.id);
+  }
+
+  get hasAdapter(): boolean {
+    return this.model !== undefined;
+  }
+
+  /** Optimiser steps taken (0 before the adapter exists). */
+  get adapterStep(): number {
+    return this.model?.step ?? 0;
+  }
+
+  /** Create the adapter at the current effective rank, unless it exists. */
+  ensureAdapter(): void {
+    if (!this.model) this.model = AdapterWithOptimizer.create(pairAdapterConfig(this.config, this.rank));
+  }
+
+  /**
+   * Restore adapter, optimiser and counters from a checkpoint entry. The restored adapter fixes
+   * the pair's rank.
+   */
+  restore(saved: CheckpointPair): void {
+    if (saved.state) {
+      const { adapter, opt } = deserializeAdapterState(saved.state);
+      this.model?.dispose();
+      this.model = new AdapterWithOptimizer(adapter, opt);
+      this.rank = adapter.config.rank;
+    }
+    this.nextCycleId = saved.nextCycleId;
+    this.counters.cyclesStarted = saved.counters.cyclesStarted;
+    this.counters.updates = saved.counters.updates;
+    this.counters.drops = { ...saved.counters.drops };
+    this.counters.lastGradNorm = saved.counters.lastGradNorm;
+    this.counters.lastCycleStep = saved.counters.lastCycleStep;
+  }
+
+  /** Bytes of the adapter and optimiser state (undefined before the adapter exists). */
+  exportState(): Uint8Array | undefined {
+    return this.model ? serializeAdapterState(this.model.adapter, this.model.opt) : undefined;
+  }
+
+  /** This pair as a checkpoint entry; the adapter is serialized now, synchronously. */
+  snapshot(): CheckpointPair {
+    const c = this.counters;
+    const counters: PairCountersSnapshot = { cyclesStarted: c.cyclesStarted, updates: c.updates, drops: { ...c.drops } };
+    if (c.lastGradNorm !== undefined) counters.lastGradNorm = c.lastGradNorm;
+    if (c.lastCycleStep !== undefined) counters.lastCycleStep = c.lastCycleStep;
+    return {
+      id: this.id,
+      source: this.source,
+      target: this.target,
+      rank: this.rank,
+      auto: this.config.auto,
+      sourceMode: this.config.sourceMode,
+      nextCycleId: this.nextCycleId,
+      adapterStep: this.adapterStep,
+      counters,
+      state: this.exportState(),
+    };
+  }
+
+  countDrop(reason: string): void {
+    this.counters.drops[reason] = (this.counters.drops[reason] ?? 0) + 1;
+  }
+
+  countSkip(reason: SkipReason): void {
+    this.counters.skips[reason] = (this.counters.skips[reason] ?? 0) + 1;
+  }
+
+  /** True if a cycle is in flight and its deadline has passed. */
+  inFlightExpired(now: number): boolean {
+    return this.inFlight !== undefined && now > this.inFlight.deadline;
+  }
+
+  /**
+   * Start a cycle: run the adapter on the target and source factors (already at the pair's rank)
+   * and remember the input. Takes ownership of `target` and `source`. In sourceMode 'noise' the
+   * source is replaced by norm-matched noise before the adapter sees it (and the noise is what is
+   * remembered). Returns the cycle id and A′, B′, which the caller owns.
+   */
+  startCycle(target: LowRank, source: LowRank, opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number }): { cycleId: number; out: LowRank } {
+    if (this.inFlight) throw new Error(`pair ${this.id}: a cycle is already in flight`);
+    this.ensureAdapter();
+    const cycleId = this.nextCycleId;
+    let src = source;
+    if (this.config.sourceMode === 'noise') {
+      src = noiseLikeLowRank(source, noiseSeed(this.seed, cycleId));
+      disposeLowRank(source);
+    }
+    let out: LowRank;
+    try {
+      out = this.model!.forward(target, src);
+    } catch (err) {
+      disposeLowRank(target);
+      disposeLowRank(src);
+      throw err;
+    }
+    this.nextCycleId++;
+    this.inFlight = {
+      cycleId,
+      session: opts.session,
+      sliceId: opts.sliceId,
+      startedAt: opts.now,
+      deadline: opts.now + opts.timeoutMs,
+      input: { target, source: src },
+      outShapes: { A: [out.A.shape[0], out.A.shape[1]], B: [out.B.shape[0], out.B.shape[1]] },
+    };
+    this.counters.cyclesStarted++;
+    this.counters.lastTransferAt = opts.now;
+    this.counters.lastCycleStep = opts.step;
+    return { cycleId, out };
+  }
+
+  /** How a cycle that is not in flight ended, if it ended recently. */
+  endedAs(cycleId: number): Ended | undefined {
+    return this.ended.get(cycleId);
+  }
+
+  /** Abandon the cycle in flight (disposing its input) and count the drop. */
+  dropInFlight(reason: CycleDropReason): InFlightCycle | undefined {
+    const c = this.inFlight;
+    if (!c) return undefined;
+    this.endCycle(c, reason);
+    this.countDrop(reason);
+    return c;
+  }
+
+  /**
+   * Apply validated feedback of the cycle in flight: a vector-Jacobian step through the adapter at
+   * the remembered input. The cycle ends whether or not the update succeeds (an update that throws,
+   * e.g. on a non-finite gradient norm, leaves the adapter unchanged). gA and gB stay owned by the
+   * caller.
+   */
+  applyFeedback(gA: tf.Tensor2D, gB: tf.Tensor2D, now: number): StepResult {
+    const c = this.inFlight;
+    if (!c || !this.model) throw new Error(`pair ${this.id}: no cycle in flight`);
+    let res: StepResult;
+    try {
+      res = this.model.update(c.input, { gA, gB });
+    } catch (err) {
+      // The caller reports and counts the failure; the cycle cannot be retried.
+      this.endCycle(c, 'internal');
+      throw err;
+    }
+    this.endCycle(c, 'completed');
+    this.counters.updates++;
+    this.counters.lastGradNorm = res.gradNorm;
+    this.counters.lastClipped = res.clipped;
+    this.counters.lastUpdateAt = now;
+    return res;
+  }
+
+  dispose(): void {
+    if (this.inFlight) this.endCycle(this.inFlight, 'internal');
+    this.model?.dispose();
+    this.model = undefined;
+  }
+
+  private endCycle(c: InFlightCycle, how: Ended): void {
+    disposeLowRank(c.input.target);
+    disposeLowRank(c.input.source);
+    if (this.inFlight === c) this.inFlight = undefined;
+    this.ended.set(c.cycleId, how);
+    if (this.ended.size > ENDED_MEMORY) this.ended.delete(this.ended.keys().next().value!);
+  }
+}

@@ -1,0 +1,184 @@
+// The coordinator's status snapshot: devices, pairs, cycles, updates, drops by reason and each
+// device's latest metrics. Plain JSON (times as ISO strings), so it can be logged, served or
+// compared in tests as it is.
+import type { Metrics, SlotDesc } from '../shared/protocol/messages.js';
+import type { Endpoint, SourceMode } from './config.js';
+import type { Pair } from './pair.js';
+import type { DeviceRecord } from './registry.js';
+
+export interface DeviceStatus {
+  id: string;
+  connected: boolean;
+  session?: string;
+  connections: number;
+  lastSeen?: string;
+  registered: boolean;
+  model?: { name: string; architecture: string; task: string; modality: string };
+  slots: SlotDesc[];
+  /** the rank the device declared at registration */
+  rank?: number;
+  metrics?: Metrics & { at: string };
+  /** messages of this device that were refused, by code */
+  rejects: Record<string, number>;
+}
+
+export interface PairStatus {
+  id: string;
+  source: Endpoint;
+  target: Endpoint;
+  rank: number;
+  active: boolean;
+  inactiveReason?: string;
+  auto: boolean;
+  sourceMode: SourceMode;
+  tCycle: number;
+  k: number;
+  cyclesStarted: number;
+  updates: number;
+  /** cycles abandoned and feedback refused, by reason */
+  drops: Record<string, number>;
+  /** target slices that did not start a cycle, by reason */
+  skips: Record<string, number>;
+  lastGradNorm?: number;
+  lastClipped?: boolean;
+  adapterStep: number;
+  hasAdapter: boolean;
+  nextCycleId: number;
+  lastTransferAt?: string;
+  lastUpdateAt?: string;
+  inFlight?: { cycleId: number; ageMs: number; msToDeadline: number };
+}
+
+export interface StatusSnapshot {
+  at: string;
+  url: string;
+  uptimeMs: number;
+  devices: DeviceStatus[];
+  pairs: PairStatus[];
+  totals: {
+    devices: number;
+    connected: number;
+    registered: number;
+    pairs: number;
+    cyclesStarted: number;
+    updates: number;
+    inFlight: number;
+    /** every drop: refused messages (including refused handshakes) and abandoned cycles */
+    drops: number;
+  };
+  /** the same drops, by reason (an error code of shared/protocol/errors.ts) */
+  drops: Record<string, number>;
+}
+
+function iso(ms: number | undefined): string | undefined {
+  return ms === undefined ? undefined : new Date(ms).toISOString();
+}
+
+function sum(r: Record<string, number>): number {
+  let s = 0;
+  for (const v of Object.values(r)) s += v;
+  return s;
+}
+
+export interface StatusInput {
+  url: string;
+  startedAt: number;
+  now: number;
+  devices: DeviceRecord[];
+  /** rejects per device id, by code */
+  deviceRejects: Map<string, Record<string, number>>;
+  pairs: Pair[];
+  drops: Record<string, number>;
+  /** totals carried over from a restored checkpoint are already in the pairs' counters */
+}
+
+export function buildStatus(s: StatusInput): StatusSnapshot {
+  const devices: DeviceStatus[] = s.devices.map((d) => {
+    const reg = d.registration;
+    return {
+      id: d.id,
+      connected: d.connected,
+      session: d.session,
+      connections: d.connections,
+      lastSeen: iso(d.lastSeen),
+      registered: reg !== undefined,
+      model: reg?.model,
+      slots: reg ? [...reg.slots].map(([name, shape]) => ({ name, shape: [shape[0], shape[1]] as [number, number] })) : [],
+      rank: reg?.rank,
+      metrics: d.metrics ? { ...d.metrics, at: iso(d.metrics.at)! } : undefined,
+      rejects: { ...(s.deviceRejects.get(d.id) ?? {}) },
+    };
+  });
+  const pairs: PairStatus[] = s.pairs.map((p) => {
+    const c = p.counters;
+    return {
+      id: p.id,
+      source: { ...p.source },
+      target: { ...p.target },
+      rank: p.rank,
+      active: p.active,
+      inactiveReason: p.inactiveReason,
+      auto: p.config.auto,
+      sourceMode: p.config.sourceMode,
+      tCycle: p.config.tCycle,
+      k: p.config.k,
+      cyclesStarted: c.cyclesStarted,
+      updates: c.updates,
+      drops: { ...c.drops },
+      skips: { ...c.skips },
+      lastGradNorm: c.lastGradNorm,
+      lastClipped: c.lastClipped,
+      adapterStep: p.adapterStep,
+      hasAdapter: p.hasAdapter,
+      nextCycleId: p.nextCycleId,
+      lastTransferAt: iso(c.lastTransferAt),
+      lastUpdateAt: iso(c.lastUpdateAt),
+      inFlight: p.inFlight
+        ? { cycleId: p.inFlight.cycleId, ageMs: s.now - p.inFlight.startedAt, msToDeadline: p.inFlight.deadline - s.now }
+        : undefined,
+    };
+  });
+  return {
+    at: new Date(s.now).toISOString(),
+    url: s.url,
+    uptimeMs: s.now - s.startedAt,
+    devices,
+    pairs,
+    totals: {
+      devices: devices.length,
+      connected: devices.filter((d) => d.connected).length,
+      registered: devices.filter((d) => d.registered).length,
+      pairs: pairs.length,
+      cyclesStarted: pairs.reduce((a, p) => a + p.cyclesStarted, 0),
+      updates: pairs.reduce((a, p) => a + p.updates, 0),
+      inFlight: pairs.filter((p) => p.inFlight).length,
+      drops: sum(s.drops),
+    },
+    drops: { ...s.drops },
+  };
+}
+
+/** A compact form for the periodic log line: one entry per pair and device, no slot lists. */
+export function statusLogFields(st: StatusSnapshot): Record<string, unknown> {
+  return {
+    totals: st.totals,
+    drops: st.drops,
+    pairs: st.pairs.map((p) => ({
+      id: p.id,
+      rank: p.rank,
+      cycles: p.cyclesStarted,
+      updates: p.updates,
+      step: p.adapterStep,
+      drops: p.drops,
+      gradNorm: p.lastGradNorm,
+      active: p.active,
+    })),
+    devices: st.devices.map((d) => ({
+      id: d.id,
+      connected: d.connected,
+      step: d.metrics?.step,
+      loss: d.metrics?.loss,
+      valAcc: d.metrics?.valAcc,
+    })),
+  };
+}

@@ -1,0 +1,153 @@
+// Binary codec for everything that crosses the wire or goes to disk.
+//
+// Tensors travel as { dtype, shape, data } with `data` a MessagePack `bin` of little-endian float32
+// bytes. That is portable (any MessagePack library can read it) and sidesteps msgpackr's default
+// Packr, which does not round-trip a Float32Array (msgpackr 2.1.4 sends its bytes as a bare `bin`
+// that comes back as a byte array; older versions wrote one byte per element). Received bins can
+// sit at unaligned byte offsets inside a socket frame, so they are always copied into a fresh
+// Float32Array.
+import { Packr, Unpackr } from 'msgpackr';
+import { endianness } from 'node:os';
+
+export type CodecErrorCode = 'oversize' | 'malformed' | 'bad_tensor' | 'shape_mismatch' | 'non_finite';
+
+export class CodecError extends Error {
+  constructor(
+    readonly code: CodecErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'CodecError';
+  }
+}
+
+export interface WireTensor {
+  dtype: 'float32';
+  shape: number[];
+  /** little-endian float32 bytes, length 4·prod(shape) */
+  data: Uint8Array;
+}
+
+/** 64 MiB: far above any slice (r·(m+n) floats), low enough to stop a runaway sender. */
+export const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
+/** Dimensions above this are certainly a malformed shape, not a model. */
+const MAX_DIM = 1 << 24;
+
+if (endianness() !== 'LE') {
+  throw new Error('mergenet-fed assumes a little-endian host (float32 bytes are sent as-is)');
+}
+
+// useRecords:false keeps plain MessagePack maps, readable by other languages; moreTypes makes a
+// stray typed array round-trip correctly instead of being silently corrupted.
+const packr = new Packr({ useRecords: false, moreTypes: true });
+const unpackr = new Unpackr({ useRecords: false, moreTypes: true, mapsAsObjects: true });
+
+export interface SizeLimit {
+  maxBytes?: number;
+}
+
+export function encodeMessage(value: unknown, opts: SizeLimit = {}): Buffer {
+  const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+  const out = packr.pack(value);
+  if (out.byteLength > max) {
+    throw new CodecError('oversize', `message is ${out.byteLength} bytes, above the limit of ${max}`);
+  }
+  return out;
+}
+
+export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
+  const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+  let buf: Uint8Array;
+  if (bytes instanceof Uint8Array) buf = bytes;
+  else if (bytes instanceof ArrayBuffer) buf = new Uint8Array(bytes);
+  else throw new CodecError('malformed', `expected a binary payload, got ${describe(bytes)}`);
+  if (buf.byteLength > max) {
+    throw new CodecError('oversize', `message is ${buf.byteLength} bytes, above the limit of ${max}`);
+  }
+  if (buf.byteLength === 0) throw new CodecError('malformed', 'empty payload');
+  try {
+    // unpackMultiple would accept trailing garbage silently; a single unpack of a full buffer
+    // throws on truncation, and we check that the whole buffer was consumed.
+    const values = unpackr.unpackMultiple(buf as Buffer) as unknown[];
+    if (values.length !== 1) throw new Error(`expected one MessagePack value, found ${values.length}`);
+    return values[0];
+  } catch (err) {
+    if (err instanceof CodecError) throw err;
+    throw new CodecError('malformed', `not valid MessagePack: ${(err as Error).message}`);
+  }
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v;
+}
+
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Wrap float32 values of a given shape for the wire. Copies, so the caller may reuse `values`. */
+export function tensorToWire(values: Float32Array, shape: readonly number[]): WireTensor {
+  if (values.length !== numel(shape)) {
+    throw new CodecError('shape_mismatch', `${values.length} values do not fill shape [${shape.join(', ')}]`);
+  }
+  // A Buffer, not a plain Uint8Array: with moreTypes, msgpackr packs a plain Uint8Array as its own
+  // typed-array extension (ext 0x74), which other MessagePack libraries cannot read; a Buffer is
+  // packed as a standard `bin`.
+  const data = Buffer.alloc(values.byteLength);
+  data.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  return { dtype: 'float32', shape: [...shape], data };
+}
+
+export interface WireCheck {
+  /** Name used in error messages, e.g. "slice.A". */
+  name?: string;
+  /** Exact expected shape; -1 in a position accepts any size there. */
+  shape?: readonly number[];
+  /** Reject NaN and ±Inf (default true). */
+  finite?: boolean;
+}
+
+/**
+ * Validate a decoded wire tensor and return its values in a fresh, aligned Float32Array.
+ * Every failure names the tensor and the problem.
+ */
+export function wireToFloat32(w: unknown, check: WireCheck = {}): { values: Float32Array; shape: number[] } {
+  const name = check.name ?? 'tensor';
+  if (typeof w !== 'object' || w === null || Array.isArray(w)) {
+    throw new CodecError('bad_tensor', `${name}: expected {dtype, shape, data}, got ${describe(w)}`);
+  }
+  const t = w as Record<string, unknown>;
+  if (t.dtype !== 'float32') throw new CodecError('bad_tensor', `${name}: dtype must be "float32", got ${JSON.stringify(t.dtype)}`);
+  const shape = t.shape;
+  if (!Array.isArray(shape) || shape.length === 0 || shape.length > 4 ||
+      !shape.every((d) => Number.isInteger(d) && d > 0 && d <= MAX_DIM)) {
+    throw new CodecError('bad_tensor', `${name}: shape must be 1 to 4 positive integers, got ${JSON.stringify(shape)}`);
+  }
+  if (!(t.data instanceof Uint8Array)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${describe(t.data)}`);
+  const expectedBytes = 4 * numel(shape as number[]);
+  if (t.data.byteLength !== expectedBytes) {
+    throw new CodecError('bad_tensor', `${name}: data has ${t.data.byteLength} bytes, shape [${shape.join(', ')}] needs ${expectedBytes}`);
+  }
+  if (check.shape) {
+    const want = check.shape;
+    const ok = want.length === shape.length && want.every((d, i) => d === -1 || d === shape[i]);
+    if (!ok) {
+      throw new CodecError('shape_mismatch', `${name}: shape [${shape.join(', ')}] does not match the expected [${want.map((d) => (d === -1 ? '*' : d)).join(', ')}]`);
+    }
+  }
+  // Copy: a received Buffer may start at an offset that is not a multiple of 4.
+  const values = new Float32Array(expectedBytes / 4);
+  new Uint8Array(values.buffer).set(t.data);
+  if (check.finite !== false) {
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) {
+        throw new CodecError('non_finite', `${name}: element ${i} is ${values[i]}; only finite values are accepted`);
+      }
+    }
+  }
+  return { values, shape: shape as number[] };
+}

@@ -1,0 +1,131 @@
+// Markdown summary of one experiment. Tables are padded so the text also reads well in a terminal.
+
+import { bytes, ciPts, duration, num, pct, pctMeanStd, ratioPct, seconds, signedPts } from './format.js';
+import { summarize, type Summary } from './summary.js';
+import type { ExperimentResult } from './types.js';
+
+function cell(s: string): string {
+  return s.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+}
+
+/** A Markdown table with columns padded to equal width. `align` per column: 'l' or 'r'. */
+export function markdownTable(header: string[], rows: string[][], align?: ('l' | 'r')[]): string {
+  const all = [header, ...rows].map((r) => r.map(cell));
+  const widths = header.map((_, i) => Math.max(3, ...all.map((r) => (r[i] ?? '').length)));
+  const pad = (s: string, i: number) => (align?.[i] === 'r' ? s.padStart(widths[i]) : s.padEnd(widths[i]));
+  const line = (r: string[]) => `| ${r.map((c, i) => pad(c ?? '', i)).join(' | ')} |`;
+  const sep = `| ${widths.map((w, i) => (align?.[i] === 'r' ? '-'.repeat(w - 1) + ':' : '-'.repeat(w))).join(' | ')} |`;
+  return [line(all[0]), sep, ...all.slice(1).map(line)].join('\n');
+}
+
+/** Rows of the main summary table (shared with the HTML renderer). */
+export function summaryTableRows(summary: Summary): { header: string[]; rows: string[][]; align: ('l' | 'r')[] } {
+  const header = [
+    'condition',
+    'seeds',
+    'final acc %',
+    'best acc %',
+    'Δ final vs alone (pts)',
+    '95 % CI (pts)',
+    'verdict',
+    'bytes sent / run',
+    'full weights / run',
+    'sent / full',
+    'wall / run',
+  ];
+  const rows = summary.rows.map((r) => [
+    r.condition,
+    String(r.n),
+    pctMeanStd(r.finalAcc.mean, r.finalAcc.std),
+    pctMeanStd(r.bestAcc.mean, r.bestAcc.std),
+    r.diffVsAlone ? `${signedPts(r.diffVsAlone.mean)} ± ${Number.isFinite(r.diffVsAlone.std) ? r.diffVsAlone.std.toFixed(1) : '—'}` : '—',
+    r.diffVsAlone ? ciPts(r.diffVsAlone.ci95) : '—',
+    r.verdict,
+    bytes(r.bytesSent),
+    bytes(r.bytesFullWeights),
+    ratioPct(r.bytesRatio),
+    seconds(r.wallMs.mean),
+  ]);
+  return { header, rows, align: ['l', 'r', 'r', 'r', 'r', 'r', 'l', 'r', 'r', 'r', 'r'] };
+}
+
+export function perSeedTableRows(summary: Summary): { header: string[]; rows: string[][]; align: ('l' | 'r')[] } {
+  const header = ['seed', ...summary.conditions];
+  const rows = summary.perSeed.map((s) => [String(s.seed), ...summary.conditions.map((c) => pct(s.finalAcc[c] ?? NaN))]);
+  return { header, rows, align: header.map((_, i) => (i === 0 ? 'l' : 'r')) };
+}
+
+export function extraTableRows(summary: Summary): { header: string[]; rows: string[][]; align: ('l' | 'r')[] } | null {
+  const keys = [...new Set(summary.rows.flatMap((r) => Object.keys(r.extra)))].sort();
+  if (keys.length === 0) return null;
+  const header = ['condition', ...keys];
+  const rows = summary.rows.map((r) => [r.condition, ...keys.map((k) => num(r.extra[k] ?? NaN))]);
+  return { header, rows, align: header.map((_, i) => (i === 0 ? 'l' : 'r')) };
+}
+
+export function renderMarkdown(result: ExperimentResult, summary: Summary = summarize(result)): string {
+  const out: string[] = [];
+  out.push(`# ${result.name}`);
+  out.push('');
+  if (result.description) out.push(result.description, '');
+  out.push(
+    `- scenario: ${result.scenario}`,
+    `- target device: ${result.target}`,
+    `- seeds: ${result.seeds.join(', ')} (n = ${result.seeds.length})`,
+    `- backend: ${result.backend}, mode: ${result.mode}`,
+    `- started: ${result.startedAt}, finished: ${result.finishedAt} (${duration(result.startedAt, result.finishedAt)})`,
+    '',
+  );
+
+  const st = summaryTableRows(summary);
+  out.push(`## Target ${result.target}: summary over seeds`, '');
+  out.push(markdownTable(st.header, st.rows, st.align), '');
+  out.push(
+    'Accuracies are test accuracy in %, mean ± sample std across seeds. Δ is the paired difference of ' +
+      'final accuracy against `alone` on the same seed, in percentage points; the 95 % CI uses Student t ' +
+      'with n − 1 degrees of freedom. The verdict says whether that CI excludes zero.',
+    '',
+  );
+
+  const ps = perSeedTableRows(summary);
+  out.push('## Final accuracy per seed (%)', '');
+  out.push(markdownTable(ps.header, ps.rows, ps.align), '');
+
+  const ex = extraTableRows(summary);
+  if (ex) {
+    out.push('## Other metrics (mean over seeds)', '');
+    out.push(markdownTable(ex.header, ex.rows, ex.align), '');
+  }
+
+  out.push('## Devices', '');
+  out.push(
+    markdownTable(
+      ['id', 'model', 'dataset', 'task', 'modality'],
+      result.devices.map((d) => [d.id + (d.id === result.target ? ' (target)' : ''), d.model, d.dataset, d.task, d.modality]),
+    ),
+    '',
+  );
+  out.push('## Pairs', '');
+  out.push(
+    result.pairs.length === 0
+      ? '(none)'
+      : markdownTable(
+          ['source', 'source slot', 'target', 'target slot', 'rank', 'T_cycle', 'k'],
+          result.pairs.map((p) => [p.source, p.sourceSlot, p.target, p.targetSlot, String(p.rank), String(p.tCycle), String(p.k)]),
+          ['l', 'l', 'l', 'l', 'r', 'r', 'r'],
+        ),
+    '',
+  );
+
+  if (result.notes && result.notes.length > 0) {
+    out.push('## Notes', '');
+    for (const n of result.notes) out.push(`- ${n}`);
+    out.push('');
+  }
+  if (summary.warnings.length > 0) {
+    out.push('## Warnings', '');
+    for (const w of summary.warnings) out.push(`- ${w}`);
+    out.push('');
+  }
+  return out.join('\n');
+}

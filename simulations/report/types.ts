@@ -1,0 +1,66 @@
+// Input of the report generator: one simulated experiment, all conditions and seeds for one target.
+
+/** Training condition of the target. Variants such as 'mergenet:heldout' are allowed. */
+export type Condition = 'alone' | 'mergenet' | 'noise' | 'fedavg' | 'distill' | 'copy' | (string & {});
+
+export interface CurvePoint {
+  step: number;
+  /** Test accuracy, 0..1. */
+  acc: number;
+  loss?: number;
+}
+
+export interface ConditionRun {
+  condition: Condition;
+  seed: number;
+  /** The target device id. */
+  device: string;
+  /** Test accuracy (0..1) over steps. */
+  curve: CurvePoint[];
+  /** 0..1 */
+  finalAcc: number;
+  /** 0..1 */
+  bestAcc: number;
+  /** Bytes on the wire for this target's transfers (0 for alone). */
+  bytesSent: number;
+  /** What sending full slot weights would have cost for the same cycles. */
+  bytesFullWeights: number;
+  wallMs: number;
+  /** E.g. mean branch ratio ‖K‖/‖W‖, cycles, drops. */
+  extra?: Record<string, number>;
+}
+
+export interface DeviceInfo {
+  id: string;
+  model: string;
+  dataset: string;
+  task: string;
+  modality: string;
+}
+
+export interface PairInfo {
+  source: string;
+  sourceSlot: string;
+  target: string;
+  targetSlot: string;
+  rank: number;
+  tCycle: number;
+  k: number;
+}
+
+export interface ExperimentResult {
+  name: string;
+  description: string;
+  scenario: string;
+  startedAt: string;
+  finishedAt: string;
+  backend: string;
+  mode: 'process' | 'inprocess';
+  /** Target device id. */
+  target: string;
+  devices: DeviceInfo[];
+  pairs: PairInfo[];
+  seeds: number[];
+  runs: ConditionRun[];
+  notes?: string[];
+}

@@ -1,0 +1,160 @@
+// Checkpoints: written atomically every N updates and on close; a restarted coordinator resumes
+// every adapter bit for bit at the same step, and never reuses a cycle id.
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Checkpointer, CheckpointError, MANIFEST_NAME } from '../coordinator/checkpoint.js';
+import { parseCoordinatorConfig } from '../coordinator/config.js';
+import { installSignalHandlers, serve, type RunningCoordinator } from '../coordinator/server.js';
+import { silentLogger } from '../shared/log.js';
+import { initBackend } from '../shared/tf/backend.js';
+import { completeCycle, FakeDevice, waitForEvent, type DecodedTransfer } from './helpers/fake-device.js';
+
+const R = 4;
+const T = { slot: 'dense', m: 20, n: 6 };
+const S = { slot: 'conv', m: 27, n: 8 };
+
+function config(dir: string, pairs?: unknown) {
+  return parseCoordinatorConfig({
+    devices: [
+      { id: 'src', token: 'src-secret' },
+      { id: 'tgt', token: 'tgt-secret' },
+    ],
+    defaults: { rank: R, tCycle: 1, k: 1 },
+    pairs: pairs ?? [
+      { id: 'p', source: { device: 'src', slot: 'conv' }, target: { device: 'tgt', slot: 'dense' } },
+      { id: 'back', source: { device: 'tgt', slot: 'dense' }, target: { device: 'src', slot: 'conv' }, rank: 3 },
+    ],
+    checkpoint: { dir, everyUpdates: 5 },
+    statusEveryMs: 0,
+  });
+}
+
+async function connectPair(coord: RunningCoordinator): Promise<{ src: FakeDevice; tgt: FakeDevice }> {
+  const src = await FakeDevice.connect({ url: coord.url, deviceId: 'src', token: 'src-secret' });
+  const tgt = await FakeDevice.connect({ url: coord.url, deviceId: 'tgt', token: 'tgt-secret' });
+  await src.register([{ name: 'conv', shape: [S.m, S.n] }]);
+  await tgt.register([{ name: 'dense', shape: [T.m, T.n] }]);
+  return { src, tgt };
+}
+
+describe('coordinator checkpoints', () => {
+  let dir: string;
+  let savedBytes: { p: Uint8Array; back: Uint8Array };
+  let lastTransfer: DecodedTransfer;
+
+  beforeAll(async () => {
+    await initBackend();
+    dir = await mkdtemp(join(tmpdir(), 'mergenet-ckpt-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('checkpoints every N updates and on close', async () => {
+    const coord = await serve(config(dir), { logger: silentLogger() });
+    const { src, tgt } = await connectPair(coord);
+    src.sendSlice({ ...S, rank: R, sliceId: 0, step: 0 });
+    const checkpoints: number[] = [];
+    coord.on('checkpoint', (c) => checkpoints.push(c.updates));
+    for (let i = 1; i <= 12; i++) ({ transfer: lastTransfer } = await completeCycle(coord, tgt, { ...T, rank: R, sliceId: i, step: i }));
+    // The reverse pair ("back": tgt → src) makes 2 updates too, so both adapters carry state.
+    for (let i = 1; i <= 2; i++) await completeCycle(coord, src, { ...S, rank: R, sliceId: 100 + i, step: 100 + i });
+    if (checkpoints.length < 2) await waitForEvent(coord, 'checkpoint', (c) => c.updates === 10);
+    expect(checkpoints.slice(0, 2)).toEqual([5, 10]);
+    const st = coord.status();
+    expect(st.pairs.find((p) => p.id === 'p')!.adapterStep).toBe(12);
+    expect(st.pairs.find((p) => p.id === 'back')!.adapterStep).toBe(2);
+    savedBytes = { p: coord.exportAdapterState('p')!, back: coord.exportAdapterState('back')! };
+    src.close();
+    tgt.close();
+    await coord.close();
+
+    const manifest = JSON.parse(await readFile(join(dir, MANIFEST_NAME), 'utf8'));
+    expect(manifest.totals.updates).toBe(14);
+    const p = manifest.pairs.find((x: { id: string }) => x.id === 'p');
+    expect(p).toMatchObject({ adapterStep: 12, nextCycleId: 12, rank: R, counters: { updates: 12, cyclesStarted: 12 } });
+    // Only the files of the last generation remain, and no temp files.
+    const files = (await readdir(dir)).sort();
+    expect(files).toEqual([MANIFEST_NAME, ...manifest.pairs.map((x: { state: { file: string } }) => x.state.file)].sort());
+    expect(Buffer.from(await readFile(join(dir, p.state.file))).equals(Buffer.from(savedBytes.p))).toBe(true);
+  });
+
+  it('a restarted coordinator resumes bit-identical adapters at the same step and cycle id', async () => {
+    const coord = await serve(config(dir), { logger: silentLogger() });
+    try {
+      const st = coord.status();
+      expect(st.pairs.find((p) => p.id === 'p')).toMatchObject({ adapterStep: 12, updates: 12, nextCycleId: 12, cyclesStarted: 12 });
+      expect(st.pairs.find((p) => p.id === 'back')).toMatchObject({ adapterStep: 2, rank: 3 });
+      expect(Buffer.from(coord.exportAdapterState('p')!).equals(Buffer.from(savedBytes.p))).toBe(true);
+      expect(Buffer.from(coord.exportAdapterState('back')!).equals(Buffer.from(savedBytes.back))).toBe(true);
+
+      const { src, tgt } = await connectPair(coord);
+      // Feedback of a cycle from before the restart is stale, never applied.
+      const rej = tgt.next('reject');
+      tgt.sendFeedback(lastTransfer);
+      expect((await rej).code).toBe('stale_cycle');
+
+      src.sendSlice({ ...S, rank: R, sliceId: 0, step: 0 });
+      const { transfer, update } = await completeCycle(coord, tgt, { ...T, rank: R, sliceId: 1, step: 1000 });
+      expect(transfer.cycleId).toBe(12);
+      expect(transfer.adapterStep).toBe(12);
+      expect(update.step).toBe(13);
+      src.close();
+      tgt.close();
+    } finally {
+      await coord.close();
+    }
+    const again = await new Checkpointer(dir).load();
+    expect(again!.pairs.find((p) => p.id === 'p')!.adapterStep).toBe(13);
+  });
+
+  it('refuses a checkpoint whose pair no longer matches the config, and leaves it untouched', async () => {
+    const before = await readFile(join(dir, MANIFEST_NAME), 'utf8');
+    const swapped = [{ id: 'p', source: { device: 'tgt', slot: 'dense' }, target: { device: 'src', slot: 'conv' } }];
+    await expect(serve(config(dir, swapped), { logger: silentLogger() })).rejects.toThrow(/checkpoint pair p links/);
+    expect(await readFile(join(dir, MANIFEST_NAME), 'utf8')).toBe(before);
+  });
+
+  it('detects a corrupted pair file', async () => {
+    const copy = await mkdtemp(join(tmpdir(), 'mergenet-ckpt-bad-'));
+    try {
+      const manifest = JSON.parse(await readFile(join(dir, MANIFEST_NAME), 'utf8'));
+      await writeFile(join(copy, MANIFEST_NAME), JSON.stringify(manifest));
+      for (const p of manifest.pairs) {
+        const bytes = await readFile(join(dir, p.state.file));
+        if (p.id === 'p') bytes[bytes.length - 1] ^= 1;
+        await writeFile(join(copy, p.state.file), bytes);
+      }
+      await expect(new Checkpointer(copy).load()).rejects.toThrow(CheckpointError);
+      await expect(serve(config(copy), { logger: silentLogger() })).rejects.toThrow(/does not match its manifest/);
+    } finally {
+      await rm(copy, { recursive: true, force: true });
+    }
+  });
+
+  it('SIGTERM: checkpoints, closes and exits 0', async () => {
+    const coord = await serve(config(dir), { logger: silentLogger() });
+    const { src, tgt } = await connectPair(coord);
+    src.sendSlice({ ...S, rank: R, sliceId: 0, step: 0 });
+    await completeCycle(coord, tgt, { ...T, rank: R, sliceId: 1, step: 5000 });
+    const bytes = coord.exportAdapterState('p')!;
+    const exited = new Promise<number>((resolve) => {
+      const uninstall = installSignalHandlers(coord, silentLogger(), (code) => {
+        uninstall();
+        resolve(code);
+      });
+    });
+    process.emit('SIGTERM', 'SIGTERM');
+    expect(await exited).toBe(0);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(tgt.connected).toBe(false);
+    src.close();
+    tgt.close();
+    const loaded = await new Checkpointer(dir).load();
+    const p = loaded!.pairs.find((x) => x.id === 'p')!;
+    expect(p.adapterStep).toBe(14);
+    expect(Buffer.from(p.state!).equals(Buffer.from(bytes))).toBe(true);
+  });
+});
