@@ -18,7 +18,9 @@ import { EVENTS, type ClientToServerEvents, type ServerToClientEvents } from '..
 import {
   describeZodError,
   feedbackSchema,
+  handshakeSchema,
   planSchema,
+  registerSchema,
   rejectSchema,
   transferSchema,
   type FeedbackMsg,
@@ -37,8 +39,11 @@ import { KnowledgeBranches } from './knowledge-branch.js';
 import { listSlots, slotInfo } from './slot.js';
 import { Trainer, type OptimizerName } from './trainer.js';
 
-/** Handshake refusals that retrying cannot fix: start() rejects with them. */
-export const FATAL_HANDSHAKE_CODES: readonly ErrorCode[] = ['unauthorized', 'bad_token', 'unknown_device', 'protocol_version'];
+/**
+ * Handshake refusals that retrying cannot fix (the same auth would be refused again): start()
+ * rejects with them. `invalid_message` here means the auth object itself was malformed.
+ */
+export const FATAL_HANDSHAKE_CODES: readonly ErrorCode[] = ['unauthorized', 'bad_token', 'unknown_device', 'protocol_version', 'invalid_message'];
 
 export interface DeviceDescription {
   name: string;
@@ -83,6 +88,8 @@ export interface DeviceClientOptions {
   reconnect?: ReconnectOptions;
   /** Bounds on the slices remembered for transfers still to come (see SliceMemory). */
   sliceMemory?: SliceMemoryLimits;
+  /** ms to wait at stop, after the last message left, before disconnecting (default 100). */
+  lingerMs?: number;
   /** socket.io path (default "/socket.io"). */
   path?: string;
 }
@@ -281,6 +288,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.deviceId = opts.deviceId;
     this.log = (opts.logger ?? silentLogger()).child({ device: opts.deviceId });
     this.model = opts.model;
+    const hs = handshakeSchema.safeParse({ deviceId: opts.deviceId, token: opts.token, protocolVersion: PROTOCOL_VERSION });
+    if (!hs.success) throw new Error(`device handshake: ${describeZodError(hs.error)}`);
     if (!(Number.isInteger(opts.rank) && opts.rank >= 1)) throw new Error(`rank must be an integer ≥ 1, got ${opts.rank}`);
     if (!(Number.isInteger(opts.evalEvery) && opts.evalEvery >= 0)) throw new Error(`evalEvery must be an integer ≥ 0, got ${opts.evalEvery}`);
     if (opts.slowdown !== undefined && !(opts.slowdown >= 1 && Number.isFinite(opts.slowdown))) {
@@ -299,6 +308,9 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       if (this.slotShapes.has(name)) throw new Error(`slot "${name}" is listed twice`);
       this.slotShapes.set(name, info.shape);
     }
+    // The registration must be valid before anything connects: the coordinator would refuse it.
+    const reg = registerSchema.safeParse({ deviceId: opts.deviceId, model: opts.description, slots: this.slots(), rank: opts.rank, step: 0 });
+    if (!reg.success) throw new Error(`device registration: ${describeZodError(reg.error)}`);
     this.train = fitSplit(opts.model, opts.data.train);
     this.val = fitSplit(opts.model, opts.data.val);
     this.test = fitSplit(opts.model, opts.data.test);
@@ -375,6 +387,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     } catch (err) {
       failure = err;
     } finally {
+      if (!this.fatal) await this.flushOutgoing().catch(() => undefined);
       this.shutdown();
     }
     if (failure) throw failure;
@@ -842,6 +855,20 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     }
     socket.emit(event, buf);
     return true;
+  }
+
+  /**
+   * Before disconnecting, let the last messages (e.g. the feedback of the final step) leave and be
+   * handled: socket.io drops events that the server reads in the same batch as a disconnect.
+   */
+  private async flushOutgoing(): Promise<void> {
+    const socket = this.socket;
+    if (!socket?.connected) return;
+    const engine = (socket.io as unknown as { engine?: { writeBuffer?: unknown[] } }).engine;
+    const deadline = performance.now() + 1000;
+    while ((engine?.writeBuffer?.length ?? 0) > 0 && socket.connected && performance.now() < deadline) await sleep(5);
+    const linger = this.opts.lingerMs ?? 100;
+    if (linger > 0 && socket.connected) await sleep(linger);
   }
 
   private shutdown(): void {

@@ -347,3 +347,19 @@ describe('NaN / Inf → CodecError "non_finite"', () => {
     expect(bitsOf(wireToFloat32(wire, { finite: false }).values)).toEqual([0x3f800000, 0x7fc12345]);
   });
 });
+
+describe('reserved MessagePack bytes', () => {
+  it('rejects 0xc1 and empty fixext as malformed, at the top level and nested', async () => {
+    const { decodeMessage, CodecError } = await import('../shared/codec/tensor-codec.js');
+    for (const bytes of [[0xc1], [0xd4, 0, 0], [0x81, 0xa1, 0x61, 0xc1], [0x91, 0xc1]]) {
+      let err: unknown;
+      try {
+        decodeMessage(Buffer.from(bytes));
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(CodecError);
+      expect((err as InstanceType<typeof CodecError>).code).toBe('malformed');
+    }
+  });
+});

@@ -223,6 +223,8 @@ describe('DeviceClient against a scripted coordinator', () => {
       if (step % 10 === 0) samples.push(tf.memory().numTensors);
     });
     dev.on('transfer', (t) => transfers.push(t));
+    let maxRemembered = 0;
+    dev.on('feedback', () => (maxRemembered = Math.max(maxRemembered, dev.status().slicesRemembered)));
     await dev.start();
 
     const reg = coord.registers[0];
@@ -264,6 +266,10 @@ describe('DeviceClient against a scripted coordinator', () => {
     expect(dev.status().feedbackSent).toBe(coord.feedback.length);
     expect(dev.status().transfersApplied).toBe(transfers.length);
     expect(transfers.every((t) => t.scale > 0 && t.scale <= 1)).toBe(true);
+    // Only target-slot slices are kept, and only until the pairs' transfers have moved past them.
+    expect(maxRemembered).toBeGreaterThan(0);
+    expect(maxRemembered).toBeLessThanOrEqual(6);
+    expect(dev.status().slicesEvicted).toBe(0);
 
     // Tensors: flat during the run, and everything the device made is freed at the end except the
     // model (which it does not own).

@@ -6,7 +6,7 @@
 // that comes back as a byte array; older versions wrote one byte per element). Received bins can
 // sit at unaligned byte offsets inside a socket frame, so they are always copied into a fresh
 // Float32Array.
-import { Packr, Unpackr } from 'msgpackr';
+import { C1, Packr, Unpackr } from 'msgpackr';
 import { endianness } from 'node:os';
 
 export type CodecErrorCode = 'oversize' | 'malformed' | 'bad_tensor' | 'shape_mismatch' | 'non_finite';
@@ -70,11 +70,21 @@ export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
     // throws on truncation, and we check that the whole buffer was consumed.
     const values = unpackr.unpackMultiple(buf as Buffer) as unknown[];
     if (values.length !== 1) throw new Error(`expected one MessagePack value, found ${values.length}`);
+    // 0xc1 ("never used") and empty fixext decode to sentinels rather than throwing
+    // (undefined is only refused at the top level: a JS sender's optional fields encode as it)
+    if (values[0] === undefined || containsC1(values[0], 0)) throw new Error('contains the reserved 0xc1 byte or no value');
     return values[0];
   } catch (err) {
     if (err instanceof CodecError) throw err;
     throw new CodecError('malformed', `not valid MessagePack: ${(err as Error).message}`);
   }
+}
+
+function containsC1(v: unknown, depth: number): boolean {
+  if (v === C1) return true;
+  if (depth > 32 || v === null || typeof v !== 'object' || ArrayBuffer.isView(v)) return false;
+  const items = Array.isArray(v) ? v : Object.values(v as Record<string, unknown>);
+  return items.some((x) => containsC1(x, depth + 1));
 }
 
 function describe(v: unknown): string {

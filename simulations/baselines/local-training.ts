@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { batchIterator, evaluateAccuracy, type Batch, type DeviceData } from '../../client/data/dataset.js';
 import { loadDeviceData, type ZooDeviceData } from '../../client/data/registry.js';
 import { buildModelFor } from '../../client/models/registry.js';
+import { deviceSeed } from '../experiment/seeds.js';
 import { Trainer } from '../../client/trainer.js';
 import type { DeviceSpec, Experiment } from '../experiment/schema.js';
 import type { CurvePoint } from '../report/types.js';
@@ -30,8 +31,10 @@ export interface LocalProgress {
 export interface LocalTrainingOptions {
   device: DeviceSpec;
   data: DeviceData;
-  /** The experiment seed: model init and batch order. */
+  /** The experiment seed; model init and batch order use deviceSeed(seed, device.id). */
   seed: number;
+  /** Override of the model-init seed (FedAvg starts every participant from one global init). */
+  modelSeed?: number;
   /** Default: device.steps. */
   steps?: number;
   /** Called once on the freshly built model, before the first step (e.g. to initialise a slot). */
@@ -51,6 +54,11 @@ export interface LocalTrainingOptions {
    * that wall times compare with the fleet's. Default true.
    */
   honourSlowdown?: boolean;
+  /**
+   * LocalRun only: trainStep does not evaluate; the driver calls evaluateIfDue() when it is ready
+   * (FedAvg evaluates after the average is in). Default false.
+   */
+  deferEvaluation?: boolean;
 }
 
 export interface LocalTrainingResult {
@@ -97,7 +105,8 @@ export class LocalRun {
     this.data = opts.data;
     this.steps = steps;
     this.slowdown = opts.honourSlowdown === false ? 1 : opts.device.slowdown;
-    this.model = buildModelFor(opts.device.model, opts.data, opts.seed);
+    const own = deviceSeed(opts.seed, opts.device.id);
+    this.model = buildModelFor(opts.device.model, opts.data, opts.modelSeed ?? own);
     try {
       opts.init?.(this.model);
       this.trainer = new Trainer(this.model, { optimizer: opts.device.optimizer, lr: opts.device.lr });
@@ -105,7 +114,7 @@ export class LocalRun {
       this.model.dispose();
       throw err;
     }
-    this.batches = batchIterator(opts.data.train, opts.device.batchSize, opts.seed, { epochs: Infinity });
+    this.batches = batchIterator(opts.data.train, opts.device.batchSize, own, { epochs: Infinity });
   }
 
   /** Steps done so far. */
@@ -153,15 +162,18 @@ export class LocalRun {
     sleepSync((this.slowdown - 1) * stepMs);
     this.busyMs += performance.now() - t0;
     this.opts.sync?.(this.done, this.model);
-    if (this.done % this.device.evalEvery === 0 || this.done === this.steps) this.evaluate();
+    if (!this.opts.deferEvaluation) this.evaluateIfDue();
     this.opts.onProgress?.({ device: this.device.id, step: this.done, steps: this.steps, loss, acc: this.curve.at(-1)?.acc });
     return loss;
   }
 
-  /**
-   * Measure test accuracy now and add a curve point (replacing one already at this step, e.g.
-   * after FedAvg re-evaluates once the average is in).
-   */
+  /** Evaluate if this step is a multiple of evalEvery or the last one (and not evaluated yet). */
+  evaluateIfDue(): void {
+    const due = this.done > 0 && (this.done % this.device.evalEvery === 0 || this.done === this.steps);
+    if (due && this.curve.at(-1)?.step !== this.done) this.evaluate();
+  }
+
+  /** Measure test accuracy now and add a curve point (replacing one already at this step). */
   evaluate(): number {
     const t0 = performance.now();
     const acc = evaluateAccuracy(this.model, this.data.test);

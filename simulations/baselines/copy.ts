@@ -1,0 +1,133 @@
+// Baseline 'copy': the copy oracle. The source device trains alone for its own steps; then the
+// target's slot is initialised from the source's trained slot and the target trains alone for its
+// steps. Where the two slots share an axis with the same meaning (the same input pixels, the same
+// labels), this shows how much knowledge there is to take; MergeNet's share is measured against
+// it (DESIGN.md §2, "Where the knowledge is plainly there").
+//
+// With a rank r, only the rank-r part of the source's slot is copied: A·B of its slice
+// (lowRankSlice), i.e. what one MergeNet slice carries.
+import * as tf from '@tensorflow/tfjs';
+import { buildModelFor } from '../../client/models/registry.js';
+import { readSlot, slotInfo, writeSlot, type SlotInfo } from '../../client/slot.js';
+import { lowRankSlice, sliceFloats } from '../../shared/math/slice.js';
+import { disposeLowRank } from '../../shared/math/low-rank.js';
+import type { Experiment } from '../experiment/schema.js';
+import type { ConditionRun } from '../report/types.js';
+import { deviceById, loadDataFor, trainLocally, type LocalProgress } from './local-training.js';
+
+/** 'copy' for the copy section's own setting, 'copy:rank<r>' for each extra rank of copy.ranks. */
+export function copyConditionName(rank: number | undefined, e: Experiment): string {
+  return rank === undefined || rank === e.copy?.rank ? 'copy' : `copy:rank${rank}`;
+}
+
+/** Throws a readable error unless a source slot can initialise the target slot (at this rank). */
+export function checkCopyShapes(source: { device: string; slot: SlotInfo }, target: { device: string; slot: SlotInfo }, rank?: number): void {
+  const [m, n] = target.slot.shape;
+  const [ms, ns] = source.slot.shape;
+  if (m !== ms || n !== ns) {
+    throw new Error(
+      `copy: source slot "${source.slot.layer}" of "${source.device}" is [${ms}×${ns}] but target slot "${target.slot.layer}" of ` +
+        `"${target.device}" is [${m}×${n}]; the copy oracle needs two slots of the same shape whose axes mean the same ` +
+        '(the same input pixels, or the same labels)',
+    );
+  }
+  if (rank !== undefined && (!Number.isInteger(rank) || rank < 1 || rank > Math.min(m, n))) {
+    throw new Error(`copy: rank ${rank} is out of range for a [${m}×${n}] slot (1..${Math.min(m, n)})`);
+  }
+}
+
+/** What the target's slot starts from: W itself, or A·B of its rank-r slice. The caller owns it. */
+export function copiedSlot(W: tf.Tensor2D, rank?: number): tf.Tensor2D {
+  if (rank === undefined) return W.clone();
+  const f = lowRankSlice(W, rank);
+  try {
+    return tf.matMul(f.A, f.B);
+  } finally {
+    disposeLowRank(f);
+  }
+}
+
+export interface CopyInspect {
+  /** The source's trained slot and the target's slot right after the copy, before step 1. */
+  onCopy?: (sourceSlot: Float32Array, targetSlotAtStart: Float32Array) => void;
+}
+
+export async function runCopy(
+  e: Experiment,
+  seed: number,
+  onProgress?: (p: LocalProgress) => void,
+  /** Default: copy.rank (undefined: the whole slot). */
+  rank: number | undefined = e.copy?.rank,
+  inspect?: CopyInspect,
+): Promise<ConditionRun> {
+  if (!e.copy) throw new Error(`experiment "${e.name}": the copy baseline needs a \`copy\` section (sourceDevice, sourceSlot, targetSlot)`);
+  const t0 = performance.now();
+  const { sourceDevice: sourceId, sourceSlot, targetSlot } = e.copy;
+  const targetDevice = deviceById(e, e.target);
+  const sourceDevice = deviceById(e, sourceId);
+  const targetData = loadDataFor(targetDevice, seed);
+  const sourceData = loadDataFor(sourceDevice, seed);
+
+  // Check names and shapes on untrained builds, before any training time is spent.
+  const sProbe = buildModelFor(sourceDevice.model, sourceData, seed);
+  const tProbe = buildModelFor(targetDevice.model, targetData, seed);
+  let targetShape: [number, number];
+  try {
+    const sInfo = slotInfo(sProbe, sourceSlot);
+    const tInfo = slotInfo(tProbe, targetSlot);
+    checkCopyShapes({ device: sourceId, slot: sInfo }, { device: e.target, slot: tInfo }, rank);
+    targetShape = tInfo.shape;
+  } finally {
+    sProbe.dispose();
+    tProbe.dispose();
+  }
+
+  const sourceRun = await trainLocally({
+    device: sourceDevice,
+    data: sourceData,
+    seed,
+    keepModel: true,
+    onProgress: onProgress && ((p) => onProgress({ ...p, phase: 'source' })),
+  });
+  let init: tf.Tensor2D;
+  let sourceValues: Float32Array;
+  {
+    const W = readSlot(sourceRun.model!, sourceSlot);
+    sourceRun.model!.dispose();
+    sourceValues = W.dataSync().slice() as Float32Array;
+    init = copiedSlot(W, rank);
+    W.dispose();
+  }
+  try {
+    const r = await trainLocally({
+      device: targetDevice,
+      data: targetData,
+      seed,
+      init: (model) => {
+        writeSlot(model, targetSlot, init);
+        if (inspect?.onCopy) {
+          const now = readSlot(model, targetSlot);
+          inspect.onCopy(sourceValues, now.dataSync().slice() as Float32Array);
+          now.dispose();
+        }
+      },
+      onProgress: onProgress && ((p) => onProgress({ ...p, phase: 'target' })),
+    });
+    const [m, n] = targetShape;
+    return {
+      condition: copyConditionName(rank, e),
+      seed,
+      device: e.target,
+      curve: r.curve,
+      finalAcc: r.finalAcc,
+      bestAcc: r.bestAcc,
+      // one transfer of the slot (or of its slice), once
+      bytesSent: 4 * (rank === undefined ? m * n : sliceFloats(m, n, rank)),
+      bytesFullWeights: 4 * m * n,
+      wallMs: Math.round(performance.now() - t0),
+      extra: { ...(rank !== undefined ? { rank } : {}), sourceAcc: sourceRun.finalAcc, sourceMs: sourceRun.wallMs, targetMs: r.wallMs },
+    };
+  } finally {
+    init.dispose();
+  }
+}
