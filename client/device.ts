@@ -106,12 +106,14 @@ export interface DeviceStatus {
   slicesSent: number;
   transfersReceived: number;
   transfersApplied: number;
-  /** transfers dropped without being applied, by reason */
-  transfersIgnored: Record<string, number>;
+  /** inbound messages ignored (transfers not applied, bad plans), by reason */
+  ignored: Record<string, number>;
   feedbackSent: number;
   /** windows dropped without feedback (disconnects, new plans, shutdown) */
   windowsAbandoned: number;
   openWindows: number;
+  /** pairs whose knowledge branch is in the model now */
+  branches: string[];
   /** slices held for transfers still to come, and slices dropped by the memory limits */
   slicesRemembered: number;
   slicesEvicted: number;
@@ -121,6 +123,11 @@ export interface DeviceStatus {
   testAcc: number | undefined;
   stepsPerSec: number | undefined;
   stopped: boolean;
+  /**
+   * Payload bytes (the MessagePack buffers) by message: sent `slice:<slot>`, `feedback:<pairId>`,
+   * `metrics`, `register`; received `transfer:<pairId>`.
+   */
+  wire: Record<string, { messages: number; bytes: number }>;
 }
 
 export interface TransferEvent {
@@ -145,6 +152,8 @@ export interface FeedbackEvent {
   valAcc: number | undefined;
   gANorm: number;
   gBNorm: number;
+  /** where G was computed: the training batches, or the val split (plan `feedback: heldout`) */
+  feedback: 'train' | 'heldout';
 }
 export interface SliceEvent {
   slot: string;
@@ -156,7 +165,8 @@ export interface SliceEvent {
 export interface EvalEvent {
   step: number;
   loss: number;
-  valAcc: number;
+  /** undefined when the val split is empty */
+  valAcc: number | undefined;
   testAcc?: number;
   stepsPerSec: number;
 }
@@ -270,7 +280,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private slicesSent = 0;
   private transfersReceived = 0;
   private transfersApplied = 0;
-  private readonly transfersIgnored: Record<string, number> = {};
+  private readonly ignored: Record<string, number> = {};
   private feedbackSent = 0;
   private windowsAbandoned = 0;
   private readonly rejects: Record<string, number> = {};
@@ -278,6 +288,10 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private lastValAcc: number | undefined;
   private lastTestAcc: number | undefined;
   private stepsPerSec: number | undefined;
+  private readonly wire: Record<string, { messages: number; bytes: number }> = {};
+  /** Held-out feedback: pairId → G summed over val batches since its window opened. */
+  private readonly heldout = new Map<string, { layer: string; G: tf.Tensor2D | undefined; steps: number }>();
+  private heldoutBatches: Iterator<Batch> | undefined;
   private lossSinceEval = 0;
   private stepsSinceEval = 0;
   private evalClock = 0;
@@ -336,10 +350,11 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       slicesSent: this.slicesSent,
       transfersReceived: this.transfersReceived,
       transfersApplied: this.transfersApplied,
-      transfersIgnored: { ...this.transfersIgnored },
+      ignored: { ...this.ignored },
       feedbackSent: this.feedbackSent,
       windowsAbandoned: this.windowsAbandoned,
       openWindows: this.windows.size,
+      branches: this.stoppedFlag ? [] : this.branches.pairs(),
       slicesRemembered: this.slices.size,
       slicesEvicted: this.slices.evicted,
       rejects: { ...this.rejects },
@@ -348,6 +363,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       testAcc: this.lastTestAcc,
       stepsPerSec: this.stepsPerSec,
       stopped: this.stoppedFlag,
+      wire: Object.fromEntries(Object.entries(this.wire).map(([k, v]) => [k, { ...v }])),
     };
   }
 
@@ -369,6 +385,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       while (!this.stopping && !this.fatal && this.step < max) {
         const t0 = performance.now();
         this.applyTransfers();
+        this.accumulateHeldout();
         const loss = this.trainOneStep();
         this.step += 1;
         this.lastLoss = loss;
@@ -462,7 +479,9 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     const { windows, transfers } = this.endSession(reason);
     this.log.warn({ reason, step: this.step, abandonedWindows: windows, droppedTransfers: transfers }, 'disconnected');
     this.emit('disconnect', { reason, abandonedWindows: windows, droppedTransfers: transfers });
-    // socket.io does not reconnect by itself after a server-side disconnect.
+    // socket.io does not reconnect by itself after a server-side disconnect. (The coordinator
+    // also closes a connection that a newer one of the same device id replaced: two processes
+    // running as one device will keep replacing each other.)
     if (reason === 'io server disconnect' && !this.stopping) this.scheduleManualReconnect();
   }
 
@@ -502,7 +521,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     const windows = this.windows.abandonAll();
     const transfers = this.transfers.clear();
     this.windowsAbandoned += windows;
-    if (transfers) this.transfersIgnored.session_ended = (this.transfersIgnored.session_ended ?? 0) + transfers;
+    if (transfers) this.ignored.session_ended = (this.ignored.session_ended ?? 0) + transfers;
     if (this.plan) this.log.debug({ session: this.plan.session, why }, 'session ended');
     this.plan = undefined;
     this.schedule.clear();
@@ -564,6 +583,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     const res = transferSchema.safeParse(decodeMessage(buf, { maxBytes: this.maxBytes() }));
     if (!res.success) throw new Error(`transfer: ${describeZodError(res.error)}`);
     const t = res.data;
+    this.countWire(`transfer:${t.pairId}`, buf);
     const plan = this.plan;
     if (!plan) return this.ignore({ reason: 'no_plan', pairId: t.pairId, cycleId: t.cycleId });
     const pair = plan.pairs.find((p) => p.pairId === t.pairId);
@@ -608,7 +628,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   }
 
   private ignore(e: IgnoredEvent): void {
-    bump(this.transfersIgnored, e.reason);
+    bump(this.ignored, e.reason);
     this.log.warn(e, 'ignored an inbound message');
     this.emit('ignored', e);
   }
@@ -686,6 +706,11 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         k: pair.k,
         openedAt: this.step,
       });
+      this.dropHeldout(t.pairId);
+      if (pair.feedback === 'heldout') {
+        if (this.val.n > 0) this.heldout.set(t.pairId, { layer: t.slot, G: undefined, steps: 0 });
+        else this.log.warn({ pairId: t.pairId }, 'the plan asks for held-out feedback but the val split is empty: G comes from the training batches');
+      }
       this.transfersApplied += 1;
       this.releaseSlices(pair.slot, t.pairId, t.sliceId, targets);
       this.log.debug({ pairId: t.pairId, cycleId: t.cycleId, step: this.step, ...upd }, 'transfer applied');
@@ -733,6 +758,16 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         this.windowsAbandoned += 1;
         return;
       }
+      const held = this.heldout.get(w.pairId);
+      let steps = w.steps;
+      if (held) {
+        // Held-out feedback: G from the val batches of this window replaces the training G.
+        this.heldout.delete(w.pairId);
+        const shape = w.G.shape;
+        w.G.dispose();
+        w.G = held.G ?? (tf.zeros(shape) as tf.Tensor2D);
+        steps = held.steps;
+      }
       const fb = projectFeedback(w.G, w.generated, w.scale);
       const gA = fb.gA.dataSync() as Float32Array;
       const gB = fb.gB.dataSync() as Float32Array;
@@ -746,7 +781,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       const msg: FeedbackMsg = {
         pairId: w.pairId,
         cycleId: w.cycleId,
-        steps: w.steps,
+        steps: Math.max(1, steps),
         scale: w.scale,
         gA: tensorToWire(gA, gAShape),
         gB: tensorToWire(gB, gBShape),
@@ -759,7 +794,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         this.windowsAbandoned += 1;
         return;
       }
-      if (!this.send(EVENTS.feedback, msg)) {
+      if (!this.send(EVENTS.feedback, msg, `feedback:${w.pairId}`)) {
         this.windowsAbandoned += 1;
         return;
       }
@@ -775,6 +810,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         valAcc,
         gANorm: norm(gA),
         gBNorm: norm(gB),
+        feedback: held ? 'heldout' : 'train',
       });
     } finally {
       w.G.dispose();
@@ -807,7 +843,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       const isTarget = this.plan.pairs.some((p) => p.role === 'target' && p.slot === due.slot);
       if (isTarget) this.slices.remember({ sliceId, slot: due.slot, rank: due.rank, step: this.step, factors });
       else disposeLowRank(factors);
-      if (this.send(EVENTS.slice, msg)) {
+      if (this.send(EVENTS.slice, msg, `slice:${due.slot}`)) {
         this.slicesSent += 1;
         this.emit('slice', { slot: due.slot, sliceId, rank: due.rank, step: this.step, pairIds: due.pairIds });
       }
@@ -819,8 +855,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     const elapsed = (now - this.evalClock) / 1000;
     this.stepsPerSec = elapsed > 0 ? this.stepsSinceEval / elapsed : undefined;
     const loss = this.stepsSinceEval > 0 ? this.lossSinceEval / this.stepsSinceEval : (this.lastLoss ?? NaN);
-    const valAcc = evaluateAccuracy(this.model, this.val);
-    this.lastValAcc = valAcc;
+    const valAcc = this.val.n > 0 ? evaluateAccuracy(this.model, this.val) : undefined;
+    if (valAcc !== undefined) this.lastValAcc = valAcc;
     const ev: EvalEvent = { step: this.step, loss, valAcc, stepsPerSec: this.stepsPerSec ?? 0 };
     if (this.opts.evalTest && this.test.n > 0) {
       ev.testAcc = evaluateAccuracy(this.model, this.test);
@@ -830,7 +866,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.stepsSinceEval = 0;
     this.emit('eval', ev);
     if (this.plan && Number.isFinite(loss)) {
-      const m: Metrics = { step: this.step, loss, valAcc };
+      const m: Metrics = { step: this.step, loss };
+      if (valAcc !== undefined) m.valAcc = valAcc;
       if (this.stepsPerSec !== undefined && Number.isFinite(this.stepsPerSec)) m.stepsPerSec = this.stepsPerSec;
       this.send(EVENTS.metrics, m);
     }
@@ -842,7 +879,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
    * Emit only on a live connection with a plan (register excepted): socket.io would otherwise
    * buffer the message and deliver it after a reconnect, i.e. into a newer session.
    */
-  private send(event: keyof ClientToServerEvents, msg: unknown): boolean {
+  private send(event: keyof ClientToServerEvents, msg: unknown, wireKey: string = event): boolean {
     const socket = this.socket;
     if (!socket?.connected) return false;
     if (event !== EVENTS.register && !this.plan) return false;
@@ -854,7 +891,55 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       return false;
     }
     socket.emit(event, buf);
+    this.countWire(wireKey, buf);
     return true;
+  }
+
+  private countWire(key: string, buf: unknown): void {
+    const bytes = buf instanceof Uint8Array ? buf.byteLength : buf instanceof ArrayBuffer ? buf.byteLength : 0;
+    const c = (this.wire[key] ??= { messages: 0, bytes: 0 });
+    c.messages += 1;
+    c.bytes += bytes;
+  }
+
+  /**
+   * Held-out feedback: before each step, the gradient of the loss on one val batch at the
+   * current weights (W_eff, with the branch in), added to every open held-out window of that
+   * slot. No training step is taken on val data. Entries of windows that were abandoned go.
+   */
+  private accumulateHeldout(): void {
+    if (this.heldout.size === 0) return;
+    for (const id of [...this.heldout.keys()]) if (!this.windows.has(id)) this.dropHeldout(id);
+    const layers = new Set([...this.heldout.values()].map((h) => h.layer));
+    if (layers.size === 0) return;
+    this.heldoutBatches ??= batchIterator(this.val, this.opts.trainer.batchSize, (this.opts.seed + 7919) >>> 0, { epochs: Infinity });
+    const next = this.heldoutBatches.next();
+    if (next.done) throw new Error('the held-out batch stream ended');
+    const { xs, ys } = next.value;
+    try {
+      for (const layer of layers) {
+        const g = this.trainer.gradientOn(xs, ys, layer);
+        try {
+          for (const h of this.heldout.values()) {
+            if (h.layer !== layer) continue;
+            const prev = h.G;
+            h.G = (prev ? tf.add(prev, g) : tf.clone(g)) as tf.Tensor2D;
+            prev?.dispose();
+            h.steps += 1;
+          }
+        } finally {
+          g.dispose();
+        }
+      }
+    } finally {
+      xs.dispose();
+      ys.dispose();
+    }
+  }
+
+  private dropHeldout(pairId: string): void {
+    this.heldout.get(pairId)?.G?.dispose();
+    this.heldout.delete(pairId);
   }
 
   /**
@@ -871,6 +956,20 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     if (linger > 0 && socket.connected) await sleep(linger);
   }
 
+  /**
+   * Close by closing the transport (a WebSocket close, after the write buffer drained) rather than
+   * with socket.io's DISCONNECT packet: a socket.io server handles events on the next tick and
+   * drops those it read in the same batch as a DISCONNECT, so a busy coordinator would lose the
+   * last feedback. A transport close is seen in a later I/O callback, after those events ran.
+   */
+  private closeGracefully(socket: Socket<ServerToClientEvents, ClientToServerEvents>): void {
+    const manager = socket.io;
+    manager.reconnection(false);
+    const engine = (manager as unknown as { engine?: { close(): void } }).engine;
+    if (socket.connected && engine) engine.close();
+    socket.disconnect(); // no packet once the transport is closed; stops any pending reconnect
+  }
+
   private shutdown(): void {
     if (this.stoppedFlag) return;
     this.stoppedFlag = true;
@@ -879,12 +978,13 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.reconnectTimer = undefined;
     if (this.socket) {
       this.socket.removeAllListeners();
-      this.socket.disconnect();
+      this.closeGracefully(this.socket);
     }
     this.windowsAbandoned += this.windows.abandonAll();
     this.transfers.clear();
     this.plan = undefined;
     this.slices.dispose();
+    for (const id of [...this.heldout.keys()]) this.dropHeldout(id);
     // The kernels keep W_eff (the model infers with its knowledge branches); only K is freed.
     this.branches.dispose();
     this.trainer.dispose();

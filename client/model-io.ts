@@ -2,8 +2,9 @@
 // tfjs' `file://` handler lives in tfjs-node, which cannot install on every machine, so the files
 // are read with fs and handed to tfjs through in-memory IOHandlers.
 import * as tf from '@tensorflow/tfjs';
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
+import { writeFileAtomic } from '../shared/fs/atomic-write.js';
 
 type ModelJSON = tf.io.ModelJSON;
 type WeightsManifestConfig = tf.io.WeightsManifestConfig;
@@ -110,19 +111,6 @@ export interface SavedModelFiles {
   weightBytes: number;
 }
 
-/** Write bytes to `path` atomically: a temp file, fsync, then rename over the target. */
-async function writeAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-}
-
 /**
  * Save `model` as `<dir>/model.json` plus one shard `<dir>/<weightsFile>` (default weights.bin),
  * loadable by loadModelFromDisk and by tfjs' own loaders. The directory is created if needed.
@@ -149,8 +137,8 @@ export async function saveModelToDisk(model: tf.LayersModel, dir: string, weight
       if (artifacts.trainingConfig) json.trainingConfig = artifacts.trainingConfig;
       if (artifacts.userDefinedMetadata) json.userDefinedMetadata = artifacts.userDefinedMetadata;
       // Shard first, so a model.json on disk always points at complete weights.
-      await writeAtomic(weights, new Uint8Array(data));
-      await writeAtomic(modelJson, JSON.stringify(json));
+      await writeFileAtomic(weights, new Uint8Array(data));
+      await writeFileAtomic(modelJson, JSON.stringify(json));
       return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
     }),
   );

@@ -7,9 +7,10 @@
 // pointing at a complete, consistent set. Files of older generations are removed only after the
 // new manifest is durable.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { atomicTempPrefix, writeFileAtomic } from '../shared/fs/atomic-write.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 
 export const CHECKPOINT_FORMAT = 'mergenet-fed/coordinator-checkpoint';
@@ -91,19 +92,6 @@ function sha256(bytes: Uint8Array): string {
 /** Safe in a file name on any OS, and unique thanks to the index prefix. */
 function fileNameFor(index: number, pairId: string, generation: number): string {
   return `pair-${index}-${pairId.replace(/[^A-Za-z0-9_.-]/g, '_')}.g${generation}.bin`;
-}
-
-/** Write a file durably under its final name: temp file, fsync, rename. */
-async function writeAtomic(dir: string, name: string, bytes: Uint8Array): Promise<void> {
-  const tmp = join(dir, `.tmp-${process.pid}-${Date.now()}-${name}`);
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(bytes);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, join(dir, name));
 }
 
 /** fsync a directory so that renames in it survive a crash (Linux; a no-op failure elsewhere). */
@@ -192,7 +180,7 @@ export class Checkpointer {
       let stateRef: CheckpointManifest['pairs'][number]['state'];
       if (state) {
         const file = fileNameFor(i, p.id, generation);
-        await writeAtomic(this.dir, file, state);
+        await writeFileAtomic(join(this.dir, file), state);
         keep.add(file);
         stateRef = { file, bytes: state.byteLength, sha256: sha256(state) };
       }
@@ -200,11 +188,11 @@ export class Checkpointer {
     }
     // The pair files must be durable before the manifest that names them.
     await syncDir(this.dir);
-    await writeAtomic(this.dir, MANIFEST_NAME, Buffer.from(JSON.stringify(manifest, null, 2) + '\n', 'utf8'));
+    await writeFileAtomic(join(this.dir, MANIFEST_NAME), Buffer.from(JSON.stringify(manifest, null, 2) + '\n', 'utf8'));
     await syncDir(this.dir);
     for (const name of await readdir(this.dir)) {
       if (keep.has(name)) continue;
-      if (/^pair-.*\.g\d+\.bin$/.test(name) || name.startsWith(`.tmp-${process.pid}-`)) {
+      if (/^pair-.*\.g\d+\.bin$/.test(name) || name.startsWith(atomicTempPrefix())) {
         await rm(join(this.dir, name), { force: true });
       }
     }

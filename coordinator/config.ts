@@ -67,6 +67,8 @@ const pairSchema = z.strictObject({
   adapter: adapterOverridesSchema.optional(),
   /** 'noise' is the control: the source slice is replaced by Gaussian noise of equal shape and norm. */
   sourceMode: z.enum(['real', 'noise']).default('real'),
+  /** Where the target computes the feedback G: its training batches (DESIGN.md §2) or batches of its held-out (val) split. */
+  feedback: z.enum(['train', 'heldout']).default('train'),
 });
 
 const rawConfigSchema = z.strictObject({
@@ -115,6 +117,8 @@ const rawConfigSchema = z.strictObject({
 type RawConfig = z.infer<typeof rawConfigSchema>;
 
 export type SourceMode = 'real' | 'noise';
+/** Where a target computes G: 'train' (its training batches) or 'heldout' (its val split). */
+export type FeedbackSource = 'train' | 'heldout';
 
 export interface Endpoint {
   device: string;
@@ -139,6 +143,8 @@ export interface PairConfig {
   k: number;
   tau: number;
   sourceMode: SourceMode;
+  /** Sent to the target in its plan; undefined means 'train'. */
+  feedback?: FeedbackSource;
   /** defaults.adapter merged with the pair's own overrides. */
   adapter: AdapterOverrides;
   /** Created by autoPair rather than listed in the config. */
@@ -268,6 +274,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
       k: p.k ?? raw.defaults.k,
       tau: p.tau ?? raw.defaults.tau,
       sourceMode: p.sourceMode,
+      feedback: p.feedback,
       adapter,
       auto: false,
     });

@@ -10,6 +10,7 @@ export {
   type PairConfig,
   type Endpoint,
   type SourceMode,
+  type FeedbackSource,
   type ParseOptions,
 } from './config.js';
 export {

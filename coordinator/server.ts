@@ -586,7 +586,10 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
         const me = p[role];
         const peer = role === 'source' ? p.target : p.source;
         if (me.device !== deviceId || !this.registry.slotShape(deviceId, me.slot)) continue;
-        out.push({ pairId: p.id, role, slot: me.slot, peerDevice: peer.device, peerSlot: peer.slot, rank: p.rank, tCycle: p.config.tCycle, k: p.config.k, tau: p.config.tau });
+        const entry: PlanPair = { pairId: p.id, role, slot: me.slot, peerDevice: peer.device, peerSlot: peer.slot, rank: p.rank, tCycle: p.config.tCycle, k: p.config.k, tau: p.config.tau };
+        // Only the target computes G; 'train' is the default and is left out of the plan.
+        if (role === 'target' && p.config.feedback === 'heldout') entry.feedback = 'heldout';
+        out.push(entry);
       }
     }
     return out;

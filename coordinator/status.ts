@@ -3,7 +3,7 @@
 // compared in tests as it is.
 import type { Metrics, SlotDesc } from '../shared/protocol/messages.js';
 import type { Endpoint, SourceMode } from './config.js';
-import type { Pair } from './pair.js';
+import type { Pair, PairCounters } from './pair.js';
 import type { DeviceRecord } from './registry.js';
 
 export interface DeviceStatus {
@@ -22,7 +22,9 @@ export interface DeviceStatus {
   rejects: Record<string, number>;
 }
 
-export interface PairStatus {
+/** The pair's counters as they are, plus its configuration and state (times as ISO strings). */
+export interface PairStatus
+  extends Pick<PairCounters, 'cyclesStarted' | 'updates' | 'drops' | 'skips' | 'lastGradNorm' | 'lastClipped'> {
   id: string;
   source: Endpoint;
   target: Endpoint;
@@ -33,14 +35,6 @@ export interface PairStatus {
   sourceMode: SourceMode;
   tCycle: number;
   k: number;
-  cyclesStarted: number;
-  updates: number;
-  /** cycles abandoned and feedback refused, by reason */
-  drops: Record<string, number>;
-  /** target slices that did not start a cycle, by reason */
-  skips: Record<string, number>;
-  lastGradNorm?: number;
-  lastClipped?: boolean;
   adapterStep: number;
   hasAdapter: boolean;
   nextCycleId: number;

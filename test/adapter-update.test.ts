@@ -7,31 +7,12 @@ import { AdamW, type AdamWConfig } from '../coordinator/adapter/adamw.js';
 import { defaultAdapterConfig } from '../coordinator/adapter/config.js';
 import { LpkaAdapter } from '../coordinator/adapter/lpka.js';
 import { AdapterWithOptimizer, adapterUpdate } from '../coordinator/adapter/update.js';
-import type { LowRank } from '../shared/math/low-rank.js';
 import { initBackend } from '../shared/tf/backend.js';
+import { bitsOfMap, randn, randnFactors } from './helpers/tensors.js';
 
 beforeAll(async () => {
   await initBackend();
 });
-
-function randn(rng: () => number, shape: [number, number]): tf.Tensor2D {
-  const v = new Float32Array(shape[0] * shape[1]);
-  for (let i = 0; i < v.length; i++) {
-    const u = Math.max(rng(), 1e-12);
-    v[i] = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng());
-  }
-  return tf.tensor2d(v, shape);
-}
-
-function factors(rng: () => number, m: number, r: number, n: number): LowRank {
-  return { A: randn(rng, [m, r]), B: randn(rng, [r, n]) };
-}
-
-function snapshotBits(adapter: LpkaAdapter): Map<string, Uint32Array> {
-  const out = new Map<string, Uint32Array>();
-  for (const [name, w] of adapter.exportWeights()) out.set(name, new Uint32Array(w.buffer));
-  return out;
-}
 
 const ADAM: AdamWConfig = { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, clipNorm: 50 };
 
@@ -110,13 +91,13 @@ describe('adapter update', () => {
     const rng = seedrandom('lr0');
     const cfg = defaultAdapterConfig(4, { lr: 0, initScale: 1, seed: 3 });
     const aw = AdapterWithOptimizer.create(cfg);
-    const input = { target: factors(rng, 9, 4, 6), source: factors(rng, 11, 4, 5) };
+    const input = { target: randnFactors(rng, 9, 4, 6), source: randnFactors(rng, 11, 4, 5) };
     const up = { gA: randn(rng, [9, 4]), gB: randn(rng, [4, 6]) };
-    const before = snapshotBits(aw.adapter);
+    const before = bitsOfMap(aw.adapter.exportWeights());
     const res = aw.update(input, up);
     expect(res.step).toBe(1);
     expect(res.gradNorm).toBeGreaterThan(0);
-    expect(snapshotBits(aw.adapter)).toEqual(before);
+    expect(bitsOfMap(aw.adapter.exportWeights())).toEqual(before);
     // the moments did move: the step really ran
     expect([...aw.opt.exportState().m.get('layer0/attn_rows_rows/Wq')!].some((x) => x !== 0)).toBe(true);
     tf.dispose([input.target.A, input.target.B, input.source.A, input.source.B, up.gA, up.gB]);
@@ -127,9 +108,9 @@ describe('adapter update', () => {
     const rng = seedrandom('descent');
     const r = 4;
     const aw = AdapterWithOptimizer.create(defaultAdapterConfig(r, { lr: 1e-3, seed: 1 }));
-    const target = factors(rng, 12, r, 7);
-    const source = factors(rng, 10, r, 9);
-    const goal = factors(rng, 12, r, 7);
+    const target = randnFactors(rng, 12, r, 7);
+    const source = randnFactors(rng, 10, r, 9);
+    const goal = randnFactors(rng, 12, r, 7);
     const lossAndGrad = (): { loss: number; gA: tf.Tensor2D; gB: tf.Tensor2D } => {
       const out = aw.forward(target, source);
       const gA = tf.sub(out.A, goal.A) as tf.Tensor2D;
@@ -156,7 +137,7 @@ describe('adapter update', () => {
   it('rejects upstream gradients whose shape does not match A′/B′', () => {
     const rng = seedrandom('shapes');
     const aw = AdapterWithOptimizer.create(defaultAdapterConfig(3));
-    const input = { target: factors(rng, 5, 3, 4), source: factors(rng, 6, 3, 2) };
+    const input = { target: randnFactors(rng, 5, 3, 4), source: randnFactors(rng, 6, 3, 2) };
     const gA = randn(rng, [5, 3]);
     const gB = randn(rng, [3, 4]);
     const badA = randn(rng, [3, 5]);
@@ -173,7 +154,7 @@ describe('adapter update', () => {
   it('leaks no tensor over 100 cycles of forward + update', () => {
     const rng = seedrandom('leak');
     const cfg = defaultAdapterConfig(4, { heads: 2, attnDim: 8, seed: 9 });
-    const input = { target: factors(rng, 10, 4, 6), source: factors(rng, 8, 4, 7) };
+    const input = { target: randnFactors(rng, 10, 4, 6), source: randnFactors(rng, 8, 4, 7) };
     const up = { gA: randn(rng, [10, 4]), gB: randn(rng, [4, 6]) };
     const baseline = tf.memory().numTensors;
     const adapter = new LpkaAdapter(cfg);

@@ -8,35 +8,17 @@ import { LpkaAdapter, lpkaParamSpecs } from '../coordinator/adapter/lpka.js';
 import { adapterVjp } from '../coordinator/adapter/update.js';
 import type { LowRank } from '../shared/math/low-rank.js';
 import { initBackend } from '../shared/tf/backend.js';
+import { gaussian } from './helpers/random.js';
+import { bitsOf, randn, randnFactors } from './helpers/tensors.js';
 
 beforeAll(async () => {
   await initBackend();
 });
 
-function gaussian(rng: () => number): number {
-  const u = Math.max(rng(), 1e-12);
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng());
-}
-
-function randn(rng: () => number, shape: number[]): tf.Tensor2D {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n);
-  for (let i = 0; i < n; i++) v[i] = gaussian(rng);
-  return tf.tensor2d(v, shape as [number, number]);
-}
-
-function factors(rng: () => number, m: number, r: number, n: number): LowRank {
-  return { A: randn(rng, [m, r]), B: randn(rng, [r, n]) };
-}
-
 function setParam(v: tf.Variable, values: Float32Array): void {
   const t = tf.tensor(values, v.shape);
   v.assign(t);
   t.dispose();
-}
-
-function bits(t: tf.Tensor): Uint32Array {
-  return new Uint32Array(Float32Array.from(t.dataSync() as Float32Array).buffer);
 }
 
 describe('adapter config', () => {
@@ -69,16 +51,16 @@ describe('LPKA forward', () => {
     ];
     for (const [r, mt, nt, ms, ns] of cases) {
       const adapter = new LpkaAdapter(defaultAdapterConfig(r, { seed: mt }));
-      const target = factors(rng, mt, r, nt);
-      const source = factors(rng, ms, r, ns);
+      const target = randnFactors(rng, mt, r, nt);
+      const source = randnFactors(rng, ms, r, ns);
       const before = tf.memory().numTensors;
       const out = adapter.forward(target, source);
       expect(tf.memory().numTensors).toBe(before + 2);
       expect(out.A.shape).toEqual([mt, r]);
       expect(out.B.shape).toEqual([r, nt]);
       expect(out.A).not.toBe(target.A);
-      expect(bits(out.A)).toEqual(bits(target.A));
-      expect(bits(out.B)).toEqual(bits(target.B));
+      expect(bitsOf(out.A)).toEqual(bitsOf(target.A));
+      expect(bitsOf(out.B)).toEqual(bitsOf(target.B));
       tf.dispose([out.A, out.B, target.A, target.B, source.A, source.B]);
       adapter.dispose();
     }
@@ -109,8 +91,8 @@ describe('LPKA forward', () => {
   it('permutes with the target tokens, ignores the order of source tokens, and uses the source', () => {
     const rng = seedrandom('perm');
     const adapter = new LpkaAdapter(defaultAdapterConfig(4, { seed: 5, initScale: 1, attnDim: 8, heads: 2, ffnDim: 8 }));
-    const target = factors(rng, 6, 4, 5);
-    const source = factors(rng, 7, 4, 3);
+    const target = randnFactors(rng, 6, 4, 5);
+    const source = randnFactors(rng, 7, 4, 3);
     const out = adapter.forward(target, source);
     const permT = [5, 2, 0, 1, 4, 3];
     const permS = [3, 6, 0, 2, 1, 5, 4];
@@ -121,7 +103,7 @@ describe('LPKA forward', () => {
     expect(tf.max(tf.abs(tf.sub(out2.A, expectedA))).dataSync()[0]).toBeLessThan(1e-5);
     expect(tf.max(tf.abs(tf.sub(out2.B, out.B))).dataSync()[0]).toBeLessThan(1e-5);
     // the output really depends on the source, and on the target
-    const other = factors(rng, 7, 4, 3);
+    const other = randnFactors(rng, 7, 4, 3);
     const out3 = adapter.forward(target, other);
     expect(tf.max(tf.abs(tf.sub(out3.A, out.A))).dataSync()[0]).toBeGreaterThan(1e-3);
     expect(tf.max(tf.abs(tf.sub(out.A, target.A))).dataSync()[0]).toBeGreaterThan(1e-3);
@@ -154,8 +136,8 @@ describe('LPKA vector-Jacobian product', () => {
       v.assign(next);
       tf.dispose([noise, next]);
     }
-    const target = factors(rng, 5, 3, 4);
-    const source = factors(rng, 6, 3, 2);
+    const target = randnFactors(rng, 5, 3, 4);
+    const source = randnFactors(rng, 6, 3, 2);
     const gA = randn(rng, [5, 3]);
     const gB = randn(rng, [3, 4]);
     const gAv = gA.dataSync();

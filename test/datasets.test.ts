@@ -1,7 +1,7 @@
 // The zoo's datasets: sizes and caps, disjoint splits, determinism per seed, label and id ranges,
 // train-only statistics (spam vocabulary, penguin standardisation) and spec validation.
 import { describe, expect, it } from 'vitest';
-import type { Split } from '../client/data/dataset.js';
+import { carveSplits, type Split } from '../client/data/dataset.js';
 import {
   datasetSpecSchema,
   describeDataset,
@@ -11,7 +11,7 @@ import {
   type ZooDeviceData,
 } from '../client/data/registry.js';
 import { buildVocab, messageText, spamCorpus, tokenizeText, SPAM_DEFAULTS } from '../client/data/spam.js';
-import { carveSplits, encodeName, namesCorpus, CHAR_VOCAB } from '../client/data/names.js';
+import { encodeName, namesCorpus, CHAR_VOCAB } from '../client/data/names.js';
 import { penguinsCorpus, penguinsSplits } from '../client/data/penguins.js';
 
 function rows(s: Split): string[] {

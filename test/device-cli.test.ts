@@ -148,6 +148,22 @@ describe('mergenet-fed CLI', () => {
       expect(st.devices.find((d) => d.id === 'cli')!.model?.architecture).toBe('mlp: dense_0[784×16] dense_1[16×8] out[8×2]');
     }, 60_000);
 
+    it('loads a user\'s model.json from disk (the one saved above) and offers only --slots', async () => {
+      const modelJson = join(dir, 'saved', 'model.json');
+      const r = await run(['client', '--coordinator', coord.url, '--device', 'cli', '--token', 'tok-cli', '--model', modelJson,
+        '--slots', 'dense_1', '--dataset', 'mnist', '--task', 'parity', '--train-size', '100', '--val-size', '50', '--test-size', '50',
+        '--steps', '40', '--progress-every', '0']);
+      expect(r.stderr).not.toMatch(/error/i);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`[cli] ${modelJson} on mnist-parity (100 train / 50 val), slots dense_1[16×8],`);
+      expect(r.stdout).toMatch(/plan \(session [^)]+\): peer-to-cli target dense_1/);
+      expect(coord.status().devices.find((d) => d.id === 'cli')!.slots).toEqual([{ name: 'dense_1', shape: [16, 8] }]);
+      const bad = await run(['client', '--coordinator', coord.url, '--device', 'cli', '--token', 'tok-cli', '--model', modelJson,
+        '--slots', 'nope', '--dataset', 'mnist', '--task', 'parity', '--steps', '5']);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/model has no layer "nope"; available slots: dense_0 \[784×16\], dense_1 \[16×8\], out \[8×2\]/);
+    }, 30_000);
+
     it('stops cleanly on SIGINT: finishes the step, disconnects, exits 0', async () => {
       let signalled = false;
       const r = await run(

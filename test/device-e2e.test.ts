@@ -120,7 +120,7 @@ describe('devices against the real coordinator', () => {
     for (const d of [a, b, c]) {
       const s = d.status();
       expect(s.rejects, d.deviceId).toEqual({});
-      expect(s.transfersIgnored, d.deviceId).toEqual({});
+      expect(s.ignored, d.deviceId).toEqual({});
       expect(s.valAcc!, d.deviceId).toBeGreaterThan(0.5);
     }
     // The coordinator saw every device's registration and metrics.

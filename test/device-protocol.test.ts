@@ -173,6 +173,14 @@ class ScriptedCoordinator {
     });
   }
 
+  /** Send a new plan in the device's current session, with these pairs. */
+  replan(deviceId: string, pairs: PlanPair[]): void {
+    this.pairs.splice(0, this.pairs.length, ...pairs);
+    this.sockets.get(deviceId)!.emit('plan', encodeMessage({
+      deviceId, session: this.sessions.get(deviceId)!, protocolVersion: PROTOCOL_VERSION, maxMessageBytes: 1e6, pairs,
+    }));
+  }
+
   async close(): Promise<void> {
     await new Promise<void>((r) => this.io.close(() => r()));
   }
@@ -280,6 +288,38 @@ describe('DeviceClient against a scripted coordinator', () => {
     expect(dev.status().stopped).toBe(true);
   });
 
+  it('a new plan replaces the old one: the branch of a pair that left is removed, the rest go on', async () => {
+    coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2), pair('p2', 'target', 'dense_0', 5, 3)], { 'dev-a': 'secret-a' });
+    await coord.listen();
+    const model = mlp(1);
+    const dev = device(coord.url, { maxSteps: 100_000, evalEvery: 0, model });
+    let replannedAt: number | undefined;
+    let branchesAfter: string[] | undefined;
+    dev.on('feedback', () => {
+      if (replannedAt === undefined && coord!.feedback.filter((f) => f.pairId === 'p2').length >= 3) {
+        replannedAt = coord!.feedback.length;
+        coord!.replan('dev-a', [pair('p1', 'target', 'dense_0', 4, 2)]);
+      }
+      if (replannedAt !== undefined && coord!.feedback.length >= replannedAt + 8) dev.stop();
+    });
+    dev.on('plan', (p) => {
+      if (p.pairs.length !== 1) return;
+      // The removal happens before the next step; check right after it.
+      dev.once('step', () => {
+        branchesAfter = dev.status().branches;
+      });
+    });
+    await dev.start();
+    expect(replannedAt).toBeDefined();
+    expect(branchesAfter).toEqual(['p1']);
+    const late = coord.feedback.slice(replannedAt!);
+    expect(late.length).toBeGreaterThanOrEqual(8);
+    // Feedback of p2 after the new plan can only be a window that closed before the device read it.
+    expect(late.filter((f) => f.pairId === 'p2').length).toBeLessThanOrEqual(1);
+    expect(coord.staleFeedback).toBe(0);
+    expect(dev.status().pairs).toEqual([]);
+  });
+
   it('slices W, not W_eff: a large knowledge branch does not show in the next slice', async () => {
     // The transfer adds a large offset, so K is capped at τ‖W‖ = 0.5‖W‖.
     coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 5, 2)], { 'dev-a': 'secret-a' }, (A, B) => ({
@@ -336,7 +376,7 @@ describe('DeviceClient against a scripted coordinator', () => {
     expect(fbCycles.has(8)).toBe(false);
     // Feedback arrived in every session, and each in the session of its own transfer.
     expect(new Set(coord.feedback.map((f) => f.session))).toEqual(new Set(['s1', 's2', 's3']));
-    expect(st.windowsAbandoned + (st.transfersIgnored.session_ended ?? 0)).toBeGreaterThanOrEqual(2);
+    expect(st.windowsAbandoned + (st.ignored.session_ended ?? 0)).toBeGreaterThanOrEqual(2);
     expect(st.step).toBeGreaterThan(coord.registers[2].step);
   });
 
@@ -360,6 +400,28 @@ describe('DeviceClient against a scripted coordinator', () => {
     expect(coord.staleFeedback).toBe(0);
   });
 
+  it('the last feedback before stop() reaches a coordinator that is busy at that moment', async () => {
+    coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2)], { 'dev-a': 'secret-a' });
+    await coord.listen();
+    // When the 5th transfer goes out, stop reading this connection for 300 ms (a coordinator busy
+    // with an adapter step): the device's 5th feedback and its close then arrive in one batch.
+    coord.onTransfer = (c, s) => {
+      if (c.cycleId !== 5) return;
+      const raw = (s.conn as unknown as { transport: { socket: { _socket: { pause(): void; resume(): void } } } }).transport.socket._socket;
+      raw.pause();
+      setTimeout(() => raw.resume(), 300);
+    };
+    const dev = device(coord.url, { maxSteps: 100_000, evalEvery: 0, lingerMs: 0 });
+    dev.on('feedback', (f) => {
+      if (f.cycleId === 5) dev.stop();
+    });
+    await dev.start();
+    expect(dev.status().feedbackSent).toBe(5);
+    const t0 = Date.now();
+    while (coord.feedback.length < 5 && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 20));
+    expect(coord.feedback.map((f) => f.cycleId)).toEqual([1, 2, 3, 4, 5]);
+  });
+
   it('a refused handshake rejects start() with the code, and does not retry', async () => {
     coord = new ScriptedCoordinator([], { 'dev-a': 'secret-a' });
     await coord.listen();
@@ -373,6 +435,19 @@ describe('DeviceClient against a scripted coordinator', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(connections).toBe(0);
     expect(bad.status().step).toBeLessThan(50);
+  });
+
+  it('slowdown stretches each step by the given factor', async () => {
+    const time = async (slowdown: number) => {
+      const d = device('http://127.0.0.1:9', { maxSteps: 80, evalEvery: 0, slowdown, trainer: { optimizer: 'sgd', lr: 0.01, batchSize: 64 } });
+      const t0 = performance.now();
+      await d.start();
+      return performance.now() - t0;
+    };
+    await time(1); // warm-up
+    const fast = await time(1);
+    const slow = await time(3);
+    expect(slow / fast).toBeGreaterThan(1.8);
   });
 
   it('keeps training while no coordinator is reachable, then joins when one appears', async () => {

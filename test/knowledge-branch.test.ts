@@ -1,66 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../shared/tf/backend.js';
-import type { LowRank } from '../shared/math/low-rank.js';
+import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
 import { Trainer } from '../client/trainer.js';
 import { projectFeedback } from '../client/feedback.js';
+import { bitDiff, disposeBatch, kernelValues, randomBatch, seededMlp, weightsOf } from './helpers/tensors.js';
 
 // ---- helpers ----
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-interface Batch {
-  xs: tf.Tensor2D;
-  ys: tf.Tensor2D;
-}
-
-function makeBatch(seed: number, batch: number, inDim: number, classes: number): Batch {
-  const rnd = mulberry32(seed);
-  const x = new Float32Array(batch * inDim);
-  for (let i = 0; i < x.length; i++) x[i] = rnd() * 2 - 1;
-  const y = new Float32Array(batch * classes);
-  for (let b = 0; b < batch; b++) y[b * classes + Math.floor(rnd() * classes)] = 1;
-  return { xs: tf.tensor2d(x, [batch, inDim]), ys: tf.tensor2d(y, [batch, classes]) };
-}
-
-function disposeBatch(b: Batch): void {
-  b.xs.dispose();
-  b.ys.dispose();
-}
-
-function mlp(seed: number, inDim: number, hidden: number, classes: number): tf.Sequential {
-  const m = tf.sequential();
-  m.add(
-    tf.layers.dense({
-      name: 'h',
-      inputShape: [inDim],
-      units: hidden,
-      activation: 'relu',
-      kernelInitializer: tf.initializers.glorotUniform({ seed }),
-      biasInitializer: tf.initializers.randomNormal({ seed: seed + 1, stddev: 0.1 }),
-    }),
-  );
-  m.add(
-    tf.layers.dense({
-      name: 'out',
-      units: classes,
-      activation: 'softmax',
-      kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 2 }),
-      biasInitializer: tf.initializers.randomNormal({ seed: seed + 3, stddev: 0.1 }),
-    }),
-  );
-  return m;
-}
 
 function factors(m: number, r: number, n: number, seed: number, std = 1): LowRank {
   return {
@@ -69,29 +16,9 @@ function factors(m: number, r: number, n: number, seed: number, std = 1): LowRan
   };
 }
 
-function disposeFactors(f: LowRank): void {
-  f.A.dispose();
-  f.B.dispose();
-}
-
 /** The kernel of a layer, as the model computes with it (W_eff), copied. */
 function kernelOf(model: tf.LayersModel, layer: string): tf.Tensor {
   return model.getLayer(layer).getWeights()[0].clone();
-}
-
-function kernelBits(model: tf.LayersModel, layer: string): Uint32Array {
-  const f = Float32Array.from(model.getLayer(layer).getWeights()[0].dataSync() as Float32Array);
-  return new Uint32Array(f.buffer);
-}
-
-function weightsBits(model: tf.LayersModel): Uint32Array[] {
-  return model.trainableWeights.map((w) => new Uint32Array(Float32Array.from(w.read().dataSync() as Float32Array).buffer));
-}
-
-function countBitDiff(a: Uint32Array[], b: Uint32Array[]): number {
-  let n = 0;
-  for (let i = 0; i < a.length; i++) for (let j = 0; j < a[i].length; j++) if (a[i][j] !== b[i][j]) n++;
-  return n;
 }
 
 function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
@@ -123,7 +50,7 @@ describe('KnowledgeBranches', () => {
   });
 
   it('caps a huge difference at τ‖W‖ and leaves a tiny one unscaled', () => {
-    const M = mlp(1, 12, 8, 3);
+    const M = seededMlp(1, 12, 8, 3);
     const kb = new KnowledgeBranches(M);
     const W0 = kernelOf(M, 'h');
     const cur = factors(12, 3, 8, 10, 0.3);
@@ -143,7 +70,7 @@ describe('KnowledgeBranches', () => {
       // The model computes with W_eff = W + K.
       expect(maxAbsDiff(kernelOf(M, 'h'), tf.add(W0, K))).toBeLessThan(1e-6);
       tf.dispose([K, D]);
-      disposeFactors(huge);
+      disposeLowRank(huge);
     }
 
     const tiny = { A: tf.add(cur.A, 1e-3) as tf.Tensor2D, B: cur.B.clone() };
@@ -157,14 +84,14 @@ describe('KnowledgeBranches', () => {
     expect(maxAbsDiff(kb.weight('h'), W0)).toBeLessThan(1e-6);
 
     tf.dispose([W0, D, K]);
-    disposeFactors(tiny);
-    disposeFactors(cur);
+    disposeLowRank(tiny);
+    disposeLowRank(cur);
     kb.dispose();
     M.dispose();
   });
 
   it('sums several pairs on one slot, replaces only the re-set pair, and never moves W', () => {
-    const M = mlp(2, 12, 8, 3);
+    const M = seededMlp(2, 12, 8, 3);
     const kb = new KnowledgeBranches(M);
     const W0 = kernelOf(M, 'h');
     const cur = factors(12, 2, 8, 30, 0.3);
@@ -204,15 +131,15 @@ describe('KnowledgeBranches', () => {
 
     // The other layer was never touched.
     tf.dispose([W0, K1, K2, K1b, K2after]);
-    [cur, g1, g2, g1b].forEach(disposeFactors);
+    [cur, g1, g2, g1b].forEach(disposeLowRank);
     kb.dispose();
     M.dispose();
   });
 
   it('an identity adapter (generated == current) gives K = 0 exactly and a bit-identical kernel', () => {
-    const M = mlp(3, 12, 8, 3);
+    const M = seededMlp(3, 12, 8, 3);
     const kb = new KnowledgeBranches(M);
-    const before = kernelBits(M, 'h');
+    const before = kernelValues(M, 'h');
     const cur = factors(12, 3, 8, 70, 0.3);
     const same = { A: cur.A.clone(), B: cur.B.clone() };
     const res = kb.set('p', 'h', same, cur);
@@ -220,11 +147,11 @@ describe('KnowledgeBranches', () => {
     expect(res.branchNorm).toBe(0);
     const K = kb.branch('p')!;
     expect(Array.from(K.dataSync()).every((v) => v === 0)).toBe(true);
-    expect(countBitDiff([kernelBits(M, 'h')], [before])).toBe(0);
+    expect(bitDiff([kernelValues(M, 'h')], [before])).toBe(0);
     kb.set('p', 'h', cur, cur);
-    expect(countBitDiff([kernelBits(M, 'h')], [before])).toBe(0);
+    expect(bitDiff([kernelValues(M, 'h')], [before])).toBe(0);
     kb.remove('p');
-    expect(countBitDiff([kernelBits(M, 'h')], [before])).toBe(0);
+    expect(bitDiff([kernelValues(M, 'h')], [before])).toBe(0);
 
     // After a real branch, an identity transfer replaces it with 0 and so restores W.
     const W0 = kernelOf(M, 'h');
@@ -234,16 +161,16 @@ describe('KnowledgeBranches', () => {
     kb.set('p', 'h', same, cur);
     expect(maxAbsDiff(kernelOf(M, 'h'), W0)).toBeLessThan(1e-6);
     tf.dispose([K, W0]);
-    [cur, same, g].forEach(disposeFactors);
+    [cur, same, g].forEach(disposeLowRank);
     kb.dispose();
     M.dispose();
   });
 
   it('training with identity transfers and accumulation on is bit-identical to training alone', () => {
-    const X = mlp(4, 20, 16, 5);
-    const Y = mlp(4, 20, 16, 5);
-    const Z = mlp(4, 20, 16, 5); // control: a real transfer must change the result
-    expect(countBitDiff(weightsBits(X), weightsBits(Y))).toBe(0);
+    const X = seededMlp(4, 20, 16, 5);
+    const Y = seededMlp(4, 20, 16, 5);
+    const Z = seededMlp(4, 20, 16, 5); // control: a real transfer must change the result
+    expect(bitDiff(weightsOf(X), weightsOf(Y))).toBe(0);
     const tx = new Trainer(X, { optimizer: 'adam', lr: 0.01 });
     const ty = new Trainer(Y, { optimizer: 'adam', lr: 0.01 });
     const tz = new Trainer(Z, { optimizer: 'adam', lr: 0.01 });
@@ -269,18 +196,18 @@ describe('KnowledgeBranches', () => {
         if (i === 20) {
           const noise = factors(20, r, 16, 90, 0.2);
           kz.set('p', 'h', noise, cur);
-          disposeFactors(noise);
+          disposeLowRank(noise);
         }
-        [cur, gen].forEach(disposeFactors);
+        [cur, gen].forEach(disposeLowRank);
       }
-      const b = makeBatch(800 + i, 8, 20, 5);
+      const b = randomBatch(800 + i, 8, 20, 5);
       tx.step(b.xs, b.ys);
       ty.step(b.xs, b.ys);
       tz.step(b.xs, b.ys);
       disposeBatch(b);
     }
-    expect(countBitDiff(weightsBits(X), weightsBits(Y))).toBe(0);
-    expect(countBitDiff(weightsBits(X), weightsBits(Z))).toBeGreaterThan(0);
+    expect(bitDiff(weightsOf(X), weightsOf(Y))).toBe(0);
+    expect(bitDiff(weightsOf(X), weightsOf(Z))).toBeGreaterThan(0);
     [tx, ty, tz].forEach((t) => t.dispose());
     ky.dispose();
     kz.dispose();
@@ -288,14 +215,14 @@ describe('KnowledgeBranches', () => {
   });
 
   it('projectFeedback equals the autodiff gradient w.r.t. A′ and B′ (and a finite difference)', () => {
-    const M = mlp(5, 10, 12, 4);
+    const M = seededMlp(5, 10, 12, 4);
     const kb = new KnowledgeBranches(M);
     const t = new Trainer(M, { optimizer: 'sgd', lr: 0.1 });
     const cur = factors(10, 3, 12, 100, 0.4);
     const gen = factors(10, 3, 12, 110, 2);
     const { scale } = kb.set('p', 'h', gen, cur, 0.5);
     expect(scale).toBeLessThan(1); // a real cap factor, so s must appear in the result
-    const batch = makeBatch(900, 24, 10, 4);
+    const batch = randomBatch(900, 24, 10, 4);
 
     // Everything the loss depends on, read before the step moves the weights.
     const W = kb.weight('h');
@@ -333,7 +260,7 @@ describe('KnowledgeBranches', () => {
     expect(Math.abs(fd - analytic) / Math.abs(analytic)).toBeLessThan(1e-2);
 
     tf.dispose([W, b1, W2, b2, dA, dB, G, fb.gA, fb.gB, uA, uB]);
-    [cur, gen].forEach(disposeFactors);
+    [cur, gen].forEach(disposeLowRank);
     disposeBatch(batch);
     t.dispose();
     kb.dispose();
@@ -357,32 +284,32 @@ describe('KnowledgeBranches', () => {
     // Row i of the slot is flat index i of (kh, kw, cin): the same layout as reshape.
     expect(maxAbsDiff(kernelOf(m, 'c'), tf.add(tf.reshape(W0, [18, 4]), K))).toBeLessThan(1e-6);
     tf.dispose([W0, K, W]);
-    [cur, gen].forEach(disposeFactors);
+    [cur, gen].forEach(disposeLowRank);
     kb.dispose();
     m.dispose();
   });
 
   it('rejects factors that do not fit the slot, with readable errors', () => {
-    const M = mlp(6, 12, 8, 3);
+    const M = seededMlp(6, 12, 8, 3);
     const kb = new KnowledgeBranches(M);
     const cur = factors(12, 3, 8, 150);
     const wrongM = factors(11, 3, 8, 160);
     const wrongN = factors(12, 3, 7, 170);
     const wrongR = { A: tf.zeros([12, 3]) as tf.Tensor2D, B: tf.zeros([2, 8]) as tf.Tensor2D };
     const nan = { A: tf.fill([12, 3], NaN) as tf.Tensor2D, B: cur.B.clone() };
-    const before = kernelBits(M, 'h');
+    const before = kernelValues(M, 'h');
     expect(() => kb.set('p', 'h', wrongM, cur)).toThrow(/do not fit slot "h" of shape \[12, 8\]/);
     expect(() => kb.set('p', 'h', wrongN, cur)).toThrow(/generated/);
     expect(() => kb.set('p', 'h', cur, wrongR)).toThrow(/current slice/);
     expect(() => kb.set('p', 'nope', cur, cur)).toThrow(/no layer "nope"/);
     expect(() => kb.set('p', 'h', cur, cur, 0)).toThrow(/tau/);
     expect(() => kb.set('p', 'h', nan, cur)).toThrow(/not finite/);
-    expect(countBitDiff([kernelBits(M, 'h')], [before])).toBe(0);
+    expect(bitDiff([kernelValues(M, 'h')], [before])).toBe(0);
     expect(kb.pairs()).toEqual([]);
     kb.set('p', 'h', cur, cur);
     expect(() => kb.set('p', 'out', factors(8, 3, 3, 1), factors(8, 3, 3, 2))).toThrow(/already has a branch on layer "h"/);
     expect(() => projectFeedback(tf.zeros([12, 8]) as tf.Tensor2D, wrongN, 1)).toThrow(/do not fit G/);
-    [cur, wrongM, wrongN, wrongR, nan].forEach(disposeFactors);
+    [cur, wrongM, wrongN, wrongR, nan].forEach(disposeLowRank);
     kb.dispose();
     M.dispose();
   });

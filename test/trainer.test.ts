@@ -4,80 +4,9 @@ import { initBackend } from '../shared/tf/backend.js';
 import { Trainer, type OptimizerName } from '../client/trainer.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
 import { projectFeedback } from '../client/feedback.js';
+import { bitDiff, disposeBatch, randomBatch, seededMlp, weightsOf, type Batch } from './helpers/tensors.js';
 
 // ---- helpers (deterministic data and models) ----
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-interface Batch {
-  xs: tf.Tensor2D;
-  ys: tf.Tensor2D;
-}
-
-function makeBatch(seed: number, batch: number, inDim: number, classes: number): Batch {
-  const rnd = mulberry32(seed);
-  const x = new Float32Array(batch * inDim);
-  for (let i = 0; i < x.length; i++) x[i] = rnd() * 2 - 1;
-  const y = new Float32Array(batch * classes);
-  for (let b = 0; b < batch; b++) y[b * classes + Math.floor(rnd() * classes)] = 1;
-  return { xs: tf.tensor2d(x, [batch, inDim]), ys: tf.tensor2d(y, [batch, classes]) };
-}
-
-function disposeBatch(b: Batch): void {
-  b.xs.dispose();
-  b.ys.dispose();
-}
-
-/** MLP in → hidden (relu, "h") → classes (softmax, "out"), seeded initialisers. */
-function mlp(seed: number, inDim: number, hidden: number, classes: number): tf.Sequential {
-  const m = tf.sequential();
-  m.add(
-    tf.layers.dense({
-      name: 'h',
-      inputShape: [inDim],
-      units: hidden,
-      activation: 'relu',
-      kernelInitializer: tf.initializers.glorotUniform({ seed }),
-      biasInitializer: tf.initializers.randomNormal({ seed: seed + 1, stddev: 0.1 }),
-    }),
-  );
-  m.add(
-    tf.layers.dense({
-      name: 'out',
-      units: classes,
-      activation: 'softmax',
-      kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 2 }),
-      biasInitializer: tf.initializers.randomNormal({ seed: seed + 3, stddev: 0.1 }),
-    }),
-  );
-  return m;
-}
-
-function weightsOf(model: tf.LayersModel): Float32Array[] {
-  return model.trainableWeights.map((w) => Float32Array.from(w.read().dataSync() as Float32Array));
-}
-
-/** Count of float32 entries whose bit patterns differ. */
-function bitDiff(a: Float32Array[], b: Float32Array[]): number {
-  let diff = 0;
-  expect(a.length).toBe(b.length);
-  for (let i = 0; i < a.length; i++) {
-    expect(a[i].length).toBe(b[i].length);
-    const ua = new Uint32Array(a[i].buffer, a[i].byteOffset, a[i].length);
-    const ub = new Uint32Array(b[i].buffer, b[i].byteOffset, b[i].length);
-    for (let j = 0; j < ua.length; j++) if (ua[j] !== ub[j]) diff++;
-  }
-  return diff;
-}
 
 /** max|a − b| / max|b|. */
 function relErr(a: tf.Tensor, b: tf.Tensor): number {
@@ -126,14 +55,14 @@ describe('Trainer', () => {
   it.each<OptimizerName>(['sgd', 'adam', 'momentum'])(
     'is deterministic: identical models and batches give bit-identical weights (%s)',
     (opt) => {
-      const X = mlp(11, 20, 16, 5);
-      const Y = mlp(11, 20, 16, 5);
+      const X = seededMlp(11, 20, 16, 5);
+      const Y = seededMlp(11, 20, 16, 5);
       expect(bitDiff(weightsOf(X), weightsOf(Y))).toBe(0);
       const tx = new Trainer(X, { optimizer: opt, lr: 0.05 });
       const ty = new Trainer(Y, { optimizer: opt, lr: 0.05 });
       const losses: number[] = [];
       for (let i = 0; i < 30; i++) {
-        const b = makeBatch(100 + i, 8, 20, 5);
+        const b = randomBatch(100 + i, 8, 20, 5);
         const lx = tx.step(b.xs, b.ys);
         const ly = ty.step(b.xs, b.ys);
         expect(ly).toBe(lx);
@@ -141,7 +70,7 @@ describe('Trainer', () => {
         disposeBatch(b);
       }
       // Training actually moved the weights (the comparison is not vacuous).
-      const fresh = mlp(11, 20, 16, 5);
+      const fresh = seededMlp(11, 20, 16, 5);
       expect(bitDiff(weightsOf(X), weightsOf(fresh))).toBeGreaterThan(0);
       expect(bitDiff(weightsOf(X), weightsOf(Y))).toBe(0);
       expect(losses.every(Number.isFinite)).toBe(true);
@@ -152,9 +81,9 @@ describe('Trainer', () => {
   );
 
   it('learns a fixed batch (loss falls)', () => {
-    const M = mlp(5, 20, 32, 5);
+    const M = seededMlp(5, 20, 32, 5);
     const t = new Trainer(M, { optimizer: 'adam', lr: 0.01 });
-    const b = makeBatch(7, 32, 20, 5);
+    const b = randomBatch(7, 32, 20, 5);
     const first = t.step(b.xs, b.ys);
     let last = first;
     for (let i = 0; i < 100; i++) last = t.step(b.xs, b.ys);
@@ -168,14 +97,14 @@ describe('Trainer', () => {
   });
 
   it('accumulates G = Σ per-step gradients for several layers, counts steps, resets on take', () => {
-    const M = mlp(21, 12, 10, 4);
+    const M = seededMlp(21, 12, 10, 4);
     const t = new Trainer(M, { optimizer: 'momentum', lr: 0.1 });
     t.startAccumulating('h');
     t.startAccumulating('out');
     let sumH = tf.zeros([12, 10]) as tf.Tensor2D;
     let sumOut = tf.zeros([10, 4]) as tf.Tensor2D;
     for (let i = 0; i < 6; i++) {
-      const b = makeBatch(300 + i, 16, 12, 4);
+      const b = randomBatch(300 + i, 16, 12, 4);
       const gh = manualGrad(M, b, 'h');
       const go = manualGrad(M, b, 'out');
       const nh = tf.add(sumH, gh) as tf.Tensor2D;
@@ -197,7 +126,7 @@ describe('Trainer', () => {
     expect(tf.norm(sumH).dataSync()[0]).toBeGreaterThan(1e-3);
 
     // After a take, the sum restarts at zero.
-    const b = makeBatch(400, 16, 12, 4);
+    const b = randomBatch(400, 16, 12, 4);
     const g1 = manualGrad(M, b, 'out');
     t.step(b.xs, b.ys);
     const o2 = t.takeAccumulated('out');
@@ -219,7 +148,7 @@ describe('Trainer', () => {
   });
 
   it('G carries no learning-rate or optimiser scaling', () => {
-    const b = makeBatch(500, 16, 12, 4);
+    const b = randomBatch(500, 16, 12, 4);
     const Gs: tf.Tensor2D[] = [];
     for (const [opt, lr] of [
       ['sgd', 0.1],
@@ -227,7 +156,7 @@ describe('Trainer', () => {
       ['adam', 0.001],
       ['momentum', 0.5],
     ] as const) {
-      const M = mlp(31, 12, 10, 4);
+      const M = seededMlp(31, 12, 10, 4);
       const t = new Trainer(M, { optimizer: opt, lr });
       t.startAccumulating('h');
       t.step(b.xs, b.ys);
@@ -246,13 +175,13 @@ describe('Trainer', () => {
   });
 
   it('leaks no tensors over 200 steps with accumulation, branches set every 10 steps and feedback', () => {
-    const M = mlp(41, 20, 16, 5);
+    const M = seededMlp(41, 20, 16, 5);
     const t = new Trainer(M, { optimizer: 'adam', lr: 0.01 });
     const kb = new KnowledgeBranches(M);
     const r = 3;
     const gen = { A: tf.randomNormal([20, r], 0, 1, 'float32', 1) as tf.Tensor2D, B: tf.randomNormal([r, 16], 0, 1, 'float32', 2) as tf.Tensor2D };
     const cur = { A: tf.randomNormal([20, r], 0, 0.1, 'float32', 3) as tf.Tensor2D, B: tf.randomNormal([r, 16], 0, 0.1, 'float32', 4) as tf.Tensor2D };
-    const batches = Array.from({ length: 10 }, (_, i) => makeBatch(600 + i, 8, 20, 5));
+    const batches = Array.from({ length: 10 }, (_, i) => randomBatch(600 + i, 8, 20, 5));
     t.startAccumulating('h');
     t.startAccumulating('out');
     const cycle = (i: number): void => {
@@ -285,22 +214,22 @@ describe('Trainer', () => {
   });
 
   it('rejects bad options', () => {
-    const M = mlp(1, 4, 3, 2);
+    const M = seededMlp(1, 4, 3, 2);
     expect(() => new Trainer(M, { optimizer: 'rmsprop' as OptimizerName, lr: 0.1 })).toThrow(/unknown optimizer/);
     expect(() => new Trainer(M, { optimizer: 'sgd', lr: NaN })).toThrow(/learning rate/);
     const t = new Trainer(M, { optimizer: 'sgd', lr: 0.1 });
     t.dispose();
-    const b = makeBatch(1, 2, 4, 2);
+    const b = randomBatch(1, 2, 4, 2);
     expect(() => t.step(b.xs, b.ys)).toThrow(/disposed/);
     disposeBatch(b);
     M.dispose();
   });
 
   it('measures training speed: MLP 784-256-10, batch 32', () => {
-    const M = mlp(51, 784, 256, 10);
+    const M = seededMlp(51, 784, 256, 10);
     const t = new Trainer(M, { optimizer: 'adam', lr: 0.001 });
     t.startAccumulating('h');
-    const batches = Array.from({ length: 4 }, (_, i) => makeBatch(700 + i, 32, 784, 10));
+    const batches = Array.from({ length: 4 }, (_, i) => randomBatch(700 + i, 32, 784, 10));
     for (let i = 0; i < 5; i++) t.step(batches[i % 4].xs, batches[i % 4].ys);
     const n = 60;
     const t0 = performance.now();

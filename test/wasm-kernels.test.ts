@@ -17,27 +17,9 @@ import {
   patchedWasmKernels,
   registerWasmGradientKernels,
 } from '../shared/tf/wasm-kernels.js';
+import { mulberry32, uniform } from './helpers/random.js';
 
 const TOL = 1e-4;
-
-function rng(seed: number): () => number {
-  // mulberry32: deterministic, so failures reproduce.
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function uniform(n: number, seed: number): Float32Array {
-  const r = rng(seed);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = 2 * r() - 1;
-  return out;
-}
 
 const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
@@ -499,7 +481,7 @@ describe('training on wasm', () => {
     await tf.setBackend('wasm');
     const n = 16;
     // Three classes with a learnable pattern: a bright row, a bright column, or a bright diagonal.
-    const r = rng(22);
+    const r = mulberry32(22);
     const xv = new Float32Array(n * 12 * 12);
     const ys: number[] = [];
     for (let s = 0; s < n; s++) {

@@ -54,6 +54,72 @@ export function seededPermutation(n: number, seed: number | string, key = 'perm'
   return p;
 }
 
+// ---- The split rule of every corpus of the zoo (names, spam, penguins), the same as mnistSplits' ----
+
+export interface SplitSizes {
+  trainSize: number;
+  valSize: number;
+  testSize: number;
+  /**
+   * Start of this device's train/val window in the seeded order. Devices that share a seed and
+   * use non-overlapping windows get disjoint training data and the same test split. Default 0.
+   */
+  offset?: number;
+}
+
+export interface SplitIndices {
+  train: number[];
+  val: number[];
+  test: number[];
+}
+
+/**
+ * Disjoint train/val/test indices into a corpus of n examples. As in mnistSplits, the corpus is
+ * permuted with seededPermutation(n, seed, corpus); test is the last testSize of that order, train
+ * then val are taken from `offset` on. So the test split depends only on (seed, testSize), never on
+ * trainSize or offset. trainSize is capped at what is left (n − testSize − offset − valSize);
+ * test and val are never capped: asking for more than the corpus has is an error rather than a
+ * silent change of the evaluation set.
+ */
+export function carveSplits(corpus: string, n: number, sizes: SplitSizes, seed: number): SplitIndices {
+  const { trainSize, valSize, testSize } = sizes;
+  const offset = sizes.offset ?? 0;
+  for (const [k, v, min] of [['trainSize', trainSize, 1], ['valSize', valSize, 0], ['testSize', testSize, 1], ['offset', offset, 0]] as const) {
+    if (!Number.isInteger(v) || v < min) throw new Error(`${corpus}: ${k} must be an integer ≥ ${min}, got ${v}`);
+  }
+  const room = n - testSize - offset - valSize;
+  if (room < 1) {
+    throw new Error(
+      `${corpus}: testSize ${testSize} + offset ${offset} + valSize ${valSize} leaves no training data (the corpus has ${n} examples)`,
+    );
+  }
+  const order = Array.from(seededPermutation(n, seed, corpus));
+  const train = Math.min(trainSize, room);
+  return {
+    test: order.slice(n - testSize),
+    train: order.slice(offset, offset + train),
+    val: order.slice(offset + train, offset + train + valSize),
+  };
+}
+
+/** The split sizes asked for in `opts`, each one not given taken from `defaults`. */
+export function sizesWithDefaults(
+  opts: Partial<SplitSizes>,
+  defaults: { trainSize: number; valSize: number; testSize: number },
+): SplitSizes {
+  return {
+    trainSize: opts.trainSize ?? defaults.trainSize,
+    valSize: opts.valSize ?? defaults.valSize,
+    testSize: opts.testSize ?? defaults.testSize,
+    offset: opts.offset,
+  };
+}
+
+/** `split` applied to the train, val and test indices (in that order). */
+export function mapSplits<T>(idx: SplitIndices, split: (ix: number[]) => T): { train: T; val: T; test: T } {
+  return { train: split(idx.train), val: split(idx.val), test: split(idx.test) };
+}
+
 /** The examples at `indices` (copied) as a Split. */
 export function takeExamples(
   x: Float32Array,

@@ -4,55 +4,7 @@
 // label, and keeping one would make the label an artefact of the list order.
 import { createRequire } from 'node:module';
 import type { TextDeviceData } from './registry.js';
-import { seededPermutation, type Split } from './dataset.js';
-
-// The split rule of every corpus of the zoo, the same as mnistSplits' (spam and penguins import it
-// from here, a leaf module, so that no loader depends on the registry that dispatches to it).
-export interface SplitSizes {
-  trainSize: number;
-  valSize: number;
-  testSize: number;
-  /**
-   * Start of this device's train/val window in the seeded order. Devices that share a seed and
-   * use non-overlapping windows get disjoint training data and the same test split. Default 0.
-   */
-  offset?: number;
-}
-
-export interface SplitIndices {
-  train: number[];
-  val: number[];
-  test: number[];
-}
-
-/**
- * Disjoint train/val/test indices into a corpus of n examples. As in mnistSplits, the corpus is
- * permuted with seededPermutation(n, seed, corpus); test is the last testSize of that order, train
- * then val are taken from `offset` on. So the test split depends only on (seed, testSize), never on
- * trainSize or offset. trainSize is capped at what is left (n − testSize − offset − valSize);
- * test and val are never capped: asking for more than the corpus has is an error rather than a
- * silent change of the evaluation set.
- */
-export function carveSplits(corpus: string, n: number, sizes: SplitSizes, seed: number): SplitIndices {
-  const { trainSize, valSize, testSize } = sizes;
-  const offset = sizes.offset ?? 0;
-  for (const [k, v, min] of [['trainSize', trainSize, 1], ['valSize', valSize, 0], ['testSize', testSize, 1], ['offset', offset, 0]] as const) {
-    if (!Number.isInteger(v) || v < min) throw new Error(`${corpus}: ${k} must be an integer ≥ ${min}, got ${v}`);
-  }
-  const room = n - testSize - offset - valSize;
-  if (room < 1) {
-    throw new Error(
-      `${corpus}: testSize ${testSize} + offset ${offset} + valSize ${valSize} leaves no training data (the corpus has ${n} examples)`,
-    );
-  }
-  const order = Array.from(seededPermutation(n, seed, corpus));
-  const train = Math.min(trainSize, room);
-  return {
-    test: order.slice(n - testSize),
-    train: order.slice(offset, offset + train),
-    val: order.slice(offset + train, offset + train + valSize),
-  };
-}
+import { carveSplits, mapSplits, sizesWithDefaults, type Split, type SplitSizes } from './dataset.js';
 
 export const NAMES_CLASS_NAMES = ['female', 'male'] as const;
 /** id 0 pad, 1 unk (any character outside a–z, e.g. '-'), 2..27 the letters a–z. */
@@ -106,21 +58,14 @@ export function namesSplits(opts: NamesOptions): TextDeviceData {
   const maxLen = opts.maxLen ?? NAMES_DEFAULTS.maxLen;
   if (!Number.isInteger(maxLen) || maxLen < 1 || maxLen > 64) throw new Error(`names: maxLen must be an integer in [1, 64], got ${maxLen}`);
   const corpus = namesCorpus();
-  const idx = carveSplits('names', corpus.length, {
-    trainSize: opts.trainSize ?? NAMES_DEFAULTS.trainSize,
-    valSize: opts.valSize ?? NAMES_DEFAULTS.valSize,
-    testSize: opts.testSize ?? NAMES_DEFAULTS.testSize,
-    offset: opts.offset,
-  }, opts.seed);
+  const idx = carveSplits('names', corpus.length, sizesWithDefaults(opts, NAMES_DEFAULTS), opts.seed);
   const split = (ix: number[]): Split => {
     const x = new Float32Array(ix.length * maxLen);
     ix.forEach((i, r) => encodeName(corpus[i].name, maxLen, x, r * maxLen));
     return { x, y: Int32Array.from(ix, (i) => corpus[i].label), n: ix.length, inputShape: [maxLen], numClasses: 2 };
   };
   return {
-    train: split(idx.train),
-    val: split(idx.val),
-    test: split(idx.test),
+    ...mapSplits(idx, split),
     task: 'names-gender',
     classNames: [...NAMES_CLASS_NAMES],
     vocabSize: CHAR_VOCAB.length,

@@ -6,8 +6,7 @@
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Split } from './dataset.js';
-import { carveSplits, type SplitSizes } from './names.js';
+import { carveSplits, mapSplits, sizesWithDefaults, type Split, type SplitSizes } from './dataset.js';
 import type { TabularDeviceData } from './registry.js';
 
 export const PENGUIN_TASKS = ['species', 'island', 'sex'] as const;
@@ -73,12 +72,7 @@ export function penguinsSplits(opts: PenguinsOptions): TabularDeviceData {
   const task = opts.task ?? 'species';
   if (!PENGUIN_TASKS.includes(task)) throw new Error(`penguins: unknown task "${task}": expected one of ${PENGUIN_TASKS.join(', ')}`);
   const rows = penguinsCorpus();
-  const idx = carveSplits('penguins', rows.length, {
-    trainSize: opts.trainSize ?? PENGUINS_DEFAULTS.trainSize,
-    valSize: opts.valSize ?? PENGUINS_DEFAULTS.valSize,
-    testSize: opts.testSize ?? PENGUINS_DEFAULTS.testSize,
-    offset: opts.offset,
-  }, opts.seed);
+  const idx = carveSplits('penguins', rows.length, sizesWithDefaults(opts, PENGUINS_DEFAULTS), opts.seed);
 
   // Standardisation statistics from the train split only, so nothing of val/test leaks into it.
   const k = NUMERIC.length;
@@ -106,9 +100,7 @@ export function penguinsSplits(opts: PenguinsOptions): TabularDeviceData {
     return { x, y: Int32Array.from(ix, (i) => rows[i].cat[task]), n: ix.length, inputShape: [d], numClasses };
   };
   return {
-    train: split(idx.train),
-    val: split(idx.val),
-    test: split(idx.test),
+    ...mapSplits(idx, split),
     task: `penguins-${task}`,
     classNames: CATEGORICAL[task].values.map((v) => v.toLowerCase()),
     featureNames,

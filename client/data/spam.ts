@@ -3,8 +3,7 @@
 // lower-cased word tokens, truncated/padded to `seqLen` token ids stored as float32 in Split.x
 // (Embedding layers accept float ids, so every modality shares the Split type).
 import { createRequire } from 'node:module';
-import type { Split } from './dataset.js';
-import { carveSplits, type SplitSizes } from './names.js';
+import { carveSplits, mapSplits, sizesWithDefaults, type Split, type SplitSizes } from './dataset.js';
 import type { TextDeviceData } from './registry.js';
 
 export const SPAM_CLASS_NAMES = ['ham', 'spam'] as const;
@@ -136,12 +135,7 @@ export function spamSplits(opts: SpamOptions): TextDeviceData {
   if (!Number.isInteger(seqLen) || seqLen < 1 || seqLen > MAX_TOKENS_KEPT) throw new Error(`spam: seqLen must be an integer in [1, ${MAX_TOKENS_KEPT}], got ${seqLen}`);
   if (!Number.isInteger(vocabSize) || vocabSize < 3) throw new Error(`spam: vocabSize must be an integer ≥ 3, got ${vocabSize}`);
   const corpus = spamCorpus(seqLen);
-  const idx = carveSplits('spam', corpus.length, {
-    trainSize: opts.trainSize ?? SPAM_DEFAULTS.trainSize,
-    valSize: opts.valSize ?? SPAM_DEFAULTS.valSize,
-    testSize: opts.testSize ?? SPAM_DEFAULTS.testSize,
-    offset: opts.offset,
-  }, opts.seed);
+  const idx = carveSplits('spam', corpus.length, sizesWithDefaults(opts, SPAM_DEFAULTS), opts.seed);
   const docsOf = (ix: number[]) => ix.map((i) => corpus[i].tokens);
   const vocab = buildVocab(docsOf(idx.train), vocabSize);
   const split = (ix: number[]): Split => ({
@@ -152,9 +146,7 @@ export function spamSplits(opts: SpamOptions): TextDeviceData {
     numClasses: 2,
   });
   return {
-    train: split(idx.train),
-    val: split(idx.val),
-    test: split(idx.test),
+    ...mapSplits(idx, split),
     task: 'spam-ham',
     classNames: [...SPAM_CLASS_NAMES],
     vocabSize,

@@ -48,6 +48,11 @@ function initSeed(seed: number, slot: number): number {
   return (Math.imul(seed | 0, 0x9e3779b1) ^ (slot * 0x85ebca6b)) >>> 0;
 }
 
+/** Glorot-uniform with the seed of (model seed, slot). */
+function glorot(seed: number, slot: number) {
+  return tf.initializers.glorotUniform({ seed: initSeed(seed, slot) });
+}
+
 function embedding(shape: TextInputShape, embedDim: number, seed: number): tf.layers.Layer {
   return tf.layers.embedding({
     name: 'embed',
@@ -64,7 +69,7 @@ function dense(name: string, units: number, activation: 'relu' | 'softmax', seed
     name,
     units,
     activation,
-    kernelInitializer: tf.initializers.glorotUniform({ seed: initSeed(seed, slot) }),
+    kernelInitializer: glorot(seed, slot),
     biasInitializer: 'zeros',
   });
 }
@@ -105,7 +110,7 @@ export function buildCharCnn(spec: CharCnnSpec, shape: TextInputShape, seed: num
       kernelSize: positive('kernelSize', spec.kernelSize, 3),
       padding: 'same',
       activation: 'relu',
-      kernelInitializer: tf.initializers.glorotUniform({ seed: initSeed(seed, 2) }),
+      kernelInitializer: glorot(seed, 2),
       biasInitializer: 'zeros',
     }),
   );
@@ -125,10 +130,10 @@ export function buildGru(spec: GruSpec, shape: TextInputShape, seed: number): tf
     tf.layers.gru({
       name: 'gru_0',
       units: positive('units', spec.units, 32),
-      kernelInitializer: tf.initializers.glorotUniform({ seed: initSeed(seed, 2) }),
+      kernelInitializer: glorot(seed, 2),
       // Glorot rather than orthogonal: tfjs' orthogonal initializer logs a slowness warning on
       // every matrix above 2000 elements (32 units already give 32×96).
-      recurrentInitializer: tf.initializers.glorotUniform({ seed: initSeed(seed, 3) }),
+      recurrentInitializer: glorot(seed, 3),
       biasInitializer: 'zeros',
     }),
   );

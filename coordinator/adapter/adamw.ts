@@ -10,11 +10,14 @@
 import * as tf from '@tensorflow/tfjs';
 
 export interface AdamWConfig {
+  /** Learning rate. */
   lr: number;
   beta1: number;
   beta2: number;
   eps: number;
+  /** Decoupled weight decay. */
   weightDecay: number;
+  /** Global gradient-norm clip. */
   clipNorm: number;
 }
 

@@ -2,8 +2,13 @@
 // "Adapter update"). One object covers both, because the coordinator creates, checkpoints and
 // restores them together, one per pair.
 import { z } from 'zod';
+import type { AdamWConfig } from './adamw.js';
 
-export interface AdapterConfig {
+/**
+ * The adapter's shape and seed, plus the hyper-parameters of its AdamW optimiser (AdamWConfig;
+ * defaults lr 1e-4, beta1 0.9, beta2 0.999, eps 1e-8, weightDecay 0.01, clipNorm 50).
+ */
+export interface AdapterConfig extends AdamWConfig {
   /** Rank r of the slices: the width of every token. */
   rank: number;
   /** Knowledge-transfer layers (default 2). */
@@ -14,15 +19,6 @@ export interface AdapterConfig {
   attnDim: number;
   /** Hidden width of each token-wise FFN (default 4·rank). */
   ffnDim: number;
-  /** AdamW learning rate (default 1e-4). */
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** Decoupled weight decay (default 0.01). */
-  weightDecay: number;
-  /** Global gradient-norm clip (default 50). */
-  clipNorm: number;
   /** Seed of the deterministic initialisation. */
   seed: number;
   /**

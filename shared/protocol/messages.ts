@@ -59,6 +59,12 @@ export const planPairSchema = z.object({
   k: posInt,
   /** cap of the knowledge branch: ‖K‖_F ≤ tau·‖W‖_F */
   tau: z.number().positive(),
+  /**
+   * Target pairs only: where G is computed. 'train' (the default when absent): the per-step
+   * gradients of the training batches; 'heldout': gradients on batches of the device's own
+   * held-out (val) split at the same weights, with no training step on them.
+   */
+  feedback: z.enum(['train', 'heldout']).optional(),
 });
 export type PlanPair = z.infer<typeof planPairSchema>;
 

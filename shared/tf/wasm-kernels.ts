@@ -137,6 +137,32 @@ function sumOverChunks<T extends tf.Tensor>(batch: number, step: number, f: (b0:
 }
 
 /**
+ * The frame both filter gradients share: x [B, H, W, Cin] is turned into padded windows
+ * [Cin, B, Hp, Wp], and `product(xs, ds, g, rows)` of each batch chunk (xs the chunk's windows,
+ * ds its rows of dy, rows = chunk·OH·OW) is summed over chunks small enough that one chunk's
+ * patch matrix stays under maxElements. Undefined when there are no windows (empty batch or
+ * output). Call inside a tidy.
+ */
+function sumPatchProducts<T extends tf.Tensor>(
+  x: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  info: tf.backend_util.Conv2DInfo,
+  maxElements: number,
+  product: (xs: tf.Tensor4D, ds: tf.Tensor4D, g: PatchGeometry, rows: number) => T,
+): T | undefined {
+  const g = geometry(info, dy.shape[1], dy.shape[2]);
+  const batch = x.shape[0];
+  if (batch === 0 || g.outHeight === 0 || g.outWidth === 0) return undefined;
+  const xc = padSpatial(tf.transpose(x, [3, 0, 1, 2]), g); // [Cin, B, Hp, Wp]
+  const step = chunkSize(batch, g.outHeight * g.outWidth * g.filterHeight * g.filterWidth * info.inChannels, maxElements);
+  return sumOverChunks(batch, step, (b0, nb) => {
+    const xs = nb === batch ? xc : tf.slice(xc, [0, b0, 0, 0], [-1, nb, -1, -1]);
+    const ds = nb === batch ? dy : tf.slice(dy, [b0, 0, 0, 0], [nb, -1, -1, -1]);
+    return product(xs, ds, g, nb * g.outHeight * g.outWidth);
+  });
+}
+
+/**
  * dW of a 2-D convolution, NHWC. x: [B, H, W, Cin], dy: [B, OH, OW, Cout] → [KH, KW, Cin, Cout].
  * im2col: the windows of x form Pᵀ: [KH·KW·Cin, B·OH·OW] (rows in the filter's own flattening
  * order), and dW = Pᵀ·dy, one plain matMul per batch chunk. The caller owns the result.
@@ -148,19 +174,12 @@ export function conv2dFilterGradNHWC(
   maxPatchElements = MAX_PATCH_ELEMENTS,
 ): tf.Tensor4D {
   return tf.tidy(() => {
-    const g = geometry(info, dy.shape[1], dy.shape[2]);
     const { filterHeight: kh, filterWidth: kw, inChannels: cin, outChannels: cout } = info;
-    const batch = x.shape[0];
-    if (batch === 0 || g.outHeight === 0 || g.outWidth === 0) return tf.zeros([kh, kw, cin, cout]) as tf.Tensor4D;
-    const xc = padSpatial(tf.transpose(x, [3, 0, 1, 2]), g); // [Cin, B, Hp, Wp]
-    const step = chunkSize(batch, g.outHeight * g.outWidth * kh * kw * cin, maxPatchElements);
-    const dw = sumOverChunks(batch, step, (b0, nb) => {
-      const xs = nb === batch ? xc : tf.slice(xc, [0, b0, 0, 0], [-1, nb, -1, -1]);
-      const ds = nb === batch ? dy : tf.slice(dy, [b0, 0, 0, 0], [nb, -1, -1, -1]);
-      const rows = nb * g.outHeight * g.outWidth;
+    const dw = sumPatchProducts(x, dy, info, maxPatchElements, (xs, ds, g, rows) => {
       const pt = tf.reshape(windows(xs, g, 0), [kh * kw * cin, rows]) as tf.Tensor2D;
       return tf.matMul(pt, tf.reshape(ds, [rows, cout]) as tf.Tensor2D) as tf.Tensor2D;
     });
+    if (dw === undefined) return tf.zeros([kh, kw, cin, cout]) as tf.Tensor4D;
     return tf.reshape(dw, [kh, kw, cin, cout]) as tf.Tensor4D;
   });
 }
@@ -177,21 +196,14 @@ export function depthwiseFilterGradNHWC(
   maxPatchElements = MAX_PATCH_ELEMENTS,
 ): tf.Tensor4D {
   return tf.tidy(() => {
-    const g = geometry(info, dy.shape[1], dy.shape[2]);
     const { filterHeight: kh, filterWidth: kw, inChannels: cin, outChannels: cout } = info;
     const mult = cout / cin;
-    const batch = x.shape[0];
-    if (batch === 0 || g.outHeight === 0 || g.outWidth === 0) return tf.zeros([kh, kw, cin, mult]) as tf.Tensor4D;
-    const xc = padSpatial(tf.transpose(x, [3, 0, 1, 2]), g); // [Cin, B, Hp, Wp]
-    const step = chunkSize(batch, g.outHeight * g.outWidth * kh * kw * cin, maxPatchElements);
-    const dw = sumOverChunks(batch, step, (b0, nb) => {
-      const xs = nb === batch ? xc : tf.slice(xc, [0, b0, 0, 0], [-1, nb, -1, -1]);
-      const ds = nb === batch ? dy : tf.slice(dy, [b0, 0, 0, 0], [nb, -1, -1, -1]);
-      const rows = nb * g.outHeight * g.outWidth;
+    const dw = sumPatchProducts(x, dy, info, maxPatchElements, (xs, ds, g, rows) => {
       const pt = tf.reshape(windows(xs, g, 1), [cin, kh * kw, rows]) as tf.Tensor3D;
       const d = tf.transpose(tf.reshape(ds, [rows, cin, mult]), [1, 0, 2]) as tf.Tensor3D;
       return tf.matMul(pt, d) as tf.Tensor3D; // [Cin, K, M]
     });
+    if (dw === undefined) return tf.zeros([kh, kw, cin, mult]) as tf.Tensor4D;
     return tf.reshape(tf.transpose(dw, [1, 0, 2]), [kh, kw, cin, mult]) as tf.Tensor4D;
   });
 }
@@ -282,11 +294,25 @@ function nchwToNhwc(t: tf.Tensor): tf.Tensor4D {
   return tf.transpose(t, [0, 2, 3, 1]) as tf.Tensor4D;
 }
 
+type Shape4 = [number, number, number, number];
+
+/** Attributes common to both depthwise backprop kernels. */
+interface DepthwiseAttrs {
+  strides: Pair;
+  dilations?: Pair;
+  pad: Pad;
+  dimRoundingMode?: Rounding;
+}
+
+function depthwiseInfo(a: DepthwiseAttrs, inShape: Shape4, filterShape: Shape4): tf.backend_util.Conv2DInfo {
+  return tf.backend_util.computeConv2DInfo(inShape, filterShape, a.strides, a.dilations ?? 1, a.pad, a.dimRoundingMode, true);
+}
+
 const kernels: Record<(typeof PATCHED_KERNELS)[number], tf.KernelFunc> = {
   Conv2DBackpropFilter: ({ inputs, attrs }) => {
     const a = attrs as unknown as {
       strides: Pair; pad: Pad; dataFormat?: 'NHWC' | 'NCHW'; dimRoundingMode?: Rounding;
-      filterShape: [number, number, number, number]; dilations?: Pair;
+      filterShape: Shape4; dilations?: Pair;
     };
     return tf.tidy(() => {
       const format = tf.backend_util.convertConv2DDataFormat(a.dataFormat ?? 'NHWC');
@@ -302,29 +328,19 @@ const kernels: Record<(typeof PATCHED_KERNELS)[number], tf.KernelFunc> = {
     });
   },
   DepthwiseConv2dNativeBackpropFilter: ({ inputs, attrs }) => {
-    const a = attrs as unknown as {
-      strides: Pair; dilations?: Pair; pad: Pad; dimRoundingMode?: Rounding;
-      filterShape: [number, number, number, number];
-    };
+    const a = attrs as unknown as DepthwiseAttrs & { filterShape: Shape4 };
     return tf.tidy(() => {
       const x = asTensor(inputs.x, 'x') as tf.Tensor4D;
       const dy = asTensor(inputs.dy, 'dy') as tf.Tensor4D;
-      const info = tf.backend_util.computeConv2DInfo(
-        x.shape, a.filterShape, a.strides, a.dilations ?? 1, a.pad, a.dimRoundingMode, true);
-      return depthwiseFilterGradNHWC(x, dy, info);
+      return depthwiseFilterGradNHWC(x, dy, depthwiseInfo(a, x.shape, a.filterShape));
     });
   },
   DepthwiseConv2dNativeBackpropInput: ({ inputs, attrs }) => {
-    const a = attrs as unknown as {
-      strides: Pair; dilations?: Pair; pad: Pad; dimRoundingMode?: Rounding;
-      inputShape: [number, number, number, number];
-    };
+    const a = attrs as unknown as DepthwiseAttrs & { inputShape: Shape4 };
     return tf.tidy(() => {
       const dy = asTensor(inputs.dy, 'dy') as tf.Tensor4D;
       const filter = asTensor(inputs.filter, 'filter') as tf.Tensor4D;
-      const info = tf.backend_util.computeConv2DInfo(
-        a.inputShape, filter.shape, a.strides, a.dilations ?? 1, a.pad, a.dimRoundingMode, true);
-      return depthwiseInputGradNHWC(dy, filter, a.inputShape, info);
+      return depthwiseInputGradNHWC(dy, filter, a.inputShape, depthwiseInfo(a, a.inputShape, filter.shape));
     });
   },
   UnsortedSegmentSum: ({ inputs, attrs }) => {

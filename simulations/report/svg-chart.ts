@@ -76,6 +76,16 @@ function textWidth(s: string, fontSize: number): number {
   return s.length * fontSize * 0.54;
 }
 
+/** The opening of a chart: the <svg> element, its <title>, a white background and the visible title at x = titleX. */
+function svgOpening(title: string, width: number, height: number, titleX: number): string[] {
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeXml(title)}" font-family="system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif">`,
+    `<title>${escapeXml(title)}</title>`,
+    `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
+    `<text x="${titleX}" y="22" font-size="15" font-weight="600" fill="#1f2328">${escapeXml(title)}</text>`,
+  ];
+}
+
 /** Line chart with optional bands, axes, ticks, grid and legend. */
 export function lineChartSvg(opts: LineChartOptions): string {
   const width = opts.width ?? 760;
@@ -147,13 +157,7 @@ export function lineChartSvg(opts: LineChartOptions): string {
   const yFmt = opts.yTickFormat ?? ((v: number) => v.toFixed(decimalsFor(yt.step)));
   const xFmt = opts.xTickFormat ?? ((v: number) => (Math.abs(v) >= 10000 ? `${f2(v / 1000)}k` : v.toFixed(decimalsFor(xt.step))));
 
-  const o: string[] = [];
-  o.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeXml(opts.title)}" font-family="system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif">`,
-  );
-  o.push(`<title>${escapeXml(opts.title)}</title>`);
-  o.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
-  o.push(`<text x="${margin.left}" y="22" font-size="15" font-weight="600" fill="#1f2328">${escapeXml(opts.title)}</text>`);
+  const o = svgOpening(opts.title, width, height, margin.left);
 
   // Clip so bands and lines never spill outside the plot when the y range is fixed or clamped.
   const clipId = `clip-${hashId(opts.title + width + 'x' + height)}`;
@@ -291,13 +295,7 @@ export function diffChartSvg(opts: DiffChartOptions): string {
     return Number(s) === 0 ? '0' : v > 0 ? `+${s}` : s;
   };
 
-  const o: string[] = [];
-  o.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeXml(opts.title)}" font-family="system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif">`,
-  );
-  o.push(`<title>${escapeXml(opts.title)}</title>`);
-  o.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
-  o.push(`<text x="${margin.left}" y="22" font-size="15" font-weight="600" fill="#1f2328">${escapeXml(opts.title)}</text>`);
+  const o = svgOpening(opts.title, width, height, margin.left);
   // Key.
   const ky = 42;
   o.push(`<g class="key" font-size="11" fill="#57606a">`);

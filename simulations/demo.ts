@@ -1,0 +1,34 @@
+// `npm run demo`: the README's main command. A small cross-architecture fleet
+// (simulations/scenarios/demo.yaml): the real coordinator in this process and 3 devices as child
+// processes on loopback, each condition over 3 seeds. Prints the summary table and the report's path.
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { simulate } from './simulate.js';
+
+export const DEMO_FILE = fileURLToPath(new URL('./scenarios/demo.yaml', import.meta.url));
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(
+      'npm run demo [-- --out DIR] [-- --no-progress]\n' +
+        `  runs ${DEMO_FILE} with devices as processes; the full scenarios are in simulations/scenarios/ (npm run simulate -- FILE)\n`,
+    );
+    return;
+  }
+  const outAt = args.indexOf('--out');
+  const out = outAt >= 0 ? args[outAt + 1] : undefined;
+  process.stderr.write('mergenet-fed demo: a CNN and two MLPs on MNIST digits, the real coordinator, devices as processes\n');
+  const res = await simulate(DEMO_FILE, { mode: 'process', out, progress: !args.includes('--no-progress') });
+  if (res.failures.length) process.exitCode = 1;
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    await main();
+  } catch (err) {
+    process.stderr.write(`error: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  }
+  process.exit(process.exitCode ?? 0);
+}
