@@ -2,6 +2,8 @@
 // the federated system; `simulate` and `demo` are registered here when they exist.
 import { Command, Option } from 'commander';
 import { registerClientCommand } from '../client/main.js';
+import { registerDemoCommand } from '../simulations/demo.js';
+import { registerSimulateCommand } from '../simulations/simulate.js';
 import { installSignalHandlers, loadCoordinatorConfig, serve } from '../coordinator/index.js';
 import { createLogger } from '../shared/log.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
@@ -48,6 +50,8 @@ export function buildProgram(): Command {
     });
 
   registerClientCommand(program);
+  registerSimulateCommand(program);
+  registerDemoCommand(program);
   return program;
 }
 

@@ -3,9 +3,28 @@
 // processes on loopback, each condition over 3 seeds. Prints the summary table and the report's path.
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
 import { simulate } from './simulate.js';
 
 export const DEMO_FILE = fileURLToPath(new URL('./scenarios/demo.yaml', import.meta.url));
+
+/** Run the demo; resolves with the number of failed runs. */
+export async function runDemo(o: { out?: string; progress?: boolean } = {}): Promise<number> {
+  process.stderr.write('mergenet-fed demo: a CNN and two MLPs on MNIST digits, the real coordinator, devices as processes\n');
+  const res = await simulate(DEMO_FILE, { mode: 'process', out: o.out, progress: o.progress });
+  return res.failures.length;
+}
+
+export function registerDemoCommand(program: Command): Command {
+  return program
+    .command('demo')
+    .description('run the demo fleet (simulations/scenarios/demo.yaml): the real coordinator and 3 devices as processes; prints the table and the report path')
+    .option('--out <dir>', 'report folder (default: runs/demo)')
+    .option('--no-progress', 'no progress bars on stderr')
+    .action(async (opts: { out?: string; progress?: boolean }) => {
+      if ((await runDemo(opts)) > 0) process.exitCode = 1;
+    });
+}
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -18,9 +37,7 @@ async function main(): Promise<void> {
   }
   const outAt = args.indexOf('--out');
   const out = outAt >= 0 ? args[outAt + 1] : undefined;
-  process.stderr.write('mergenet-fed demo: a CNN and two MLPs on MNIST digits, the real coordinator, devices as processes\n');
-  const res = await simulate(DEMO_FILE, { mode: 'process', out, progress: !args.includes('--no-progress') });
-  if (res.failures.length) process.exitCode = 1;
+  if ((await runDemo({ out, progress: !args.includes('--no-progress') })) > 0) process.exitCode = 1;
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

@@ -11,10 +11,9 @@
 // never updated, so only the queries evolve. The output projection of every residual branch (each
 // MHA's Wo/bo and each FFN's second layer) starts at zero, so a fresh adapter is exactly the identity.
 //
-// Speed: the big tensors are the score matrices [heads, m_t, m_s]. The attention core has a custom
-// gradient that arranges its backward matrix products as plain products of pre-transposed operands;
-// on wasm a product whose output has few rows (e.g. Qᵀ·dS, 8×2048) or a transposed-A product runs
-// 2.5–3.5× slower than the same product laid out with many output rows.
+// Speed: the big tensors are the score matrices [m_t, m_s], one per head. On wasm only an
+// untransposed 2-D matMul takes the fast XNNPACK path (batched or transposed-flag products are
+// 10–30× slower), so attention runs head by head with a custom gradient built from such products.
 import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import type { LowRank } from '../../shared/math/low-rank.js';
@@ -83,29 +82,48 @@ function numelOf(shape: readonly number[]): number {
 }
 
 /**
- * softmax(Q·Kᵀ)·V per head. q: [h, m, dh] (already scaled by 1/√dh), kt: [h, dh, s], v: [h, s, dh].
- * Returns [h, m, dh]. The gradient is hand-written so that every large product is a plain
- * (non-transposed) product with many output rows, the fast layout on wasm.
+ * softmax(Q·Kᵀ)·V for one head. q: [m, dh] (already scaled by 1/√dh), kt: [dh, s], v: [s, dh].
+ * Returns [m, dh]. Heads run one at a time as 2-D products because on wasm only an untransposed
+ * 2-D matMul takes the fast (XNNPACK) path: a batched [h, m, dh]×[h, dh, s] product ran ~30× slower.
+ * The gradient is hand-written so that every product is such an untransposed 2-D product with the
+ * thin operand on the right: the right operand is repacked on every call, so a big right operand
+ * (e.g. Qᵀ·dS) costs far more than transposing the big matrix and putting it on the left.
  */
 const attentionCore = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [q, kt, v, save] = args as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.GradSaveFunc];
-  const p = tf.softmax(tf.matMul(q, kt)) as tf.Tensor3D;
+  const [q, kt, v, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
+  const p = tf.softmax(tf.matMul(q, kt)) as tf.Tensor2D;
   save([q, kt, v, p]);
   return {
     value: tf.matMul(p, v),
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sq, skt, sv, sp] = saved as tf.Tensor3D[];
-      const dO = dy as tf.Tensor3D;
-      const dP = tf.matMul(dO, tf.transpose(sv, [0, 2, 1]));
-      const dV = tf.matMul(tf.transpose(sp, [0, 2, 1]), dO);
+      const [sq, skt, sv, sp] = saved as tf.Tensor2D[];
+      const dO = dy as tf.Tensor2D;
+      const dP = tf.matMul(dO, tf.transpose(sv));
+      const dV = tf.matMul(tf.transpose(sp), dO);
       // softmax backward: dS = P ⊙ (dP − Σ_j dP⊙P)
       const dS = tf.mul(sp, tf.sub(dP, tf.sum(tf.mul(dP, sp), -1, true)));
-      const dQ = tf.matMul(dS, tf.transpose(skt, [0, 2, 1]));
-      const dK = tf.matMul(tf.transpose(dS, [0, 2, 1]), sq);
-      return [dQ, tf.transpose(dK, [0, 2, 1]), dV];
+      const dQ = tf.matMul(dS, tf.transpose(skt));
+      const dK = tf.matMul(tf.transpose(dS), sq);
+      return [dQ, tf.transpose(dK), dV];
     },
   };
 });
+
+/**
+ * x·w with a gradient made of untransposed products (dx = dy·wᵀ, dw = xᵀ·dy, transposes explicit):
+ * tfjs's own matMul gradient uses the transpose flags, which miss the wasm fast path (3–20× slower).
+ */
+const linear = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, w, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
+  save([x, w]);
+  return {
+    value: tf.matMul(x, w),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sx, sw] = saved as tf.Tensor2D[];
+      return [tf.matMul(dy as tf.Tensor2D, tf.transpose(sw)), tf.matMul(tf.transpose(sx), dy as tf.Tensor2D)];
+    },
+  };
+}) as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor2D;
 
 /** GELU, tanh approximation (smooth, so the finite-difference check has no kinks to trip on). */
 function gelu(x: tf.Tensor): tf.Tensor {
@@ -193,23 +211,22 @@ export class LpkaAdapter {
   private attention(prefix: string, xq: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
     const { heads, attnDim } = this.config;
     const dh = attnDim / heads;
-    const m = xq.shape[0];
-    const s = y.shape[0];
-    const q = tf.mul(tf.add(tf.matMul(xq, this.p(`${prefix}/Wq`)), this.p(`${prefix}/bq`)), 1 / Math.sqrt(dh));
-    const k = tf.add(tf.matMul(y, this.p(`${prefix}/Wk`)), this.p(`${prefix}/bk`));
-    const v = tf.add(tf.matMul(y, this.p(`${prefix}/Wv`)), this.p(`${prefix}/bv`));
-    // Head split. These transposes move m·attnDim or s·attnDim floats, tiny next to m·s·heads.
-    const qh = tf.transpose(tf.reshape(q, [m, heads, dh]), [1, 0, 2]) as tf.Tensor3D;
-    const kth = tf.transpose(tf.reshape(k, [s, heads, dh]), [1, 2, 0]) as tf.Tensor3D;
-    const vh = tf.transpose(tf.reshape(v, [s, heads, dh]), [1, 0, 2]) as tf.Tensor3D;
-    const oh = attentionCore(qh, kth, vh) as tf.Tensor3D;
-    const o = tf.reshape(tf.transpose(oh, [1, 0, 2]), [m, attnDim]);
-    return tf.add(tf.matMul(o, this.p(`${prefix}/Wo`)), this.p(`${prefix}/bo`)) as tf.Tensor2D;
+    const q = tf.mul(tf.add(linear(xq, this.p(`${prefix}/Wq`)), this.p(`${prefix}/bq`)), 1 / Math.sqrt(dh));
+    const k = tf.add(linear(y, this.p(`${prefix}/Wk`)), this.p(`${prefix}/bk`));
+    const v = tf.add(linear(y, this.p(`${prefix}/Wv`)), this.p(`${prefix}/bv`));
+    // Per-head operands are column blocks of q and v and row blocks of kᵀ (see attentionCore). One
+    // split per operand rather than a slice per head: its gradient is a single concat.
+    const qs = tf.split(q, heads, 1);
+    const kts = tf.split(tf.transpose(k), heads, 0);
+    const vs = tf.split(v, heads, 1);
+    const outs = qs.map((qh, h) => attentionCore(qh, kts[h], vs[h]) as tf.Tensor2D);
+    const o = heads === 1 ? outs[0] : tf.concat(outs, 1);
+    return tf.add(linear(o, this.p(`${prefix}/Wo`)), this.p(`${prefix}/bo`)) as tf.Tensor2D;
   }
 
   private ffn(prefix: string, x: tf.Tensor2D): tf.Tensor2D {
-    const h = gelu(tf.add(tf.matMul(x, this.p(`${prefix}/W1`)), this.p(`${prefix}/b1`)));
-    return tf.add(tf.matMul(h as tf.Tensor2D, this.p(`${prefix}/W2`)), this.p(`${prefix}/b2`)) as tf.Tensor2D;
+    const h = gelu(tf.add(linear(x, this.p(`${prefix}/W1`)), this.p(`${prefix}/b1`)));
+    return tf.add(linear(h, this.p(`${prefix}/W2`)), this.p(`${prefix}/b2`)) as tf.Tensor2D;
   }
 
   /**

@@ -60,7 +60,7 @@ class BarsProgress implements ProgressReporter {
         format: '{label} {device} |{bar}| {value}/{total} | loss {loss} | acc {acc} | transfers {transfers}',
         barsize: 24,
         hideCursor: true,
-        clearOnComplete: false,
+        clearOnComplete: true,
         stopOnComplete: false,
         autopadding: true,
         fps: 5,
@@ -90,23 +90,20 @@ class BarsProgress implements ProgressReporter {
     } else bar.update(p.step, payload);
   }
 
-  private clearBars(): void {
-    for (const b of this.bars.values()) this.multi?.remove(b);
-    this.bars.clear();
-  }
-
+  /** Each run has its own MultiBar; stopping it clears its bars, and the run's line stays. */
   endRun(line: string): void {
-    this.clearBars();
-    this.log(line);
+    this.stop();
+    this.stream.write(line + '\n');
   }
 
   log(line: string): void {
+    // MultiBar.log buffers until the next redraw; written now, the line survives a stop().
     if (this.multi) this.multi.log(line + '\n');
     else this.stream.write(line + '\n');
   }
 
   stop(): void {
-    this.clearBars();
+    this.bars.clear();
     this.multi?.stop();
     this.multi = undefined;
   }

@@ -141,8 +141,13 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
   const pairs = run.coordinator.pairs.filter((p) => targetPairIds.has(p.id));
   const sum = (f: (p: (typeof pairs)[number]) => number) => pairs.reduce((a, p) => a + f(p), 0);
   const bytes = targetPairBytes(e, run);
+  // Cycles the pairs could have had: one per T_cycle target steps. The devices never wait for the
+  // coordinator, so a busy coordinator or a slow source means fewer.
+  const possible = e.pairs.filter((p) => p.target.device === e.target).reduce((a, p) => a + Math.floor(t.steps / p.tCycle), 0);
   const extra: Record<string, number> = {
     cycles: sum((p) => p.cyclesStarted),
+    cycleCoverage: possible > 0 ? sum((p) => p.cyclesStarted) / possible : 0,
+    skippedInFlight: sum((p) => p.skips.in_flight ?? 0),
     updates: sum((p) => p.updates),
     drops: sum((p) => Object.values(p.drops).reduce((a, b) => a + b, 0)),
     transfersApplied: t.transfersApplied,
@@ -283,7 +288,23 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
       'Wall time per run: the target\'s own training time (first step to last evaluation); fleetWallS is the whole fleet run including process start-up.',
     );
   }
-  if (conditions.some((c) => c === 'mergenet' || c === 'noise')) notes.push(...pairNotes(e));
+  if (conditions.some((c) => c === 'mergenet' || c === 'noise')) {
+    notes.push(
+      'mergenet and noise depend on timing (when each transfer reaches the target, relative to its steps), so they are not bit-for-bit reproducible; ' +
+        'alone and the other local baselines are. A fleet target with no pairs reproduces alone exactly (test/fleet.test.ts).',
+    );
+    for (const c of FLEET_CONDITIONS) {
+      const cov = runs.filter((r) => r.condition === c && r.extra?.cycleCoverage !== undefined).map((r) => r.extra!.cycleCoverage);
+      const mean = cov.reduce((a, b) => a + b, 0) / (cov.length || 1);
+      if (cov.length && mean < 0.8) {
+        notes.push(
+          `${c}: the pairs completed ${(100 * mean).toFixed(0)} % of the cycles T_cycle allows (cycleCoverage): devices never wait for the coordinator, ` +
+            'and it could not keep up. The in-process mode (--mode inprocess) shares one thread, so the coordinator paces the devices there.',
+        );
+      }
+    }
+    notes.push(...pairNotes(e));
+  }
   if (e.sourceWarmup > 0) notes.push(`Sources trained ${e.sourceWarmup} steps before the target started (sourceWarmup).`);
   for (const f of failures) notes.push(`FAILED: ${f.condition}, seed ${f.seed}: ${f.error.split('\n')[0]}`);
   const mixed = e.devices.filter((d) => d.backend !== 'auto' && d.backend !== backend);

@@ -1,0 +1,162 @@
+// The simulation runner end to end: devices as child processes (they start, train, report, and are
+// all gone afterwards), a device process that crashes (reported as a failed condition/seed, never
+// waited on), and the CLI (a bad experiment file is an error naming the field; a good one prints
+// the table and the report's path).
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../shared/tf/backend.js';
+import { loadExperiment, parseExperiment, type Experiment } from '../simulations/experiment/schema.js';
+import { runExperiment, runFleet } from '../simulations/experiment/run-experiment.js';
+import { runBaseline } from '../simulations/baselines/index.js';
+import { silentProgress } from '../simulations/experiment/progress.js';
+import { liveChildPids } from '../simulations/fleet/processes.js';
+
+const mnist = (trainSize: number, offset: number, valSize = 0) => ({ name: 'mnist', trainSize, valSize, testSize: 200, offset });
+
+function tinyObject(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    name: 'tiny-sim',
+    seeds: [0],
+    target: 'target',
+    devices: [
+      { id: 'target', model: { kind: 'mlp', hidden: [16] }, dataset: mnist(100, 0, 100), steps: 60, batchSize: 16, evalEvery: 20 },
+      { id: 'source', model: { kind: 'mlp', hidden: [16] }, dataset: mnist(300, 200), steps: 60, batchSize: 16, evalEvery: 30 },
+    ],
+    pairs: [{ source: { device: 'source', slot: 'dense_0' }, target: { device: 'target', slot: 'dense_0' }, rank: 4, tCycle: 6, k: 3 }],
+    baselines: ['alone', 'mergenet'],
+    mode: 'process',
+    ...over,
+  };
+}
+const tiny = (over: Record<string, unknown> = {}): Experiment => parseExperiment(tinyObject(over));
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+const dirs: string[] = [];
+const tmp = () => {
+  const d = mkdtempSync(join(tmpdir(), 'simulate-'));
+  dirs.push(d);
+  return d;
+};
+beforeAll(async () => {
+  await initBackend('wasm', () => {});
+});
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe('process mode', () => {
+  it('runs a tiny experiment end to end with devices as child processes, and leaves none behind', async () => {
+    const out = tmp();
+    const pids = new Map<string, number>();
+    const res = await runExperiment(tiny(), { out, onSpawn: (device, pid) => pids.set(device, pid) });
+    expect(res.failures).toEqual([]);
+    expect([...pids.keys()].sort()).toEqual(['source', 'target']);
+    expect(pids.get('source')).not.toBe(process.pid);
+    const [alone, mergenet] = res.result.runs;
+    expect(mergenet.condition).toBe('mergenet');
+    expect(mergenet.curve.map((p) => p.step)).toEqual([20, 40, 60]);
+    // Same data, init and batches in the child as here: the first point precedes any adapter update.
+    expect(mergenet.curve[0]).toEqual(alone.curve[0]);
+    expect(mergenet.extra!.cycles).toBeGreaterThanOrEqual(1);
+    for (const p of Object.values(res.paths!)) expect(existsSync(p)).toBe(true);
+    const json = JSON.parse(readFileSync(res.paths!.json, 'utf8'));
+    expect(json.mode).toBe('process');
+    expect(json.runs).toHaveLength(2);
+    await new Promise((r) => setTimeout(r, 200));
+    for (const pid of pids.values()) expect(alive(pid)).toBe(false);
+    expect(liveChildPids()).toEqual([]);
+  }, 60_000);
+
+  it('a child-process target with no pairs reproduces the local alone curve exactly', async () => {
+    const e = tiny();
+    const alone = await runBaseline('alone', e, 2);
+    const fleet = await runFleet(e, 2, { mode: 'process', pairMode: 'real', pairs: [], label: 'no pairs' });
+    expect(fleet.devices.target.curve).toEqual(alone.curve);
+    expect(fleet.devices.target.backend).toBe('wasm');
+  }, 30_000);
+
+  it('reports a crashed device process as a failed condition/seed instead of hanging', async () => {
+    const out = tmp();
+    const pids: number[] = [];
+    const t0 = Date.now();
+    let targetPid = 0;
+    let killedAt: number | undefined;
+    const res = await runExperiment(tiny({ seeds: [0] }), {
+      out,
+      stallTimeoutMs: 20_000,
+      timeoutMs: 40_000,
+      onSpawn: (device, pid) => {
+        pids.push(pid);
+        if (device === 'target') targetPid = pid;
+      },
+      progress: {
+        ...silentProgress(),
+        update: (p) => {
+          // Mid-training, the target dies as a crashing device would: killed, no goodbye.
+          if (p.device === 'target' && targetPid && killedAt === undefined && p.step >= 20 && p.step < 60) {
+            killedAt = p.step;
+            process.kill(targetPid, 'SIGKILL');
+          }
+        },
+      },
+    });
+    expect(killedAt).toBeDefined();
+    expect(Date.now() - t0).toBeLessThan(40_000);
+    expect(res.failures).toHaveLength(1);
+    expect(res.failures[0]).toMatchObject({ condition: 'mergenet', seed: 0 });
+    expect(res.failures[0].error).toMatch(/device "target" exited \(signal SIGKILL\)/);
+    expect(res.result.runs.map((r) => r.condition)).toEqual(['alone']);
+    expect(res.result.notes!.some((n) => n.startsWith('FAILED: mergenet, seed 0'))).toBe(true);
+    expect(readFileSync(res.paths!.md, 'utf8')).toContain('FAILED: mergenet, seed 0');
+    await new Promise((r) => setTimeout(r, 200));
+    for (const pid of pids) expect(alive(pid)).toBe(false);
+    expect(liveChildPids()).toEqual([]);
+  }, 60_000);
+});
+
+describe('the simulate CLI', () => {
+  const cli = (args: string[]) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'simulations/simulate.ts', ...args], { encoding: 'utf8', timeout: 50_000, env: { ...process.env, MERGENET_BACKEND: 'wasm' } });
+
+  it('refuses a bad experiment file with an error naming the field', () => {
+    const dir = tmp();
+    const obj = tinyObject();
+    (obj.devices as Record<string, unknown>[])[1].steps = -5;
+    (obj.pairs as Record<string, unknown>[])[0].k = 9; // k > tCycle
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(file, stringify(obj));
+    expect(() => loadExperiment(file)).toThrow(/devices\[1\]\.steps/);
+    const r = cli([file]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/devices\[1\]\.steps: /);
+    expect(r.stderr).toMatch(/pairs\[0\]\.k: k \(9\) must not exceed tCycle \(6\)/);
+    expect(r.stdout).toBe('');
+  }, 30_000);
+
+  it('runs a file and prints the table and the report path', () => {
+    const dir = tmp();
+    const file = join(dir, 'ok.yaml');
+    writeFileSync(file, stringify(tinyObject({ mode: 'inprocess', baselines: ['alone'] })));
+    const r = cli([file, '--out', join(dir, 'report'), '--seeds', '0,1', '--no-progress']);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/\| alone +\| +2 \|/);
+    expect(r.stdout).toContain(`report: ${join(dir, 'report', 'report.md')}`);
+    expect(existsSync(join(dir, 'report', 'report.html'))).toBe(true);
+    const bad = cli([file, '--conditions', 'alone,telepathy', '--no-progress']);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/unknown condition "telepathy"/);
+  }, 50_000);
+});
