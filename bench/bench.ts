@@ -46,7 +46,9 @@ function decayingMatrix(m: number, n: number, seed: number): tf.Tensor2D {
 }
 
 async function main(): Promise<void> {
-  const backends = await availableBackends();
+  // BENCH_BACKENDS=wasm,cpu limits the run (the cpu backend takes minutes on the large shapes)
+  const only = process.env.BENCH_BACKENDS?.split(',').map((b) => b.trim()).filter(Boolean);
+  const backends = (await availableBackends()).filter((b) => !only || only.includes(b));
   const results: unknown[] = [];
   for (const backend of backends) {
     await initBackend(backend, () => {});
