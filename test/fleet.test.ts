@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../shared/tf/backend.js';
-import { parseExperiment, type Experiment } from '../simulations/experiment/schema.js';
+import type { Experiment } from '../simulations/experiment/schema.js';
+import { tinyExperiment, type TinyShape } from './helpers/experiments.js';
 import { runBaseline } from '../simulations/baselines/index.js';
 import { fleetConditionRun, runExperiment, runFleet, targetPairBytes } from '../simulations/experiment/run-experiment.js';
 import { DeviceClient, type FeedbackEvent } from '../client/device.js';
@@ -17,23 +18,8 @@ import { parseCoordinatorConfig, serve } from '../coordinator/index.js';
 import { silentLogger } from '../shared/log.js';
 import type { PlanMsg } from '../shared/protocol/messages.js';
 
-const mnist = (trainSize: number, offset: number, valSize = 0) => ({ name: 'mnist', trainSize, valSize, testSize: 200, offset });
-
-function tiny(over: Record<string, unknown> = {}): Experiment {
-  return parseExperiment({
-    name: 'tiny-fleet',
-    seeds: [0],
-    target: 'target',
-    devices: [
-      { id: 'target', model: { kind: 'mlp', hidden: [16] }, dataset: mnist(100, 0, 100), steps: 45, batchSize: 16, evalEvery: 10 },
-      { id: 'source', model: { kind: 'mlp', hidden: [16] }, dataset: mnist(300, 200), steps: 45, batchSize: 16, evalEvery: 20 },
-    ],
-    pairs: [{ source: { device: 'source', slot: 'dense_0' }, target: { device: 'target', slot: 'dense_0' }, rank: 4, tCycle: 6, k: 3 }],
-    baselines: ['alone', 'mergenet', 'noise'],
-    mode: 'inprocess',
-    ...over,
-  });
-}
+const SHAPE: TinyShape = { name: 'tiny-fleet', steps: 45, targetEvalEvery: 10, sourceEvalEvery: 20, baselines: ['alone', 'mergenet', 'noise'], mode: 'inprocess' };
+const tiny = (over: Record<string, unknown> = {}): Experiment => tinyExperiment(SHAPE, over);
 
 const dirs: string[] = [];
 beforeAll(async () => {

@@ -10,28 +10,14 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../shared/tf/backend.js';
 import { loadExperiment, parseExperiment, type Experiment } from '../simulations/experiment/schema.js';
+import { tinyExperimentObject, type TinyShape } from './helpers/experiments.js';
 import { runExperiment, runFleet } from '../simulations/experiment/run-experiment.js';
 import { runBaseline } from '../simulations/baselines/index.js';
 import { silentProgress } from '../simulations/experiment/progress.js';
 import { liveChildPids } from '../simulations/fleet/processes.js';
 
-const mnist = (trainSize: number, offset: number, valSize = 0) => ({ name: 'mnist', trainSize, valSize, testSize: 200, offset });
-
-function tinyObject(over: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    name: 'tiny-sim',
-    seeds: [0],
-    target: 'target',
-    devices: [
-      { id: 'target', model: { kind: 'mlp', hidden: [16] }, dataset: mnist(100, 0, 100), steps: 60, batchSize: 16, evalEvery: 20 },
-      { id: 'source', model: { kind: 'mlp', hidden: [16] }, dataset: mnist(300, 200), steps: 60, batchSize: 16, evalEvery: 30 },
-    ],
-    pairs: [{ source: { device: 'source', slot: 'dense_0' }, target: { device: 'target', slot: 'dense_0' }, rank: 4, tCycle: 6, k: 3 }],
-    baselines: ['alone', 'mergenet'],
-    mode: 'process',
-    ...over,
-  };
-}
+const SHAPE: TinyShape = { name: 'tiny-sim', steps: 60, targetEvalEvery: 20, sourceEvalEvery: 30, baselines: ['alone', 'mergenet'], mode: 'process' };
+const tinyObject = (over: Record<string, unknown> = {}) => tinyExperimentObject(SHAPE, over);
 const tiny = (over: Record<string, unknown> = {}): Experiment => parseExperiment(tinyObject(over));
 
 const alive = (pid: number) => {
