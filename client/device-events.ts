@@ -1,0 +1,105 @@
+// What a DeviceClient reports: its status snapshot and the events it emits. Kept apart so the
+// transport (device-link.ts) and the cycle logic (transfer-apply.ts, local-training-loop.ts) can
+// speak these types without importing the client that composes them.
+import type { PlanMsg, PlanPair, RejectMsg } from '../shared/protocol/messages.js';
+
+export interface DeviceStatus {
+  deviceId: string;
+  step: number;
+  connected: boolean;
+  /** the plan's session id, undefined until a plan arrived on the current connection */
+  session: string | undefined;
+  pairs: PlanPair[];
+  /** (re)connections made, the first included */
+  connections: number;
+  slicesSent: number;
+  transfersReceived: number;
+  transfersApplied: number;
+  /** inbound messages ignored (transfers not applied, bad plans), by reason */
+  ignored: Record<string, number>;
+  feedbackSent: number;
+  /** windows dropped without feedback (disconnects, new plans, shutdown) */
+  windowsAbandoned: number;
+  openWindows: number;
+  /** pairs whose knowledge branch is in the model now */
+  branches: string[];
+  /** slices held for transfers still to come, and slices dropped by the memory limits */
+  slicesRemembered: number;
+  slicesEvicted: number;
+  rejects: Record<string, number>;
+  loss: number | undefined;
+  valAcc: number | undefined;
+  testAcc: number | undefined;
+  stepsPerSec: number | undefined;
+  stopped: boolean;
+  /**
+   * Payload bytes (the MessagePack buffers) by message: sent `slice:<slot>`, `feedback:<pairId>`,
+   * `metrics`, `register`; received `transfer:<pairId>`.
+   */
+  wire: Record<string, { messages: number; bytes: number }>;
+}
+
+export interface TransferEvent {
+  pairId: string;
+  cycleId: number;
+  sliceId: number;
+  slot: string;
+  step: number;
+  adapterStep: number;
+  scale: number;
+  branchNorm: number;
+  weightNorm: number;
+}
+export interface FeedbackEvent {
+  pairId: string;
+  cycleId: number;
+  slot: string;
+  step: number;
+  steps: number;
+  scale: number;
+  loss: number;
+  valAcc: number | undefined;
+  gANorm: number;
+  gBNorm: number;
+  /** where G was computed: the training batches, or the val split (plan `feedback: heldout`) */
+  feedback: 'train' | 'heldout';
+}
+export interface SliceEvent {
+  slot: string;
+  sliceId: number;
+  rank: number;
+  step: number;
+  pairIds: string[];
+}
+export interface EvalEvent {
+  step: number;
+  loss: number;
+  /** undefined when the val split is empty */
+  valAcc: number | undefined;
+  testAcc?: number;
+  stepsPerSec: number;
+}
+export interface StepEvent {
+  step: number;
+  loss: number;
+}
+export interface IgnoredEvent {
+  reason: string;
+  pairId?: string;
+  cycleId?: number;
+  detail?: string;
+}
+
+export interface DeviceEvents {
+  step: [StepEvent];
+  slice: [SliceEvent];
+  transfer: [TransferEvent];
+  feedback: [FeedbackEvent];
+  reject: [RejectMsg];
+  plan: [PlanMsg];
+  eval: [EvalEvent];
+  ignored: [IgnoredEvent];
+  connect: [{ connections: number }];
+  disconnect: [{ reason: string; abandonedWindows: number; droppedTransfers: number }];
+  stopped: [DeviceStatus];
+}

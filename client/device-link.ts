@@ -1,0 +1,279 @@
+// The device's edge to the coordinator (docs/PROTOCOL.md): one socket.io-client connection with
+// auth, reconnection with backoff, refusal of fatal handshakes, decoding and validating inbound
+// messages, encoding outbound ones and counting their bytes. It knows nothing of models or
+// cycles: what arrives goes to typed handlers, which only queue, so training never waits on it.
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { io, type Socket } from 'socket.io-client';
+import { decodeMessage, encodeMessage } from '../shared/codec/tensor-codec.js';
+import type { Logger } from '../shared/log.js';
+import { ERROR_CODES, isErrorCode, type ErrorCode } from '../shared/protocol/errors.js';
+import { EVENTS, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/events.js';
+import {
+  describeZodError,
+  planSchema,
+  rejectSchema,
+  transferSchema,
+  type PlanMsg,
+  type RejectMsg,
+  type TransferMsg,
+} from '../shared/protocol/messages.js';
+import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+
+/**
+ * Handshake refusals that retrying cannot fix (the same auth would be refused again): start()
+ * rejects with them. `invalid_message` here means the auth object itself was malformed.
+ */
+export const FATAL_HANDSHAKE_CODES: readonly ErrorCode[] = ['unauthorized', 'bad_token', 'unknown_device', 'protocol_version', 'invalid_message'];
+
+/** Thrown (start() rejects with it) when the coordinator refuses this device for good. */
+export class DeviceRefusedError extends Error {
+  constructor(
+    readonly code: string,
+    readonly reason: string,
+  ) {
+    const hint = isErrorCode(code) ? ` (${ERROR_CODES[code]})` : '';
+    super(`coordinator refused device: ${code}: ${reason}${hint}`);
+    this.name = 'DeviceRefusedError';
+  }
+}
+
+export interface ReconnectOptions {
+  /** First delay before reconnecting, ms (default 500). */
+  delayMs?: number;
+  /** Cap of the exponential backoff, ms (default 10 000). */
+  maxDelayMs?: number;
+  /** Jitter: each delay is multiplied by a factor in [1 − r, 1 + r] (default 0.5). */
+  randomization?: number;
+  /** Connection attempt timeout, ms (default 10 000). */
+  timeoutMs?: number;
+}
+
+export interface DeviceLinkOptions {
+  url: string;
+  /** socket.io path (default "/socket.io"). */
+  path?: string;
+  deviceId: string;
+  token: string;
+  reconnect?: ReconnectOptions;
+  /** ms to wait at close, after the last message left, before disconnecting (default 100). */
+  lingerMs?: number;
+  log: Logger;
+  /** true once the device is shutting down: no reconnect is attempted then */
+  stopping(): boolean;
+  /** the current plan: outbound messages (register excepted) need one; it bounds message size */
+  plan(): PlanMsg | undefined;
+}
+
+/** What the link reports. Handlers run on socket events, between training steps. */
+export interface DeviceLinkHandlers {
+  connected(connections: number): void;
+  disconnected(reason: string): void;
+  /** the handshake was refused for good; the link has given up */
+  refused(err: DeviceRefusedError): void;
+  /** a plan for this device and protocol version (its pairs not yet checked against the slots) */
+  plan(plan: PlanMsg): void;
+  transfer(t: TransferMsg): void;
+  reject(r: RejectMsg): void;
+  /** an inbound message that could not be decoded or handled; it never stops training */
+  badMessage(event: string, err: Error): void;
+}
+
+type DeviceSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
+
+export class DeviceLink {
+  /** (re)connections made, the first included */
+  connections = 0;
+  transfersReceived = 0;
+  /** payload bytes by message key (see DeviceStatus.wire) */
+  readonly wire: Record<string, { messages: number; bytes: number }> = {};
+  private socket: DeviceSocket | undefined;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private manualAttempts = 0;
+
+  constructor(
+    private readonly opts: DeviceLinkOptions,
+    private readonly on: DeviceLinkHandlers,
+  ) {}
+
+  get connected(): boolean {
+    return this.socket?.connected ?? false;
+  }
+
+  connect(): void {
+    const r = this.opts.reconnect ?? {};
+    const socket: DeviceSocket = io(this.opts.url, {
+      path: this.opts.path,
+      auth: { deviceId: this.opts.deviceId, token: this.opts.token, protocolVersion: PROTOCOL_VERSION },
+      transports: ['websocket'],
+      reconnection: true,
+      reconnectionDelay: r.delayMs ?? 500,
+      reconnectionDelayMax: r.maxDelayMs ?? 10_000,
+      randomizationFactor: r.randomization ?? 0.5,
+      timeout: r.timeoutMs ?? 10_000,
+    });
+    this.socket = socket;
+    socket.on('connect', () => this.onConnect());
+    socket.on('disconnect', (reason) => this.onDisconnect(reason));
+    socket.on('connect_error', (err) => this.onConnectError(err));
+    socket.on(EVENTS.plan, (buf) => this.guard('plan', () => this.onPlan(buf)));
+    socket.on(EVENTS.transfer, (buf) => this.guard('transfer', () => this.onTransfer(buf)));
+    socket.on(EVENTS.reject, (buf) => this.guard('reject', () => this.onReject(buf)));
+  }
+
+  /**
+   * Emit only on a live connection with a plan (register excepted): socket.io would otherwise
+   * buffer the message and deliver it after a reconnect, i.e. into a newer session.
+   */
+  send(event: keyof ClientToServerEvents, msg: unknown, wireKey: string = event): boolean {
+    const socket = this.socket;
+    if (!socket?.connected) return false;
+    const plan = this.opts.plan();
+    if (event !== EVENTS.register && !plan) return false;
+    let buf: Buffer;
+    try {
+      buf = encodeMessage(msg, { maxBytes: plan?.maxMessageBytes });
+    } catch (err) {
+      this.opts.log.error({ event, err: (err as Error).message }, 'message not sent');
+      return false;
+    }
+    socket.emit(event, buf);
+    this.countWire(wireKey, buf);
+    return true;
+  }
+
+  /** Cut the transport abruptly, as a network failure would (no disconnect handshake). */
+  dropConnection(): void {
+    const engine = (this.socket?.io as unknown as { engine?: { close(): void } } | undefined)?.engine;
+    engine?.close();
+  }
+
+  /**
+   * Before disconnecting, let the last messages (e.g. the feedback of the final step) leave and be
+   * handled: socket.io drops events that the server reads in the same batch as a disconnect.
+   */
+  async flushOutgoing(): Promise<void> {
+    const socket = this.socket;
+    if (!socket?.connected) return;
+    const engine = (socket.io as unknown as { engine?: { writeBuffer?: unknown[] } }).engine;
+    const deadline = performance.now() + 1000;
+    while ((engine?.writeBuffer?.length ?? 0) > 0 && socket.connected && performance.now() < deadline) await sleep(5);
+    const linger = this.opts.lingerMs ?? 100;
+    if (linger > 0 && socket.connected) await sleep(linger);
+  }
+
+  /** Close for good: no handler runs and no reconnect happens after this. */
+  close(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    if (this.socket) {
+      this.socket.removeAllListeners();
+      this.closeGracefully(this.socket);
+    }
+  }
+
+  /**
+   * Close by closing the transport (a WebSocket close, after the write buffer drained) rather than
+   * with socket.io's DISCONNECT packet: a socket.io server handles events on the next tick and
+   * drops those it read in the same batch as a DISCONNECT, so a busy coordinator would lose the
+   * last feedback. A transport close is seen in a later I/O callback, after those events ran.
+   */
+  private closeGracefully(socket: DeviceSocket): void {
+    const manager = socket.io;
+    manager.reconnection(false);
+    const engine = (manager as unknown as { engine?: { close(): void } }).engine;
+    if (socket.connected && engine) engine.close();
+    socket.disconnect(); // no packet once the transport is closed; stops any pending reconnect
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // connection lifecycle
+
+  private onConnect(): void {
+    this.connections += 1;
+    this.manualAttempts = 0;
+    this.on.connected(this.connections);
+  }
+
+  private onDisconnect(reason: string): void {
+    this.on.disconnected(reason);
+    // socket.io does not reconnect by itself after a server-side disconnect. (The coordinator
+    // also closes a connection that a newer one of the same device id replaced: two processes
+    // running as one device will keep replacing each other.)
+    if (reason === 'io server disconnect' && !this.opts.stopping()) this.scheduleManualReconnect();
+  }
+
+  private onConnectError(err: Error & { data?: unknown }): void {
+    const data = (err.data ?? {}) as { code?: unknown; reason?: unknown };
+    const code = typeof data.code === 'string' ? data.code : isErrorCode(err.message) ? err.message : undefined;
+    const reason = typeof data.reason === 'string' ? data.reason : err.message;
+    if (code && (FATAL_HANDSHAKE_CODES as readonly string[]).includes(code)) {
+      this.opts.log.error({ code, reason }, 'handshake refused');
+      this.on.refused(new DeviceRefusedError(code, reason));
+      this.socket?.disconnect();
+      return;
+    }
+    this.opts.log.warn({ code, reason }, 'connection attempt failed; retrying with backoff');
+    // A refusal by server middleware leaves the socket inactive: socket.io will not retry it.
+    if (this.socket && !this.socket.active && !this.opts.stopping()) this.scheduleManualReconnect();
+  }
+
+  private scheduleManualReconnect(): void {
+    if (this.reconnectTimer) return;
+    const r = this.opts.reconnect ?? {};
+    const base = r.delayMs ?? 500;
+    const cap = r.maxDelayMs ?? 10_000;
+    const jitter = r.randomization ?? 0.5;
+    const raw = Math.min(cap, base * 2 ** Math.min(this.manualAttempts, 30));
+    const delay = Math.min(cap, raw * (1 - jitter + 2 * jitter * Math.random()));
+    this.manualAttempts += 1;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      if (!this.opts.stopping()) this.socket?.connect();
+    }, delay);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // inbound messages (decode and validate, then hand over)
+
+  /** A bad message from the coordinator is reported and dropped; it never stops training. */
+  private guard(event: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.on.badMessage(event, err as Error);
+    }
+  }
+
+  private onPlan(buf: unknown): void {
+    const res = planSchema.safeParse(decodeMessage(buf));
+    if (!res.success) throw new Error(`plan: ${describeZodError(res.error)}`);
+    const plan = res.data;
+    if (plan.deviceId !== this.opts.deviceId) throw new Error(`plan is for device "${plan.deviceId}", not "${this.opts.deviceId}"`);
+    if (plan.protocolVersion !== PROTOCOL_VERSION) {
+      throw new Error(`plan speaks protocol ${plan.protocolVersion}, this device ${PROTOCOL_VERSION}`);
+    }
+    this.on.plan(plan);
+  }
+
+  private onTransfer(buf: unknown): void {
+    this.transfersReceived += 1;
+    const res = transferSchema.safeParse(decodeMessage(buf, { maxBytes: this.opts.plan()?.maxMessageBytes }));
+    if (!res.success) throw new Error(`transfer: ${describeZodError(res.error)}`);
+    this.countWire(`transfer:${res.data.pairId}`, buf);
+    this.on.transfer(res.data);
+  }
+
+  private onReject(buf: unknown): void {
+    const res = rejectSchema.safeParse(decodeMessage(buf));
+    if (!res.success) throw new Error(`reject: ${describeZodError(res.error)}`);
+    this.on.reject(res.data);
+  }
+
+  private countWire(key: string, buf: unknown): void {
+    const bytes = buf instanceof Uint8Array ? buf.byteLength : buf instanceof ArrayBuffer ? buf.byteLength : 0;
+    const c = (this.wire[key] ??= { messages: 0, bytes: 0 });
+    c.messages += 1;
+    c.bytes += bytes;
+  }
+}

@@ -1,0 +1,191 @@
+// The two ends of a target pair's cycle on the device (DESIGN.md §2), free of any transport:
+// - applying a transfer between steps: find the slice it was computed from, set the pair's
+//   knowledge branch, open its k-step feedback window (and its held-out sum);
+// - closing that window into the feedback message: G (training or held-out) projected onto the
+//   generated factors, checked finite before it may leave.
+import * as tf from '@tensorflow/tfjs';
+import type { Logger } from '../shared/log.js';
+import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { tensorToWire } from '../shared/codec/tensor-codec.js';
+import { feedbackSchema, type FeedbackMsg, type Metrics, type PlanMsg, type PlanPair } from '../shared/protocol/messages.js';
+import type { ClosedWindow, FeedbackWindows, QueuedTransfer, SliceMemory } from './cycle-state.js';
+import type { IgnoredEvent, TransferEvent } from './device-events.js';
+import { projectFeedback } from './feedback.js';
+import type { HeldoutFeedback, HeldoutSum } from './heldout-feedback.js';
+import type { KnowledgeBranches } from './knowledge-branch.js';
+
+/** The first r columns of A and rows of B. The caller owns the result. */
+function truncateFactors(f: LowRank, r: number): LowRank {
+  return tf.tidy(() => ({
+    A: tf.slice(f.A, [0, 0], [f.A.shape[0], r]) as tf.Tensor2D,
+    B: tf.slice(f.B, [0, 0], [r, f.B.shape[1]]) as tf.Tensor2D,
+  }));
+}
+
+function norm(values: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < values.length; i++) s += values[i] * values[i];
+  return Math.sqrt(s);
+}
+
+export interface TransferApplierDeps {
+  branches: KnowledgeBranches;
+  slices: SliceMemory;
+  windows: FeedbackWindows;
+  heldout: HeldoutFeedback;
+  log: Logger;
+  ignore(e: IgnoredEvent): void;
+  applied(e: TransferEvent): void;
+}
+
+export class TransferApplier {
+  /** transfers applied, all sessions */
+  count = 0;
+  /** pairId → the sliceId its latest applied transfer referred to (this session) */
+  private readonly lastTransferSlice = new Map<string, number>();
+
+  constructor(private readonly d: TransferApplierDeps) {}
+
+  /** The session ended: its slices are freed, so no transfer of it can refer to them. */
+  forgetSession(): void {
+    this.lastTransferSlice.clear();
+  }
+
+  /**
+   * Between steps: drop the branches of pairs that are no longer this device's target pairs, then
+   * apply `queued` (oldest first) at local step `step`.
+   */
+  apply(queued: QueuedTransfer[], plan: PlanMsg | undefined, step: number): void {
+    const { branches, slices, windows, heldout } = this.d;
+    const targets = new Map((plan?.pairs ?? []).filter((p) => p.role === 'target').map((p) => [p.pairId, p]));
+    if (plan) {
+      for (const id of branches.pairs()) {
+        const p = targets.get(id);
+        if (!p || p.slot !== branches.layerOf(id)) branches.remove(id);
+      }
+    }
+    for (const t of queued) {
+      if (!plan || t.session !== plan.session) {
+        this.d.ignore({ reason: 'session_ended', pairId: t.pairId, cycleId: t.cycleId });
+        continue;
+      }
+      const pair = targets.get(t.pairId);
+      if (!pair || pair.slot !== t.slot) {
+        this.d.ignore({ reason: 'not_a_target_pair', pairId: t.pairId, cycleId: t.cycleId });
+        continue;
+      }
+      const slice = slices.get(t.sliceId);
+      if (!slice || slice.slot !== t.slot) {
+        this.d.ignore({ reason: 'slice_gone', pairId: t.pairId, cycleId: t.cycleId, detail: `slice ${t.sliceId}` });
+        continue;
+      }
+      if (slice.rank < pair.rank) {
+        this.d.ignore({ reason: 'slice_rank', pairId: t.pairId, cycleId: t.cycleId, detail: `slice ${t.sliceId} has rank ${slice.rank} < ${pair.rank}` });
+        continue;
+      }
+      const generated: LowRank = {
+        A: tf.tensor2d(t.A.values, t.A.shape as [number, number]),
+        B: tf.tensor2d(t.B.values, t.B.shape as [number, number]),
+      };
+      // The coordinator used the first r columns of A and rows of B (a rank-r slice of the same W,
+      // since the factors are ordered by singular value); so must the branch.
+      const current = slice.rank === pair.rank ? slice.factors : truncateFactors(slice.factors, pair.rank);
+      let upd;
+      try {
+        upd = branches.set(t.pairId, t.slot, generated, current, pair.tau);
+      } catch (err) {
+        disposeLowRank(generated);
+        this.d.ignore({ reason: 'branch_failed', pairId: t.pairId, cycleId: t.cycleId, detail: (err as Error).message });
+        continue;
+      } finally {
+        if (current !== slice.factors) disposeLowRank(current);
+      }
+      windows.openWindow({
+        pairId: t.pairId,
+        cycleId: t.cycleId,
+        session: t.session,
+        layer: t.slot,
+        generated,
+        scale: upd.scale,
+        k: pair.k,
+        openedAt: step,
+      });
+      heldout.drop(t.pairId);
+      if (pair.feedback === 'heldout') {
+        if (heldout.available) heldout.open(t.pairId, t.slot);
+        else this.d.log.warn({ pairId: t.pairId }, 'the plan asks for held-out feedback but the val split is empty: G comes from the training batches');
+      }
+      this.count += 1;
+      this.releaseSlices(pair.slot, t.pairId, t.sliceId, targets);
+      this.d.log.debug({ pairId: t.pairId, cycleId: t.cycleId, step, ...upd }, 'transfer applied');
+      this.d.applied({
+        pairId: t.pairId,
+        cycleId: t.cycleId,
+        sliceId: t.sliceId,
+        slot: t.slot,
+        step,
+        adapterStep: t.adapterStep,
+        ...upd,
+      });
+    }
+  }
+
+  /**
+   * The coordinator starts each cycle of a pair on a newer target slice than the last, so once
+   * every target pair of a slot has had a transfer, slices older than the oldest of those are
+   * never needed again.
+   */
+  private releaseSlices(slot: string, pairId: string, sliceId: number, targets: Map<string, PlanPair>): void {
+    this.lastTransferSlice.set(pairId, sliceId);
+    let floor = Infinity;
+    for (const p of targets.values()) {
+      if (p.slot !== slot) continue;
+      const used = this.lastTransferSlice.get(p.pairId);
+      if (used === undefined) return;
+      floor = Math.min(floor, used);
+    }
+    if (floor !== Infinity) this.d.slices.release(slot, floor);
+  }
+}
+
+export interface WindowFeedback {
+  msg: FeedbackMsg;
+  /** false when G is not finite or the message is not valid: it must not be sent */
+  valid: boolean;
+  gANorm: number;
+  gBNorm: number;
+}
+
+/**
+ * The feedback of a closed window. With a held-out sum (owned by this call from now on) its G
+ * replaces the window's training G. `w.G` is replaced but not disposed at the end: the caller
+ * still owns the window.
+ */
+export function windowFeedback(w: ClosedWindow, held: HeldoutSum | undefined, metrics: Metrics): WindowFeedback {
+  let steps = w.steps;
+  if (held) {
+    const shape = w.G.shape;
+    w.G.dispose();
+    w.G = held.G ?? (tf.zeros(shape) as tf.Tensor2D);
+    steps = held.steps;
+  }
+  const fb = projectFeedback(w.G, w.generated, w.scale);
+  const gA = fb.gA.dataSync() as Float32Array;
+  const gB = fb.gB.dataSync() as Float32Array;
+  const gAShape = fb.gA.shape;
+  const gBShape = fb.gB.shape;
+  fb.gA.dispose();
+  fb.gB.dispose();
+  const msg: FeedbackMsg = {
+    pairId: w.pairId,
+    cycleId: w.cycleId,
+    steps: Math.max(1, steps),
+    scale: w.scale,
+    gA: tensorToWire(gA, gAShape),
+    gB: tensorToWire(gB, gBShape),
+    metrics,
+  };
+  // A NaN in G would be refused; better not to send it and say why at the sender.
+  const valid = feedbackSchema.safeParse(msg).success && gA.every(Number.isFinite) && gB.every(Number.isFinite);
+  return { msg, valid, gANorm: norm(gA), gBNorm: norm(gB) };
+}
