@@ -1,9 +1,9 @@
 // Devices the coordinator knows: their credentials, their current connection (session), their
 // registered slots and the latest slice of each slot. Owns the slice tensors it stores.
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
-import type { ErrorCode } from '../shared/protocol/errors.js';
 import type { Metrics, RegisterMsg } from '../shared/protocol/messages.js';
+import { tokenDigest } from './auth.js';
 import type { DeviceConfig } from './config.js';
 
 /** The latest slice of one slot of one device. The registry owns A and B. */
@@ -32,7 +32,7 @@ export interface Registration {
 
 export interface DeviceRecord {
   id: string;
-  /** sha256 of the configured token: compared in constant time, never logged */
+  /** sha256 of the configured token (auth.ts compares it in constant time); never logged */
   tokenDigest: Buffer;
   connected: boolean;
   socketId?: string;
@@ -48,37 +48,13 @@ export interface DeviceRecord {
   lastPlanKey?: string;
 }
 
-export type AuthResult = { ok: true; device: DeviceRecord } | { ok: false; code: ErrorCode; reason: string };
-
-function digest(token: string): Buffer {
-  return createHash('sha256').update(token, 'utf8').digest();
-}
-
 export class Registry {
   private readonly devices = new Map<string, DeviceRecord>();
 
   constructor(configured: readonly DeviceConfig[]) {
     for (const d of configured) {
-      this.devices.set(d.id, { id: d.id, tokenDigest: digest(d.token), connected: false, connections: 0, slices: new Map() });
+      this.devices.set(d.id, { id: d.id, tokenDigest: tokenDigest(d.token), connected: false, connections: 0, slices: new Map() });
     }
-  }
-
-  /**
-   * Check a handshake's device id and token. Tokens are compared as sha256 digests with
-   * timingSafeEqual: equal lengths always, so neither the length nor a prefix leaks.
-   */
-  authenticate(deviceId: string, token: string): AuthResult {
-    const device = this.devices.get(deviceId);
-    const given = digest(token);
-    if (!device) {
-      // Still burn the same comparison so an unknown id costs what a known one does.
-      timingSafeEqual(given, given);
-      return { ok: false, code: 'unknown_device', reason: `no device "${deviceId}" in the coordinator config` };
-    }
-    if (!timingSafeEqual(given, device.tokenDigest)) {
-      return { ok: false, code: 'bad_token', reason: `the token does not match device "${deviceId}"` };
-    }
-    return { ok: true, device };
   }
 
   get(id: string): DeviceRecord | undefined {

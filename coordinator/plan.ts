@@ -1,0 +1,78 @@
+// Who does what: the plan each device gets and the pairs autoPair links. Pure functions of the
+// pairs and the registrations (no state, no I/O), so the engine only applies what they decide.
+import type { PlanPair } from '../shared/protocol/messages.js';
+import { hash32, type CoordinatorConfig, type PairConfig } from './config.js';
+import type { Pair } from './pair.js';
+import type { DeviceRecord, Registry } from './registry.js';
+
+/** A device's part in every active pair whose slot it registered: its role, peer, rank and timing. */
+export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Registry): PlanPair[] {
+  const out: PlanPair[] = [];
+  for (const p of pairs) {
+    if (!p.active) continue;
+    for (const role of ['source', 'target'] as const) {
+      const me = p[role];
+      const peer = role === 'source' ? p.target : p.source;
+      if (me.device !== deviceId || !registry.slotShape(deviceId, me.slot)) continue;
+      const entry: PlanPair = { pairId: p.id, role, slot: me.slot, peerDevice: peer.device, peerSlot: peer.slot, rank: p.rank, tCycle: p.config.tCycle, k: p.config.k, tau: p.config.tau };
+      // Only the target computes G; 'train' is the default and is left out of the plan.
+      if (role === 'target' && p.config.feedback === 'heldout') entry.feedback = 'heldout';
+      out.push(entry);
+    }
+  }
+  return out;
+}
+
+/** One direction between two slots: autoPair adds no second pair on a link that has one. */
+function link(sourceDevice: string, sourceSlot: string, targetDevice: string, targetSlot: string): string {
+  return `${sourceDevice}/${sourceSlot}>${targetDevice}/${targetSlot}`;
+}
+
+/**
+ * autoPair: every two registered devices, both ways, on the configured slot of each. Returns the
+ * configs of the pairs not linked yet (by `existing` or by an earlier one of the result), with
+ * ids `auto:SRC.SLOT--TGT.SLOT` (hashed above 128 characters) and the configured defaults.
+ */
+export function autoPairConfigs(config: CoordinatorConfig, devices: readonly DeviceRecord[], existing: Iterable<Pair>): PairConfig[] {
+  const { slot, sourceMode } = config.autoPair;
+  const pick = (d: DeviceRecord): string | undefined => {
+    const slots = d.registration?.slots;
+    if (!slots) return undefined;
+    if (slot === 'first') return slots.keys().next().value;
+    return slots.has(slot) ? slot : undefined;
+  };
+  const ids = new Set<string>();
+  const linked = new Set<string>();
+  for (const p of existing) {
+    ids.add(p.id);
+    linked.add(link(p.source.device, p.source.slot, p.target.device, p.target.slot));
+  }
+  const out: PairConfig[] = [];
+  for (const s of devices) {
+    for (const t of devices) {
+      if (s.id === t.id) continue;
+      const ss = pick(s);
+      const ts = pick(t);
+      if (!ss || !ts || linked.has(link(s.id, ss, t.id, ts))) continue;
+      let id = `auto:${s.id}.${ss}--${t.id}.${ts}`;
+      if (id.length > 128) id = `auto:${hash32(id).toString(16)}`;
+      if (ids.has(id)) continue;
+      const d = config.defaults;
+      out.push({
+        id,
+        source: { device: s.id, slot: ss },
+        target: { device: t.id, slot: ts },
+        rank: Math.min(d.rank, config.limits.maxRank),
+        tCycle: d.tCycle,
+        k: d.k,
+        tau: d.tau,
+        sourceMode,
+        adapter: { ...d.adapter },
+        auto: true,
+      });
+      ids.add(id);
+      linked.add(link(s.id, ss, t.id, ts));
+    }
+  }
+  return out;
+}
