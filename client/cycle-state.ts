@@ -214,6 +214,11 @@ export interface WindowSpec {
   k: number;
   /** local step at which the window opened */
   openedAt: number;
+  /**
+   * Sum the training gradient for this window (default true). False when G comes from elsewhere
+   * (held-out feedback), so no training-batch sum is kept only to be thrown away.
+   */
+  accumulate?: boolean;
 }
 
 interface OpenWindow extends WindowSpec {
@@ -256,8 +261,9 @@ export class FeedbackWindows {
     return this.open.get(pairId);
   }
 
+  /** The open windows on a layer that take the training gradient. */
   private windowsOn(layer: string): OpenWindow[] {
-    return [...this.open.values()].filter((w) => w.layer === layer);
+    return [...this.open.values()].filter((w) => w.layer === layer && w.accumulate !== false);
   }
 
   /** Move the layer's running sum into every open window on it. */
@@ -285,8 +291,10 @@ export class FeedbackWindows {
   openWindow(spec: WindowSpec): void {
     if (!(Number.isInteger(spec.k) && spec.k >= 1)) throw new Error(`window k must be an integer ≥ 1, got ${spec.k}`);
     this.abandon(spec.pairId);
-    if (this.windowsOn(spec.layer).length > 0) this.flush(spec.layer);
-    else this.acc.startAccumulating(spec.layer);
+    if (spec.accumulate !== false) {
+      if (this.windowsOn(spec.layer).length > 0) this.flush(spec.layer);
+      else this.acc.startAccumulating(spec.layer);
+    }
     this.open.set(spec.pairId, { ...spec, sum: undefined, flushed: 0, trained: 0, lossSum: 0 });
   }
 

@@ -437,7 +437,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         cycleId: w.cycleId,
         slot: w.layer,
         step: this.loop.step,
-        steps: w.steps,
+        steps: fb.msg.steps,
         scale: w.scale,
         loss: w.meanLoss,
         valAcc,

@@ -5,7 +5,7 @@
 //   generated factors, checked finite before it may leave.
 import * as tf from '@tensorflow/tfjs';
 import type { Logger } from '../shared/log.js';
-import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { disposeLowRank, truncateLowRank, type LowRank } from '../shared/math/low-rank.js';
 import { tensorToWire } from '../shared/codec/tensor-codec.js';
 import { feedbackSchema, type FeedbackMsg, type Metrics, type PlanMsg, type PlanPair } from '../shared/protocol/messages.js';
 import type { ClosedWindow, FeedbackWindows, QueuedTransfer, SliceMemory } from './cycle-state.js';
@@ -13,14 +13,6 @@ import type { IgnoredEvent, TransferEvent } from './device-events.js';
 import { projectFeedback } from './feedback.js';
 import type { HeldoutFeedback, HeldoutSum } from './heldout-feedback.js';
 import type { KnowledgeBranches } from './knowledge-branch.js';
-
-/** The first r columns of A and rows of B. The caller owns the result. */
-function truncateFactors(f: LowRank, r: number): LowRank {
-  return tf.tidy(() => ({
-    A: tf.slice(f.A, [0, 0], [f.A.shape[0], r]) as tf.Tensor2D,
-    B: tf.slice(f.B, [0, 0], [r, f.B.shape[1]]) as tf.Tensor2D,
-  }));
-}
 
 function norm(values: Float32Array): number {
   let s = 0;
@@ -89,7 +81,7 @@ export class TransferApplier {
       };
       // The coordinator used the first r columns of A and rows of B (a rank-r slice of the same W,
       // since the factors are ordered by singular value); so must the branch.
-      const current = slice.rank === pair.rank ? slice.factors : truncateFactors(slice.factors, pair.rank);
+      const current = slice.rank === pair.rank ? slice.factors : truncateLowRank(slice.factors, pair.rank);
       let upd;
       try {
         upd = branches.set(t.pairId, t.slot, generated, current, pair.tau);
@@ -100,6 +92,11 @@ export class TransferApplier {
       } finally {
         if (current !== slice.factors) disposeLowRank(current);
       }
+      heldout.drop(t.pairId);
+      const useHeldout = pair.feedback === 'heldout' && heldout.available;
+      if (pair.feedback === 'heldout' && !useHeldout) {
+        this.d.log.warn({ pairId: t.pairId }, 'the plan asks for held-out feedback but the val split is empty: G comes from the training batches');
+      }
       windows.openWindow({
         pairId: t.pairId,
         cycleId: t.cycleId,
@@ -109,12 +106,9 @@ export class TransferApplier {
         scale: upd.scale,
         k: pair.k,
         openedAt: step,
+        accumulate: !useHeldout,
       });
-      heldout.drop(t.pairId);
-      if (pair.feedback === 'heldout') {
-        if (heldout.available) heldout.open(t.pairId, t.slot);
-        else this.d.log.warn({ pairId: t.pairId }, 'the plan asks for held-out feedback but the val split is empty: G comes from the training batches');
-      }
+      if (useHeldout) heldout.open(t.pairId, t.slot);
       this.count += 1;
       this.releaseSlices(pair.slot, t.pairId, t.sliceId, targets);
       this.d.log.debug({ pairId: t.pairId, cycleId: t.cycleId, step, ...upd }, 'transfer applied');

@@ -32,9 +32,8 @@ export function checkHandshake(auth: unknown, digestOf: (deviceId: string) => Bu
   const expected = digestOf(hs.deviceId);
   const given = tokenDigest(hs.token);
   // Equal-length digests compared with timingSafeEqual, so neither the length nor a prefix of
-  // the token leaks; an unknown id still burns the same comparison, so it costs what a known one does.
+  // the token leaks. (Whether an id exists is not secret: the refusal says so.)
   if (!expected) {
-    timingSafeEqual(given, given);
     return { ok: false, code: 'unknown_device', reason: `no device "${hs.deviceId}" in the coordinator config`, deviceId: hs.deviceId };
   }
   if (!timingSafeEqual(given, expected)) {

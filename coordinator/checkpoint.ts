@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { atomicTempPrefix, writeFileAtomic } from '../shared/fs/atomic-write.js';
+import { isAtomicTempName, writeFileAtomic } from '../shared/fs/atomic-write.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 
 export const CHECKPOINT_FORMAT = 'mergenet-fed/coordinator-checkpoint';
@@ -192,7 +192,7 @@ export class Checkpointer {
     await syncDir(this.dir);
     for (const name of await readdir(this.dir)) {
       if (keep.has(name)) continue;
-      if (/^pair-.*\.g\d+\.bin$/.test(name) || name.startsWith(atomicTempPrefix())) {
+      if (/^pair-.*\.g\d+\.bin$/.test(name) || isAtomicTempName(name)) {
         await rm(join(this.dir, name), { force: true });
       }
     }

@@ -18,6 +18,12 @@ export class ConfigError extends Error {
   }
 }
 
+const SOURCE_MODES = ['real', 'noise'] as const;
+export type SourceMode = (typeof SOURCE_MODES)[number];
+/** Where a target computes G: 'train' (its training batches) or 'heldout' (its val split). */
+const FEEDBACK_SOURCES = ['train', 'heldout'] as const;
+export type FeedbackSource = (typeof FEEDBACK_SOURCES)[number];
+
 const idSchema = z
   .string()
   .min(1)
@@ -66,9 +72,9 @@ const pairSchema = z.strictObject({
   tau: z.number().positive().finite().optional(),
   adapter: adapterOverridesSchema.optional(),
   /** 'noise' is the control: the source slice is replaced by Gaussian noise of equal shape and norm. */
-  sourceMode: z.enum(['real', 'noise']).default('real'),
+  sourceMode: z.enum(SOURCE_MODES).default('real'),
   /** Where the target computes the feedback G: its training batches (DESIGN.md §2) or batches of its held-out (val) split. */
-  feedback: z.enum(['train', 'heldout']).default('train'),
+  feedback: z.enum(FEEDBACK_SOURCES).default('train'),
 });
 
 const rawConfigSchema = z.strictObject({
@@ -90,7 +96,7 @@ const rawConfigSchema = z.strictObject({
       enabled: z.boolean().default(false),
       /** 'first': each device's first registered slot; otherwise the slot of that name on each device. */
       slot: z.union([z.literal('first'), idSchema]).default('first'),
-      sourceMode: z.enum(['real', 'noise']).default('real'),
+      sourceMode: z.enum(SOURCE_MODES).default('real'),
     })
     .prefault({}),
   limits: z
@@ -116,9 +122,6 @@ const rawConfigSchema = z.strictObject({
 });
 type RawConfig = z.infer<typeof rawConfigSchema>;
 
-export type SourceMode = 'real' | 'noise';
-/** Where a target computes G: 'train' (its training batches) or 'heldout' (its val split). */
-export type FeedbackSource = 'train' | 'heldout';
 
 export interface Endpoint {
   device: string;

@@ -6,8 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { encodeMessage, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
-import type { LowRank } from '../shared/math/low-rank.js';
-import { disposeLowRank } from '../shared/math/low-rank.js';
+import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
 import { EVENTS } from '../shared/protocol/events.js';
 import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
@@ -15,8 +14,8 @@ import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
 import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
-import { Pair, type CycleDropReason, type SkipReason } from './pair.js';
-import { autoPairConfigs, planFor } from './plan.js';
+import { Pair, type CycleDropReason } from './pair.js';
+import { autoPairConfigs, autoPairRank, planFor } from './plan.js';
 import { Registry, type StoredSlice } from './registry.js';
 import { buildStatus, type StatusSnapshot } from './status.js';
 
@@ -38,14 +37,6 @@ export interface Sender {
 
 function fail(code: ErrorCode, reason: string): never {
   throw new ProtocolError(code, reason);
-}
-
-/** The first r columns of A and rows of B, as new tensors (the caller owns them). */
-function truncate(s: StoredSlice, r: number): LowRank {
-  return tf.tidy(() => {
-    if (s.rank === r) return { A: tf.clone(s.A), B: tf.clone(s.B) };
-    return { A: tf.slice(s.A, [0, 0], [s.A.shape[0], r]), B: tf.slice(s.B, [0, 0], [r, s.B.shape[1]]) };
-  });
 }
 
 function minDim(shape: [number, number] | undefined): number {
@@ -94,7 +85,7 @@ export class CoordinatorEngine {
       const pair = this.pairs.get(saved.id);
       if (!pair) {
         if (saved.auto) {
-          const autoRank = Math.min(this.config.defaults.rank, this.config.limits.maxRank);
+          const autoRank = autoPairRank(this.config);
           if (saved.state && saved.rank > autoRank) {
             throw new CheckpointError(`checkpoint auto pair ${saved.id} has an adapter of rank ${saved.rank}, above defaults.rank ${autoRank}`);
           }
@@ -183,7 +174,8 @@ export class CoordinatorEngine {
       this.outbox.disconnect(previousSocketId);
     }
     for (const pair of this.pairs.values()) {
-      if (pair.target.device === deviceId && pair.inFlight && pair.inFlight.session !== session) this.dropCycle(pair, 'session_replaced');
+      // every cycle in flight belongs to an earlier session: this one was just created
+      if (pair.target.device === deviceId && pair.inFlight) this.dropCycle(pair, 'session_replaced');
     }
     return session;
   }
@@ -388,19 +380,18 @@ export class CoordinatorEngine {
       else return pair.countSkip('in_flight');
     }
     const src = this.registry.latestSlice(pair.source.device, pair.source.slot);
-    const skip = (why: SkipReason) => pair.countSkip(why);
-    if (!src) return skip('no_source');
-    if (now - src.at > this.config.timing.sourceMaxAgeMs) return skip('source_too_old');
-    if (src.rank < pair.rank) return skip('source_rank_too_low');
+    if (!src) return pair.countSkip('no_source');
+    if (now - src.at > this.config.timing.sourceMaxAgeMs) return pair.countSkip('source_too_old');
+    if (src.rank < pair.rank) return pair.countSkip('source_rank_too_low');
     const last = pair.counters.lastCycleStep;
     // A step count that went backwards means the device restarted its training: count afresh.
-    if (last !== undefined && slice.step >= last && slice.step - last < pair.config.tCycle) return skip('too_soon');
+    if (last !== undefined && slice.step >= last && slice.step - last < pair.config.tCycle) return pair.countSkip('too_soon');
 
     let cycleId: number | undefined;
     try {
       pair.ensureAdapter();
       const r = pair.rank;
-      const started = pair.startCycle(truncate(slice, r), truncate(src, r), {
+      const started = pair.startCycle(truncateLowRank(slice, r), truncateLowRank(src, r), {
         session: from.session,
         sliceId: slice.sliceId,
         step: slice.step,

@@ -2,6 +2,7 @@
 // emit them: the engine for cycles, updates and checkpoints, the socket edge for connections,
 // refused handshakes and rejected messages.
 import type { ErrorCode } from '../shared/protocol/errors.js';
+import type { SourceMode } from './config.js';
 
 export interface UpdateEvent {
   pairId: string;
@@ -27,7 +28,7 @@ export interface CycleEvent {
   cycleId: number;
   sliceId: number;
   targetDevice: string;
-  sourceMode: 'real' | 'noise';
+  sourceMode: SourceMode;
   adapterStep: number;
 }
 

@@ -23,6 +23,11 @@ export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Regis
   return out;
 }
 
+/** The rank autoPair gives its pairs: the default rank, capped by the coordinator's limit. */
+export function autoPairRank(config: CoordinatorConfig): number {
+  return Math.min(config.defaults.rank, config.limits.maxRank);
+}
+
 /** One direction between two slots: autoPair adds no second pair on a link that has one. */
 function link(sourceDevice: string, sourceSlot: string, targetDevice: string, targetSlot: string): string {
   return `${sourceDevice}/${sourceSlot}>${targetDevice}/${targetSlot}`;
@@ -62,7 +67,7 @@ export function autoPairConfigs(config: CoordinatorConfig, devices: readonly Dev
         id,
         source: { device: s.id, slot: ss },
         target: { device: t.id, slot: ts },
-        rank: Math.min(d.rank, config.limits.maxRank),
+        rank: autoPairRank(config),
         tCycle: d.tCycle,
         k: d.k,
         tau: d.tau,

@@ -72,19 +72,18 @@ export class Registry {
 
   /**
    * A new connection of a device: a fresh session replaces any previous one. Returns the previous
-   * socket id (the caller disconnects it) and session (whose cycles become stale).
+   * socket id, which the caller disconnects.
    */
-  connect(id: string, socketId: string, now: number): { session: string; previousSocketId?: string; previousSession?: string } {
+  connect(id: string, socketId: string, now: number): { session: string; previousSocketId?: string } {
     const d = this.mustGet(id);
     const previousSocketId = d.connected ? d.socketId : undefined;
-    const previousSession = d.session;
     d.connections++;
     d.session = `s${d.connections}-${randomBytes(6).toString('hex')}`;
     d.socketId = socketId;
     d.connected = true;
     d.lastSeen = now;
     d.lastPlanKey = undefined;
-    return { session: d.session, previousSocketId, previousSession };
+    return { session: d.session, previousSocketId };
   }
 
   /** A socket closed. Only the device's current socket marks it disconnected. */

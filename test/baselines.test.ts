@@ -12,6 +12,7 @@ import { runCopy } from '../simulations/baselines/copy.js';
 import { experimentConditions, isLocalCondition, preflight, runBaseline } from '../simulations/baselines/index.js';
 import { lowRankSlice } from '../shared/math/slice.js';
 import { buildModelFor } from '../client/models/registry.js';
+import { deviceSeed } from '../simulations/experiment/seeds.js';
 
 const mnist = (trainSize: number, offset: number, extra: Record<string, unknown> = {}) => ({
   name: 'mnist', trainSize, valSize: 0, testSize: 200, offset, ...extra,
@@ -189,8 +190,8 @@ describe('copy', () => {
     const run = await runCopy(e, 0, undefined, undefined, { onCopy: (s, t) => ((src = s), (tgt = t)) });
     expect(src!.length).toBe(784 * 16);
     expect(bits(tgt!).equals(bits(src!))).toBe(true);
-    // the source trained: its slot is not its initial one
-    const init = buildModelFor(e.devices[1].model, loadDataFor(e.devices[1], 0), 0);
+    // the source trained: its slot is not its initial one (the source starts from its own seed)
+    const init = buildModelFor(e.devices[1].model, loadDataFor(e.devices[1], 0), deviceSeed(0, e.devices[1].id));
     const w0 = init.getLayer('dense_0').getWeights()[0].dataSync();
     expect(bits(src!).equals(bits(w0 as Float32Array))).toBe(false);
     init.dispose();

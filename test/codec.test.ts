@@ -363,3 +363,22 @@ describe('reserved MessagePack bytes', () => {
     }
   });
 });
+
+describe('nesting depth', () => {
+  it('rejects a message nested deeper than 32 levels as malformed (a 0xc1 cannot hide below the check)', async () => {
+    const { decodeMessage, encodeMessage, CodecError } = await import('../shared/codec/tensor-codec.js');
+    let deep: unknown = 1;
+    for (let i = 0; i < 40; i++) deep = [deep];
+    let err: unknown;
+    try {
+      decodeMessage(encodeMessage(deep));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CodecError);
+    expect((err as InstanceType<typeof CodecError>).code).toBe('malformed');
+    let ok: unknown = 1;
+    for (let i = 0; i < 10; i++) ok = [ok];
+    expect(decodeMessage(encodeMessage(ok))).toEqual(ok);
+  });
+});

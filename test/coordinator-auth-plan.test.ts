@@ -29,6 +29,10 @@ describe('checkHandshake', () => {
     expect(code(hs({ deviceId: 'mallory' }))).toBe('unknown_device');
     expect(code(hs({ token: 'tok-b' }))).toBe('bad_token'); // bob's token cannot act for alice
     expect(code(hs({ token: 'tok-a-longer' }))).toBe('bad_token');
+    // with two faults, the earlier check decides
+    expect(code(hs({ deviceId: 'mallory', token: '' }))).toBe('unauthorized');
+    expect(code(hs({ deviceId: 'mallory', protocolVersion: PROTOCOL_VERSION + 1 }))).toBe('protocol_version');
+    expect(code(hs({ deviceId: 'bad id', protocolVersion: PROTOCOL_VERSION + 1 }))).toBe('invalid_message');
   });
 
   it('names the device and the problem in the reason', () => {
@@ -76,10 +80,13 @@ describe('autoPairConfigs', () => {
     expect(out.every((p) => p.sourceMode === 'noise')).toBe(true);
   });
 
-  it('adds nothing on a link that already has a pair', () => {
+  it('adds nothing on a link that already has a pair, whatever that pair is called', () => {
     const devs = [device('a', [['d0', [784, 64]]]), device('b', [['h', [32, 16]]])];
     const first = autoPairConfigs(config({}), devs, []);
-    const existing = first.map((p) => ({ id: p.id, source: p.source, target: p.target }));
+    const existing = first.map((p, i) => ({ id: `manual-${i}`, source: p.source, target: p.target }));
     expect(autoPairConfigs(config({}), devs, existing as never)).toEqual([]);
+    // one direction configured by hand: autoPair adds only the other
+    const back = autoPairConfigs(config({}), devs, existing.slice(0, 1) as never);
+    expect(back.map((p) => `${p.source.device}>${p.target.device}`)).toEqual([`${first[1].source.device}>${first[1].target.device}`]);
   });
 });

@@ -53,6 +53,8 @@ describe('coordinator checkpoints', () => {
   });
 
   it('checkpoints every N updates and on close', async () => {
+    // a temp file that a crashed coordinator (another pid) left behind: a checkpoint removes it
+    await writeFile(join(dir, '.tmp-999999-1700000000000-pair-p.g1.bin'), 'torn');
     const coord = await serve(config(dir), { logger: silentLogger() });
     const { src, tgt } = await connectPair(coord);
     src.sendSlice({ ...S, rank: R, sliceId: 0, step: 0 });

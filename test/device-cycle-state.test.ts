@@ -117,6 +117,33 @@ describe('FeedbackWindows', () => {
   });
 });
 
+describe('FeedbackWindows without training accumulation (held-out feedback)', () => {
+  it('keeps no training sum for such a window, and leaves the others on the layer exact', () => {
+    const acc = new FakeAccumulator([1, 1]);
+    const w = new FeedbackWindows(acc);
+    const before = tf.memory().numTensors;
+    w.openWindow({ pairId: 'h', cycleId: 1, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 2, openedAt: 0, accumulate: false });
+    expect(acc.accumulating()).toEqual([]);
+    acc.step();
+    w.afterStep(0);
+    w.openWindow({ pairId: 't', cycleId: 2, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 2, openedAt: 1 });
+    expect(acc.accumulating()).toEqual(['L']);
+    acc.step();
+    w.afterStep(0);
+    const [h] = w.takeReady();
+    expect(h.pairId).toBe('h');
+    expect(h.steps).toBe(0); // G is supplied by the held-out sum instead
+    expect(h.G.dataSync()[0]).toBe(0);
+    acc.step();
+    w.afterStep(0);
+    const [t] = w.takeReady();
+    expect(t.G.dataSync()[0]).toBe(2 + 3);
+    expect(acc.accumulating()).toEqual([]);
+    for (const c of [h, t]) tf.dispose([c.G, c.generated.A, c.generated.B]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
 describe('SliceMemory', () => {
   it('evicts the oldest slices beyond its per-slot limit and frees them', () => {
     const before = tf.memory().numTensors;

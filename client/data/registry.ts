@@ -11,7 +11,6 @@ import { loadMnistAll, mnistSplits } from './mnist.js';
 import { spamSplits, SPAM_DEFAULTS } from './spam.js';
 import { namesSplits, NAMES_DEFAULTS } from './names.js';
 import { penguinFeatureNames, penguinsSplits, PENGUIN_TASKS } from './penguins.js';
-export { carveSplits, type SplitSizes, type SplitIndices } from './dataset.js';
 
 /** Token-id sequences: what a model needs to size its Embedding. */
 export interface TextDeviceData extends DeviceData {

@@ -30,6 +30,8 @@ export interface WireTensor {
 
 /** 64 MiB: far above any slice (r·(m+n) floats), low enough to stop a runaway sender. */
 export const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
+/** Nesting levels a message may have; protocol messages use fewer than 5. */
+const MAX_DEPTH = 32;
 /** Dimensions above this are certainly a malformed shape, not a model. */
 const MAX_DIM = 1 << 24;
 
@@ -72,7 +74,7 @@ export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
     if (values.length !== 1) throw new Error(`expected one MessagePack value, found ${values.length}`);
     // 0xc1 ("never used") and empty fixext decode to sentinels rather than throwing
     // (undefined is only refused at the top level: a JS sender's optional fields encode as it)
-    if (values[0] === undefined || containsC1(values[0], 0)) throw new Error('contains the reserved 0xc1 byte or no value');
+    if (values[0] === undefined || !plainValue(values[0], 0)) throw new Error('contains the reserved 0xc1 byte, nests deeper than 32 levels, or holds no value');
     return values[0];
   } catch (err) {
     if (err instanceof CodecError) throw err;
@@ -80,11 +82,12 @@ export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
   }
 }
 
-function containsC1(v: unknown, depth: number): boolean {
-  if (v === C1) return true;
-  if (depth > 32 || v === null || typeof v !== 'object' || ArrayBuffer.isView(v)) return false;
+/** No 0xc1 sentinel anywhere, and no deeper nesting than any protocol message has (so none is missed). */
+function plainValue(v: unknown, depth: number): boolean {
+  if (v === C1 || depth > MAX_DEPTH) return false;
+  if (v === null || typeof v !== 'object' || ArrayBuffer.isView(v)) return true;
   const items = Array.isArray(v) ? v : Object.values(v as Record<string, unknown>);
-  return items.some((x) => containsC1(x, depth + 1));
+  return items.every((x) => plainValue(x, depth + 1));
 }
 
 function describe(v: unknown): string {

@@ -4,17 +4,22 @@
 import { open, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
+/** Temp files are hidden (a leading dot) and carry the writer's pid and a timestamp. */
+function tempName(path: string): string {
+  return `.tmp-${process.pid}-${Date.now()}-${basename(path)}`;
+}
+
 /**
- * Start of the names of this process's temp files, so that a directory's owner can remove the
- * ones a crash left behind (they are hidden: the prefix begins with a dot).
+ * Whether a file name is one of writeFileAtomic's temp files, of any process: the directory's
+ * owner removes those a crash left behind.
  */
-export function atomicTempPrefix(): string {
-  return `.tmp-${process.pid}-`;
+export function isAtomicTempName(name: string): boolean {
+  return /^\.tmp-\d+-\d+-/.test(name);
 }
 
 /** Write `data` to `path` atomically: a temp file in the same directory, fsync, rename. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = join(dirname(path), `${atomicTempPrefix()}${Date.now()}-${basename(path)}`);
+  const tmp = join(dirname(path), tempName(path));
   const fh = await open(tmp, 'w');
   try {
     await fh.writeFile(data);

@@ -2,8 +2,8 @@
 // participating devices share one architecture. They train in lockstep, one step each per round,
 // and every `every` rounds all their weights are replaced by the mean weighted by training-set
 // size. Each device keeps its own optimiser state (Adam moments are local, as in FedAvg with
-// local adaptive optimisers); only the weights are averaged. All devices start from the same
-// weights, since every device builds its model from the experiment seed.
+// local adaptive optimisers); only the weights are averaged. All devices start from one global
+// model: the target's own initial weights (a modelSeed override of each device's seed).
 //
 // A device that has done all its steps drops out of later averages; the run ends with the target.
 import { deviceSeed } from '../experiment/seeds.js';

@@ -1,8 +1,8 @@
 // The local training loop that every network-free baseline shares (alone, fedavg, distill, copy).
 // It is the device's own loop with nothing attached: the model from buildModelFor(spec, data,
-// seed), the device's optimiser and learning rate, and batches from
-// batchIterator(data.train, batchSize, seed, { epochs: Infinity }) with the experiment seed. The
-// device client reproduces this order, so 'alone' here is comparable with 'mergenet' there.
+// deviceSeed(seed, id)), the device's optimiser and learning rate, and batches from
+// batchIterator(data.train, batchSize, deviceSeed(seed, id), { epochs: Infinity }). The device
+// client reproduces this order, so 'alone' here is comparable with 'mergenet' there.
 //
 // Test accuracy is measured every `evalEvery` steps and after the last step (never at step 0);
 // each curve point's loss is the mean training loss since the previous point.

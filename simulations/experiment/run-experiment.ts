@@ -10,14 +10,16 @@
 // every feedback from it; socket.io and WebSocket framing, a few dozen bytes per message, are not
 // counted). bytesFullWeights: the same messages if each carried its full m×n slot matrix instead of
 // the rank-r factors (r·(m+n) floats).
+import { pct, seconds } from '../report/format.js';
 import { describeDataset } from '../../client/data/registry.js';
 import { initBackend } from '../../shared/tf/backend.js';
 import { experimentConditions, isLocalCondition, preflight, runBaseline } from '../baselines/index.js';
+import { defaultPairId } from '../../coordinator/index.js';
 import { fleetCoordinatorConfig } from '../fleet/coordinator-config.js';
 import { runFleetInProcess } from '../fleet/inprocess.js';
 import { runFleetInProcesses } from '../fleet/processes.js';
 import { describeModelSpec } from '../fleet/run-device.js';
-import { fleetPairId, type DeviceProgress, type FleetPairMode, type FleetRunOptions, type FleetRunResult } from '../fleet/types.js';
+import { type DeviceProgress, type FleetPairMode, type FleetRunOptions, type FleetRunResult } from '../fleet/types.js';
 import { writeReport } from '../report/write-report.js';
 import type { ConditionRun, ExperimentResult } from '../report/types.js';
 import type { Experiment, PairSpec } from './schema.js';
@@ -95,7 +97,7 @@ interface ByteCount {
 export function targetPairBytes(e: Experiment, run: FleetRunResult): ByteCount {
   const pairs = e.pairs.filter((p) => p.target.device === e.target);
   const effRank = new Map(run.coordinator.pairs.map((p) => [p.id, p.rank]));
-  const rankOf = (p: PairSpec) => effRank.get(fleetPairId(p)) ?? p.rank;
+  const rankOf = (p: PairSpec) => effRank.get(defaultPairId(p.source, p.target)) ?? p.rank;
   const shapeOf = (device: string, slot: string): [number, number] => {
     const s = run.devices[device]?.slots.find((x) => x.name === slot);
     if (!s) throw new Error(`device "${device}" has no slot "${slot}" in its report`);
@@ -127,8 +129,8 @@ export function targetPairBytes(e: Experiment, run: FleetRunResult): ByteCount {
   for (const s of slots.values()) add(s.device, `slice:${s.slot}`, shapeOf(s.device, s.slot), s.rank);
   for (const p of pairs) {
     const shape = shapeOf(p.target.device, p.target.slot);
-    add(e.target, `transfer:${fleetPairId(p)}`, shape, rankOf(p));
-    add(e.target, `feedback:${fleetPairId(p)}`, shape, rankOf(p));
+    add(e.target, `transfer:${defaultPairId(p.source, p.target)}`, shape, rankOf(p));
+    add(e.target, `feedback:${defaultPairId(p.source, p.target)}`, shape, rankOf(p));
   }
   return { sent, full };
 }
@@ -137,7 +139,7 @@ export function targetPairBytes(e: Experiment, run: FleetRunResult): ByteCount {
 export function fleetConditionRun(e: Experiment, condition: string, seed: number, run: FleetRunResult): ConditionRun {
   const t = run.devices[e.target];
   if (!t) throw new Error(`the fleet run has no report of the target "${e.target}"`);
-  const targetPairIds = new Set(e.pairs.filter((p) => p.target.device === e.target).map(fleetPairId));
+  const targetPairIds = new Set(e.pairs.filter((p) => p.target.device === e.target).map((p) => defaultPairId(p.source, p.target)));
   const pairs = run.coordinator.pairs.filter((p) => targetPairIds.has(p.id));
   const sum = (f: (p: (typeof pairs)[number]) => number) => pairs.reduce((a, p) => a + f(p), 0);
   const bytes = targetPairBytes(e, run);
@@ -215,7 +217,6 @@ function pairNotes(e: Experiment): string[] {
   });
 }
 
-const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
 
 export async function runExperiment(e: Experiment, opts: RunExperimentOptions = {}): Promise<ExperimentOutput> {
   const t0 = performance.now();
@@ -267,12 +268,12 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
         runs.push(run);
         const extra = run.extra?.cycles !== undefined ? `, ${run.extra.cycles} cycles, ${run.extra.updates} updates` : '';
         progress.endRun(
-          `✓ ${condition} seed ${seed}: final ${pct(run.finalAcc)} (best ${pct(run.bestAcc)})${extra}, ${((performance.now() - r0) / 1000).toFixed(1)} s`,
+          `✓ ${condition} seed ${seed}: final ${pct(run.finalAcc)} % (best ${pct(run.bestAcc)} %)${extra}, ${seconds(performance.now() - r0)}`,
         );
       } catch (err) {
         const message = (err as Error).message;
         failures.push({ condition, seed, error: message });
-        progress.endRun(`✗ ${condition} seed ${seed} FAILED after ${((performance.now() - r0) / 1000).toFixed(1)} s: ${message}`);
+        progress.endRun(`✗ ${condition} seed ${seed} FAILED after ${seconds(performance.now() - r0)}: ${message}`);
       }
     }
   }

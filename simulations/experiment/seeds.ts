@@ -2,12 +2,9 @@
 // experiment seed and its id, so two devices with the same model spec do NOT start from the same
 // weights (that would hand the aligned scenario a shared basis for free). The fleet, the device
 // processes and every baseline derive seeds here, so 'alone' and 'mergenet' see the same target.
+import { hash32 } from '../../coordinator/config.js';
+
 export function deviceSeed(experimentSeed: number, deviceId: string): number {
-  // FNV-1a over "seed:id", folded to 31 bits (tfjs initialisers want a non-negative int).
-  let h = 0x811c9dc5;
-  for (const ch of `${experimentSeed}:${deviceId}`) {
-    h ^= ch.codePointAt(0)!;
-    h = Math.imul(h, 0x01000193);
-  }
-  return (h >>> 0) & 0x7fffffff;
+  // folded to 31 bits: tfjs initialisers want a non-negative int
+  return hash32(`${experimentSeed}:${deviceId}`) & 0x7fffffff;
 }

@@ -2,9 +2,9 @@
 // same pairs with sourceMode 'noise' (the coordinator replaces each source slice by noise of equal
 // shape and norm), so mergenet and its control differ in nothing else.
 import { randomBytes } from 'node:crypto';
-import { ConfigError, parseCoordinatorConfig, type CoordinatorConfig } from '../../coordinator/index.js';
+import { ConfigError, defaultPairId, parseCoordinatorConfig, type CoordinatorConfig } from '../../coordinator/index.js';
 import type { DeviceSpec, PairSpec } from '../experiment/schema.js';
-import { fleetPairId, type FleetPairMode } from './types.js';
+import type { FleetPairMode } from './types.js';
 
 /** Timing for simulations: generous, since devices share two cores with the coordinator. */
 export const FLEET_TIMING = {
@@ -34,7 +34,7 @@ export function fleetCoordinatorConfig(
     port: 0,
     devices: devices.map((d) => ({ id: d.id, token: tokens.get(d.id) ?? randomToken() })),
     pairs: pairs.map((p) => ({
-      id: fleetPairId(p),
+      id: defaultPairId(p.source, p.target),
       source: p.source,
       target: p.target,
       rank: p.rank,

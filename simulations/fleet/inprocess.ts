@@ -1,6 +1,7 @@
 // A fleet run in this process: the real coordinator (serve(), on loopback) and one real
 // DeviceClient per device, all sharing this process's thread (each device yields to the event loop
 // after every step, so they interleave). Quicker to start than processes, slower to run.
+import { waitForWarmup } from './warmup.js';
 import { serve, type RunningCoordinator } from '../../coordinator/index.js';
 import { silentLogger } from '../../shared/log.js';
 import { initBackend } from '../../shared/tf/backend.js';
@@ -64,16 +65,7 @@ export async function runFleetInProcess(opts: FleetRunOptions): Promise<FleetRun
     const others = prepared.filter((d) => d !== target);
     const running = others.map(runOne);
     const warmup = opts.sourceWarmup ?? 0;
-    if (warmup > 0 && others.length > 0) {
-      // The target starts once every other device has trained `warmup` steps (or all of its own).
-      await new Promise<void>((resolve) => {
-        const tick = () => {
-          if (failure || others.every((d) => (lastStep.get(d.id) ?? 0) >= Math.min(warmup, d.steps))) return resolve();
-          setTimeout(tick, 20);
-        };
-        tick();
-      });
-    }
+    if (warmup > 0 && others.length > 0) await waitForWarmup(others, warmup, lastStep, () => failure !== undefined);
     if (!failure) running.push(runOne(target));
     else target.dispose();
     await Promise.all(running);

@@ -7,6 +7,7 @@
 // child when this process exits or gets SIGINT/SIGTERM (a child whose IPC channel closes exits by
 // itself as well). A child that crashes is reported as a failed run with its exit code and its
 // last stderr lines; nothing waits on it.
+import { waitForWarmup } from './warmup.js';
 import { fork, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -187,16 +188,8 @@ export async function runFleetInProcesses(opts: FleetRunOptions): Promise<FleetR
     const warmup = opts.sourceWarmup ?? 0;
     if (warmup > 0 && others.length > 0) {
       const steps = new Map(opts.devices.map((d) => [d.id, d.steps]));
-      await Promise.race([
-        new Promise<void>((resolve) => {
-          const tick = () => {
-            if (failed || others.every((c) => (lastStep.get(c.id) ?? 0) >= Math.min(warmup, steps.get(c.id)!))) return resolve();
-            setTimeout(tick, 20);
-          };
-          tick();
-        }),
-        done,
-      ]);
+      const counted = others.map((c) => ({ id: c.id, steps: steps.get(c.id)! }));
+      await Promise.race([waitForWarmup(counted, warmup, lastStep, () => failed !== undefined), done]);
     }
     send(target, { type: 'go' });
     await done;

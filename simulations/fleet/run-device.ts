@@ -11,12 +11,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { evaluateAccuracy } from '../../client/data/dataset.js';
 import { describeDataset, loadDeviceData } from '../../client/data/registry.js';
-import { DeviceClient, type DeviceStatus } from '../../client/device.js';
+import { DeviceClient } from '../../client/device.js';
 import { buildModelFor, type ModelSpec } from '../../client/models/registry.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import { deviceSeed } from '../experiment/seeds.js';
 import type { CurvePoint } from '../report/types.js';
-import type { DeviceJob, DeviceProgress, DeviceReport, WireCount } from './types.js';
+import type { DeviceJob, DeviceProgress, DeviceReport } from './types.js';
 
 /** A short human description of a zoo model spec, e.g. "mlp [128]" or "cnn conv [8,16] k3, dense [64]". */
 export function describeModelSpec(spec: ModelSpec): string {
@@ -168,7 +168,7 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
           ignored: st.ignored,
           branchRatio: transfers > 0 ? ratioSum / transfers : undefined,
           capBound: transfers > 0 ? capBound / transfers : undefined,
-          wire: wireOf(st),
+          wire: st.wire,
           slots: client.slots(),
         };
       } finally {
@@ -179,7 +179,3 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
 }
 
 /** The device's payload byte counters (status().wire), when the client keeps them. */
-function wireOf(st: DeviceStatus): Record<string, WireCount> {
-  const w = (st as DeviceStatus & { wire?: Record<string, WireCount> }).wire;
-  return w ? Object.fromEntries(Object.entries(w).map(([k, v]) => [k, { messages: v.messages, bytes: v.bytes }])) : {};
-}

@@ -1,12 +1,12 @@
 // What a fleet run is given and what it gives back. A fleet run is one condition of one seed of an
 // experiment with the REAL coordinator (serve()) and the REAL device client (DeviceClient): the
 // devices either live in this process (inprocess.ts) or are child processes (processes.ts).
-import type { PairStatus, StatusSnapshot } from '../../coordinator/index.js';
+import type { SourceMode, StatusSnapshot } from '../../coordinator/index.js';
 import type { DeviceSpec, PairSpec } from '../experiment/schema.js';
 import type { CurvePoint } from '../report/types.js';
 
-/** How the coordinator treats the experiment's pairs in this run. */
-export type FleetPairMode = 'real' | 'noise';
+/** How the coordinator treats the experiment's pairs in this run: its own source mode. */
+export type FleetPairMode = SourceMode;
 
 /** Everything one device needs to join a fleet run (serialisable: it crosses the IPC channel). */
 export interface DeviceJob {
@@ -19,8 +19,6 @@ export interface DeviceJob {
   evalTest: boolean;
   /** tfjs backend for this device ('auto' or a name); only a child process can honour it per device. */
   backend?: string;
-  /** Do not start training before this many steps of every device listed here (source warm-up). */
-  waitFor?: { devices: string[]; steps: number };
 }
 
 /** Progress of one device, as the progress bars show it. */
@@ -117,9 +115,3 @@ export class FleetRunError extends Error {
   }
 }
 
-/** Stable id of an experiment pair on the coordinator (the coordinator's own default form). */
-export function fleetPairId(p: Pick<PairSpec, 'source' | 'target'>): string {
-  return `${p.source.device}.${p.source.slot}--${p.target.device}.${p.target.slot}`;
-}
-
-export type { PairStatus };
