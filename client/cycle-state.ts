@@ -210,6 +210,12 @@ export interface WindowSpec {
   generated: LowRank;
   /** the cap factor s applied to this pair's branch */
   scale: number;
+  /** the trust gate g the branch was built with (K = s·g·D) */
+  gate: number;
+  /** D = A′B′ − AB of the branch, owned by the window: the gate's gradient is s·⟨G, D⟩ */
+  delta?: tf.Tensor2D;
+  /** ‖K‖/‖W‖ of the branch, reported with the feedback */
+  branchRatio?: number;
   /** steps to train before the feedback is due */
   k: number;
   /** local step at which the window opened */
@@ -231,7 +237,7 @@ interface OpenWindow extends WindowSpec {
 }
 
 export interface ClosedWindow extends WindowSpec {
-  /** Σ per-step ∂loss/∂W_eff over the window; the caller owns it (and `generated`) */
+  /** Σ per-step ∂loss/∂W_eff over the window; the caller owns it (and `generated`, `delta`) */
   G: tf.Tensor2D;
   /** steps G sums over */
   steps: number;
@@ -334,6 +340,7 @@ export class FeedbackWindows {
     this.open.delete(pairId);
     this.releaseLayer(w.layer);
     w.sum?.dispose();
+    w.delta?.dispose();
     disposeLowRank(w.generated);
     return true;
   }
@@ -360,6 +367,8 @@ export interface QueuedTransfer {
   sliceId: number;
   slot: string;
   adapterStep: number;
+  /** the pair's trust gate for this transfer */
+  gate: number;
   A: { values: Float32Array; shape: number[] };
   B: { values: Float32Array; shape: number[] };
 }

@@ -27,6 +27,8 @@ export interface DeviceStatus {
   slicesRemembered: number;
   slicesEvicted: number;
   rejects: Record<string, number>;
+  /** target slices the coordinator answered with a skip instead of a transfer, by reason */
+  skips: Record<string, number>;
   loss: number | undefined;
   valAcc: number | undefined;
   testAcc: number | undefined;
@@ -47,6 +49,10 @@ export interface TransferEvent {
   step: number;
   adapterStep: number;
   scale: number;
+  /** the trust gate g of this transfer */
+  gate: number;
+  /** ‖A′B′ − AB‖_F before gate and cap */
+  deltaNorm: number;
   branchNorm: number;
   weightNorm: number;
 }
@@ -57,6 +63,9 @@ export interface FeedbackEvent {
   step: number;
   steps: number;
   scale: number;
+  gate: number;
+  /** s·⟨G, D⟩, the scalar the coordinator trains the gate with */
+  gateGrad: number;
   loss: number;
   valAcc: number | undefined;
   gANorm: number;

@@ -13,9 +13,11 @@ import {
   describeZodError,
   planSchema,
   rejectSchema,
+  skipSchema,
   transferSchema,
   type PlanMsg,
   type RejectMsg,
+  type SkipMsg,
   type TransferMsg,
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
@@ -74,6 +76,8 @@ export interface DeviceLinkHandlers {
   /** a plan for this device and protocol version (its pairs not yet checked against the slots) */
   plan(plan: PlanMsg): void;
   transfer(t: TransferMsg): void;
+  /** a target slice that started no cycle of one pair */
+  skip(s: SkipMsg): void;
   reject(r: RejectMsg): void;
   /** an inbound message that could not be decoded or handled; it never stops training */
   badMessage(event: string, err: Error): void;
@@ -119,6 +123,7 @@ export class DeviceLink {
     socket.on(EVENTS.plan, (buf) => this.guard('plan', () => this.onPlan(buf)));
     socket.on(EVENTS.transfer, (buf) => this.guard('transfer', () => this.onTransfer(buf)));
     socket.on(EVENTS.reject, (buf) => this.guard('reject', () => this.onReject(buf)));
+    socket.on(EVENTS.skip, (buf) => this.guard('skip', () => this.onSkip(buf)));
   }
 
   /**
@@ -262,6 +267,12 @@ export class DeviceLink {
     if (!res.success) throw new Error(`transfer: ${describeZodError(res.error)}`);
     this.countWire(`transfer:${res.data.pairId}`, buf);
     this.on.transfer(res.data);
+  }
+
+  private onSkip(buf: unknown): void {
+    const res = skipSchema.safeParse(decodeMessage(buf));
+    if (!res.success) throw new Error(`skip: ${describeZodError(res.error)}`);
+    this.on.skip(res.data);
   }
 
   private onReject(buf: unknown): void {

@@ -13,6 +13,7 @@
 // This class composes them and owns what ties them together: the current plan and session.
 import type * as tf from '@tensorflow/tfjs';
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
@@ -90,6 +91,13 @@ export interface DeviceClientOptions {
   lingerMs?: number;
   /** socket.io path (default "/socket.io"). */
   path?: string;
+  /**
+   * Pace this device to the coordinator: after sending a target slice, wait (up to this many ms)
+   * for each of its target pairs' answer (a transfer or a skip) before the next step. 0 or absent:
+   * never wait (the default for a device in the field; simulations use it to make every cycle
+   * happen as in the paper's loop).
+   */
+  paceTimeoutMs?: number;
 }
 
 function bump(rec: Record<string, number>, key: string): void {
@@ -119,6 +127,10 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private stoppedFlag = false;
   private fatal: Error | undefined;
 
+  /** `pairId@sliceId` → ms deadline: target slices whose answer the paced loop waits for */
+  private readonly awaiting = new Map<string, number>();
+  private wakePacer: (() => void) | undefined;
+  private skipsReceived: Record<string, number> = {};
   private slicesSent = 0;
   private readonly ignored: Record<string, number> = {};
   private feedbackSent = 0;
@@ -136,6 +148,9 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     if (!(Number.isInteger(opts.evalEvery) && opts.evalEvery >= 0)) throw new Error(`evalEvery must be an integer ≥ 0, got ${opts.evalEvery}`);
     if (opts.slowdown !== undefined && !(opts.slowdown >= 1 && Number.isFinite(opts.slowdown))) {
       throw new Error(`slowdown must be a finite number ≥ 1, got ${opts.slowdown}`);
+    }
+    if (opts.paceTimeoutMs !== undefined && !(Number.isFinite(opts.paceTimeoutMs) && opts.paceTimeoutMs >= 0)) {
+      throw new Error(`paceTimeoutMs must be a finite number ≥ 0, got ${opts.paceTimeoutMs}`);
     }
     if (opts.maxSteps !== undefined && !(Number.isInteger(opts.maxSteps) && opts.maxSteps >= 0)) {
       throw new Error(`maxSteps must be an integer ≥ 0, got ${opts.maxSteps}`);
@@ -185,6 +200,10 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         refused: (err) => this.refused(err),
         plan: (plan) => this.onPlan(plan),
         transfer: (t) => this.onTransfer(t),
+        skip: (k) => {
+          bump(this.skipsReceived, k.reason);
+          this.answered(k.pairId, k.sliceId);
+        },
         reject: (r) => this.onReject(r),
         badMessage: (event, err) => this.ignore({ reason: `bad_${event}`, detail: err.message }),
       },
@@ -215,6 +234,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       slicesRemembered: this.slices.size,
       slicesEvicted: this.slices.evicted,
       rejects: { ...this.rejects },
+      skips: { ...this.skipsReceived },
       loss: this.loop.lastLoss,
       valAcc: this.loop.lastValAcc,
       testAcc: this.loop.lastTestAcc,
@@ -238,6 +258,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       await this.loop.run(
         {
           proceed: () => !this.stopping && !this.fatal,
+          pace: () => this.paceWait(),
           beforeStep: () => {
             this.applier.apply(this.transfers.drain(), this.plan, this.loop.step);
             this.heldout.accumulate(this.windows);
@@ -296,6 +317,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
 
   private onDisconnect(reason: string): void {
     const { windows, transfers } = this.endSession(reason);
+    this.awaiting.clear();
+    this.wakePacer?.();
     this.log.warn({ reason, step: this.loop.step, abandonedWindows: windows, droppedTransfers: transfers }, 'disconnected');
     this.emit('disconnect', { reason, abandonedWindows: windows, droppedTransfers: transfers });
   }
@@ -357,7 +380,39 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.emit('plan', this.plan);
   }
 
+  /** A target slice got its answer for one pair: the paced loop may go on once all have. */
+  private answered(pairId: string, sliceId: number): void {
+    if (this.awaiting.delete(`${pairId}@${sliceId}`) && this.awaiting.size === 0) this.wakePacer?.();
+  }
+
+  /**
+   * The paced loop's wait before a step: until every awaited answer came, the earliest deadline
+   * passed, or the connection dropped. Undefined (no wait) when nothing is awaited.
+   */
+  private paceWait(): Promise<void> | undefined {
+    if (this.awaiting.size === 0) return undefined;
+    if (!this.link.connected || this.stopping) {
+      this.awaiting.clear();
+      return undefined;
+    }
+    const deadline = Math.min(...this.awaiting.values());
+    const ms = Math.max(0, deadline - performance.now());
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakePacer = undefined;
+        // Answers that did not come in time are not waited for again.
+        const now = performance.now();
+        for (const [k, d] of this.awaiting) if (d <= now) this.awaiting.delete(k);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakePacer = done;
+    });
+  }
+
   private onTransfer(t: TransferMsg): void {
+    this.answered(t.pairId, t.sliceId);
     const plan = this.plan;
     if (!plan) return this.ignore({ reason: 'no_plan', pairId: t.pairId, cycleId: t.cycleId });
     const pair = plan.pairs.find((p) => p.pairId === t.pairId);
@@ -380,6 +435,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       sliceId: t.sliceId,
       slot: t.slot,
       adapterStep: t.adapterStep,
+      gate: t.gate,
       A,
       B,
     });
@@ -420,6 +476,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       const held = this.heldout.take(w.pairId);
       const metrics: Metrics = { step: this.loop.step, loss: w.meanLoss };
       if (valAcc !== undefined) metrics.valAcc = valAcc;
+      const trainAcc = this.loop.trainAcc;
+      if (trainAcc !== undefined) metrics.trainAcc = trainAcc;
       if (this.loop.stepsPerSec !== undefined) metrics.stepsPerSec = this.loop.stepsPerSec;
       const fb = windowFeedback(w, held, metrics);
       if (!fb.valid) {
@@ -439,6 +497,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         step: this.loop.step,
         steps: fb.msg.steps,
         scale: w.scale,
+        gate: w.gate,
+        gateGrad: fb.gateGrad,
         loss: w.meanLoss,
         valAcc,
         gANorm: fb.gANorm,
@@ -447,6 +507,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       });
     } finally {
       w.G.dispose();
+      w.delta?.dispose();
       disposeLowRank(w.generated);
     }
   }
@@ -479,6 +540,12 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       else disposeLowRank(factors);
       if (this.link.send(EVENTS.slice, msg, `slice:${due.slot}`)) {
         this.slicesSent += 1;
+        const pace = this.opts.paceTimeoutMs ?? 0;
+        if (pace > 0 && isTarget) {
+          // The coordinator answers a target slice once per target pair of the slot.
+          const deadline = performance.now() + pace;
+          for (const p of this.plan.pairs) if (p.role === 'target' && p.slot === due.slot) this.awaiting.set(`${p.pairId}@${sliceId}`, deadline);
+        }
         this.emit('slice', { slot: due.slot, sliceId, rank: due.rank, step, pairIds: due.pairIds });
       }
     }

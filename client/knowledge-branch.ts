@@ -9,8 +9,12 @@ import { slotShapeOf, slotVariable } from './slot.js';
 export const DEFAULT_TAU = 0.5;
 
 export interface BranchUpdate {
-  /** s = min(1, τ‖W‖_F/‖D‖_F), 1 when D = 0. */
+  /** s = min(1, τ‖W‖_F/‖g·D‖_F), 1 when g·D = 0. */
   scale: number;
+  /** the trust gate g the branch was built with */
+  gate: number;
+  /** ‖D‖_F = ‖A′B′ − AB‖_F, before gate and cap */
+  deltaNorm: number;
   /** ‖K‖_F of the new branch. */
   branchNorm: number;
   /** ‖W‖_F of the trained weight (kernel without any branch). */
@@ -70,12 +74,23 @@ export class KnowledgeBranches {
 
   /**
    * Apply pair `pairId`'s transfer to `layer`: D = A′B′ − AB (generated minus the slice of W that
-   * was sent), s = min(1, τ‖W‖_F/‖D‖_F), K_new = s·D replaces this pair's previous branch
-   * (kernel += K_new − K_old). Other pairs' branches are untouched. The factors stay the
-   * caller's. A pair is bound to one layer; remove it before using the id on another layer.
+   * was sent), gated by the pair's trust gate g and capped, s = min(1, τ‖W‖_F/‖g·D‖_F),
+   * K_new = s·g·D replaces this pair's previous branch (kernel += K_new − K_old). Other pairs'
+   * branches are untouched. The factors stay the caller's. With `keepDelta`, D itself is returned
+   * too (the caller owns it: the gate's gradient needs ⟨G, D⟩). A pair is bound to one layer;
+   * remove it before using the id on another layer. g = 0 leaves the kernel bit-identical.
    */
-  set(pairId: string, layer: string, generated: LowRank, current: LowRank, tau = DEFAULT_TAU): BranchUpdate {
+  set(
+    pairId: string,
+    layer: string,
+    generated: LowRank,
+    current: LowRank,
+    tau = DEFAULT_TAU,
+    gate = 1,
+    opts: { keepDelta?: boolean } = {},
+  ): BranchUpdate & { delta?: tf.Tensor2D } {
     if (!(Number.isFinite(tau) && tau > 0)) throw new Error(`tau must be a finite number > 0, got ${tau}`);
+    if (!(gate >= 0 && gate <= 1)) throw new Error(`gate must be in [0, 1], got ${gate}`);
     const old = this.branches.get(pairId);
     if (old && old.layer !== layer) {
       throw new Error(`pair "${pairId}" already has a branch on layer "${old.layer}", not "${layer}"; remove it first`);
@@ -101,13 +116,17 @@ export class KnowledgeBranches {
       D.dispose();
       throw new Error(`pair "${pairId}": A′B′ − AB is not finite (NaN or Inf in the factors)`);
     }
-    const scale = dNorm === 0 ? 1 : Math.min(1, (tau * wNorm) / dNorm);
-    let K = D;
-    if (scale !== 1) {
-      K = tf.tidy(() => tf.mul(D, tf.scalar(scale))) as tf.Tensor2D;
-      D.dispose();
-    }
-    const branchNorm = scale === 1 ? dNorm : frobenius(K);
+    const gated = gate * dNorm;
+    const scale = gated === 0 ? 1 : Math.min(1, (tau * wNorm) / gated);
+    const factor = scale * gate;
+    let K: tf.Tensor2D;
+    if (factor === 0) K = tf.zerosLike(D);
+    else if (factor === 1) K = tf.clone(D);
+    else K = tf.tidy(() => tf.mul(D, tf.scalar(factor))) as tf.Tensor2D;
+    let delta: tf.Tensor2D | undefined;
+    if (opts.keepDelta) delta = D;
+    else D.dispose();
+    const branchNorm = factor === 0 ? 0 : factor === 1 ? dNorm : frobenius(K);
     const zero = branchNorm === 0;
 
     // kernel += K_new − K_old, skipped when both are exactly zero so an identity transfer leaves
@@ -120,7 +139,7 @@ export class KnowledgeBranches {
     }
     old?.K.dispose();
     this.branches.set(pairId, { layer, K, scale, zero });
-    return { scale, branchNorm, weightNorm: wNorm };
+    return { scale, gate, deltaNorm: dNorm, branchNorm, weightNorm: wNorm, delta };
   }
 
   /** Take pair `pairId`'s branch out of its kernel. Returns false if the pair had none. */

@@ -25,6 +25,9 @@ function fitSplit(model: tf.LayersModel, split: Split): Split {
   return withInputShape(split, want);
 }
 
+/** Minibatches the training accuracy is averaged over (the guard's "memorised" test). */
+export const TRAIN_ACC_WINDOW = 10;
+
 export interface LocalTrainingOptions {
   optimizer: OptimizerName;
   lr: number;
@@ -40,6 +43,8 @@ export interface LocalTrainingOptions {
 export interface StepHooks {
   /** whether to take another step */
   proceed(): boolean;
+  /** a wait before the step (a paced device waiting for the coordinator's answer), if any */
+  pace?(): Promise<void> | undefined;
   beforeStep(): void;
   afterStep(loss: number): void;
   /** an evaluation was made (after afterStep, every evalEvery steps) */
@@ -53,6 +58,8 @@ export class LocalTrainingLoop {
   lastValAcc: number | undefined;
   lastTestAcc: number | undefined;
   stepsPerSec: number | undefined;
+  /** accuracies of the last TRAIN_ACC_WINDOW training minibatches */
+  private readonly batchAccs: number[] = [];
   readonly train: Split;
   readonly val: Split;
   readonly test: Split;
@@ -80,10 +87,19 @@ export class LocalTrainingLoop {
     this.batches = batchIterator(this.train, this.opts.batchSize, this.opts.seed, { epochs: Infinity });
     this.evalClock = performance.now();
     while (hooks.proceed() && this.step < maxSteps) {
+      const wait = hooks.pace?.();
+      if (wait) {
+        await wait;
+        if (!hooks.proceed()) break;
+      }
       const t0 = performance.now();
       hooks.beforeStep();
       const loss = this.trainOneStep();
       this.step += 1;
+      if (this.trainer.lastBatchAcc !== undefined) {
+        this.batchAccs.push(this.trainer.lastBatchAcc);
+        if (this.batchAccs.length > TRAIN_ACC_WINDOW) this.batchAccs.shift();
+      }
       this.lastLoss = loss;
       this.lossSinceEval += loss;
       this.stepsSinceEval += 1;
@@ -94,6 +110,12 @@ export class LocalTrainingLoop {
       if (slowdown > 1) await sleep((slowdown - 1) * spent);
       else await new Promise<void>((r) => setImmediate(r));
     }
+  }
+
+  /** Mean accuracy over the last TRAIN_ACC_WINDOW training minibatches (undefined before the first). */
+  get trainAcc(): number | undefined {
+    if (this.batchAccs.length === 0) return undefined;
+    return this.batchAccs.reduce((a, b) => a + b, 0) / this.batchAccs.length;
   }
 
   /** Accuracy on the val split now (undefined when it is empty); remembered for the status. */

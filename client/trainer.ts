@@ -68,6 +68,8 @@ export class Trainer {
   private readonly optimizer: tf.Optimizer;
   private readonly accumulators = new Map<string, Accumulator>();
   private disposed = false;
+  /** accuracy on the minibatch of the latest step (before it), in [0, 1] */
+  lastBatchAcc: number | undefined;
 
   constructor(model: tf.LayersModel, opts: TrainerOptions) {
     if (opts.loss !== undefined && opts.loss !== 'softmaxCrossEntropy') {
@@ -78,8 +80,11 @@ export class Trainer {
   }
 
   /** The training loss on one batch: cross-entropy plus the layers' regularisation losses. */
-  private lossOf(xs: tf.Tensor, ys: tf.Tensor): tf.Scalar {
+  private lossOf(xs: tf.Tensor, ys: tf.Tensor, keepAcc?: (acc: tf.Scalar) => void): tf.Scalar {
     const probs = this.model.apply(xs, { training: true }) as tf.Tensor;
+    // Batch accuracy rides along (no gradient flows through it): the trust gate's guard asks
+    // whether the target has memorised its data.
+    keepAcc?.(tf.keep(tf.mean(tf.cast(tf.equal(tf.argMax(probs, -1), tf.argMax(ys, -1)), 'float32')) as tf.Scalar));
     let loss = categoricalCrossEntropyOnProbs(probs, ys);
     for (const reg of this.model.calculateLosses()) loss = tf.add(loss, reg);
     return loss;
@@ -93,8 +98,10 @@ export class Trainer {
   step(xs: tf.Tensor, ys: tf.Tensor): number {
     this.assertAlive();
     const vars = this.model.trainableWeights.map((w) => w.read() as tf.Variable);
-    const { value, grads } = tf.variableGrads(() => this.lossOf(xs, ys), vars);
+    let acc: tf.Scalar | undefined;
+    const { value, grads } = tf.variableGrads(() => this.lossOf(xs, ys, (a) => (acc = a)), vars);
     try {
+      if (acc) this.lastBatchAcc = acc.dataSync()[0];
       for (const [layer, acc] of this.accumulators) {
         const g = grads[acc.variable.name];
         if (!g) throw new Error(`no gradient reached the kernel of layer "${layer}"`);
@@ -110,6 +117,7 @@ export class Trainer {
       return value.dataSync()[0];
     } finally {
       value.dispose();
+      acc?.dispose();
       tf.dispose(Object.values(grads));
     }
   }

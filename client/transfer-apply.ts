@@ -84,14 +84,14 @@ export class TransferApplier {
       const current = slice.rank === pair.rank ? slice.factors : truncateLowRank(slice.factors, pair.rank);
       let upd;
       try {
-        upd = branches.set(t.pairId, t.slot, generated, current, pair.tau);
+        upd = branches.set(t.pairId, t.slot, generated, current, pair.tau, t.gate, { keepDelta: true });
       } catch (err) {
         disposeLowRank(generated);
+        if (current !== slice.factors) disposeLowRank(current);
         this.d.ignore({ reason: 'branch_failed', pairId: t.pairId, cycleId: t.cycleId, detail: (err as Error).message });
         continue;
-      } finally {
-        if (current !== slice.factors) disposeLowRank(current);
       }
+      if (current !== slice.factors) disposeLowRank(current);
       heldout.drop(t.pairId);
       const useHeldout = pair.feedback === 'heldout' && heldout.available;
       if (pair.feedback === 'heldout' && !useHeldout) {
@@ -104,6 +104,9 @@ export class TransferApplier {
         layer: t.slot,
         generated,
         scale: upd.scale,
+        gate: upd.gate,
+        delta: upd.delta,
+        branchRatio: upd.weightNorm > 0 ? upd.branchNorm / upd.weightNorm : undefined,
         k: pair.k,
         openedAt: step,
         accumulate: !useHeldout,
@@ -111,7 +114,8 @@ export class TransferApplier {
       if (useHeldout) heldout.open(t.pairId, t.slot);
       this.count += 1;
       this.releaseSlices(pair.slot, t.pairId, t.sliceId, targets);
-      this.d.log.debug({ pairId: t.pairId, cycleId: t.cycleId, step, ...upd }, 'transfer applied');
+      const { delta: _d, ...figures } = upd;
+      this.d.log.debug({ pairId: t.pairId, cycleId: t.cycleId, step, ...figures }, 'transfer applied');
       this.d.applied({
         pairId: t.pairId,
         cycleId: t.cycleId,
@@ -119,7 +123,7 @@ export class TransferApplier {
         slot: t.slot,
         step,
         adapterStep: t.adapterStep,
-        ...upd,
+        ...figures,
       });
     }
   }
@@ -148,6 +152,7 @@ export interface WindowFeedback {
   valid: boolean;
   gANorm: number;
   gBNorm: number;
+  gateGrad: number;
 }
 
 /**
@@ -163,7 +168,12 @@ export function windowFeedback(w: ClosedWindow, held: HeldoutSum | undefined, me
     w.G = held.G ?? (tf.zeros(shape) as tf.Tensor2D);
     steps = held.steps;
   }
-  const fb = projectFeedback(w.G, w.generated, w.scale);
+  // K = s·g·(A′B′ − AB): the adapter's output enters scaled by s·g, the gate through s·D.
+  const fb = projectFeedback(w.G, w.generated, w.scale * w.gate);
+  const gateGrad = w.delta ? w.scale * tf.tidy(() => tf.sum(tf.mul(w.G, w.delta!)).dataSync()[0]) : 0;
+  // s·⟨G, A′B′⟩: the source's part alone (without the −AB the swap also takes out), which the
+  // gate's guard tests: ⟨G, A′B′⟩ = Σ (G·B′ᵀ) ⊙ A′, with an explicit transpose (fast on wasm).
+  const sourceGrad = w.scale * tf.tidy(() => tf.sum(tf.mul(tf.matMul(w.G, tf.transpose(w.generated.B)), w.generated.A)).dataSync()[0]);
   const gA = fb.gA.dataSync() as Float32Array;
   const gB = fb.gB.dataSync() as Float32Array;
   const gAShape = fb.gA.shape;
@@ -177,9 +187,12 @@ export function windowFeedback(w: ClosedWindow, held: HeldoutSum | undefined, me
     scale: w.scale,
     gA: tensorToWire(gA, gAShape),
     gB: tensorToWire(gB, gBShape),
+    gateGrad,
     metrics,
   };
+  if (w.branchRatio !== undefined && Number.isFinite(w.branchRatio)) msg.branchRatio = w.branchRatio;
+  if (Number.isFinite(sourceGrad)) msg.sourceGrad = sourceGrad;
   // A NaN in G would be refused; better not to send it and say why at the sender.
-  const valid = feedbackSchema.safeParse(msg).success && gA.every(Number.isFinite) && gB.every(Number.isFinite);
-  return { msg, valid, gANorm: norm(gA), gBNorm: norm(gB) };
+  const valid = feedbackSchema.safeParse(msg).success && gA.every(Number.isFinite) && gB.every(Number.isFinite) && Number.isFinite(gateGrad);
+  return { msg, valid, gANorm: norm(gA), gBNorm: norm(gB), gateGrad };
 }

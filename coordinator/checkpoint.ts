@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { isAtomicTempName, writeFileAtomic } from '../shared/fs/atomic-write.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+import { ALIGNMENTS, type Alignment } from './adapter/pass-through.js';
+import { gateStateSchema, type GateState } from './gate/trust-gate.js';
 
 export const CHECKPOINT_FORMAT = 'mergenet-fed/coordinator-checkpoint';
 export const CHECKPOINT_FORMAT_VERSION = 1;
@@ -40,6 +42,9 @@ const manifestPairSchema = z.object({
   nextCycleId: count,
   adapterStep: count,
   counters: pairCountersSchema,
+  /** the trust gate (absent in checkpoints written before the gate existed: it starts fresh) */
+  gate: gateStateSchema.optional(),
+  alignment: z.enum(ALIGNMENTS).optional(),
   state: z.object({ file: z.string(), bytes: count, sha256: z.string() }).optional(),
 });
 
@@ -65,6 +70,8 @@ export interface CheckpointPair {
   nextCycleId: number;
   adapterStep: number;
   counters: PairCountersSnapshot;
+  gate?: GateState;
+  alignment?: Alignment;
   state?: Uint8Array;
 }
 

@@ -6,6 +6,8 @@ import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { adapterConfigSchema, defaultAdapterConfig, type AdapterConfig } from './adapter/config.js';
+import { ALIGNMENTS, type Alignment } from './adapter/pass-through.js';
+import { gateConfigSchema, type GateConfig } from './gate/trust-gate.js';
 
 /** A configuration that cannot be used; `issues` lists every problem as "field: message". */
 export class ConfigError extends Error {
@@ -48,6 +50,12 @@ export type AdapterOverrides = Partial<Omit<AdapterConfig, 'rank'>>;
 
 const endpointSchema = z.strictObject({ device: idSchema, slot: idSchema });
 
+/** Gate settings a config may give: any subset; the rest come from defaults.gate, then the built-in defaults. */
+const gateOverridesSchema = (gateConfigSchema as unknown as { partial(): z.ZodType<Partial<GateConfig>> }).partial();
+/** 'auto': what the slot shapes share (equal rows, columns, both or neither). */
+const alignSchema = z.enum(['auto', ...ALIGNMENTS]);
+export type AlignSetting = z.infer<typeof alignSchema>;
+
 const deviceSchema = z
   .strictObject({
     id: idSchema,
@@ -73,8 +81,14 @@ const pairSchema = z.strictObject({
   adapter: adapterOverridesSchema.optional(),
   /** 'noise' is the control: the source slice is replaced by Gaussian noise of equal shape and norm. */
   sourceMode: z.enum(SOURCE_MODES).default('real'),
-  /** Where the target computes the feedback G: its training batches (DESIGN.md §2) or batches of its held-out (val) split. */
-  feedback: z.enum(FEEDBACK_SOURCES).default('train'),
+  /** Where the target computes the feedback G (default defaults.feedback): its held-out split or its training batches. */
+  feedback: z.enum(FEEDBACK_SOURCES).optional(),
+  /** Where the adapter's output starts: the source's factors on the axes the slots share (default defaults.align). */
+  align: alignSchema.optional(),
+  /** Adapter learning rate for a pass-through start (default defaults.refineLr; 0: no adapter runs). */
+  refineLr: z.number().nonnegative().finite().optional(),
+  /** The pair's trust gate (merged over defaults.gate). */
+  gate: gateOverridesSchema.optional(),
 });
 
 const rawConfigSchema = z.strictObject({
@@ -88,6 +102,10 @@ const rawConfigSchema = z.strictObject({
       k: posInt.default(10),
       tau: z.number().positive().finite().default(0.5),
       adapter: adapterOverridesSchema.default({}),
+      feedback: z.enum(FEEDBACK_SOURCES).default('heldout'),
+      align: alignSchema.default('auto'),
+      refineLr: z.number().nonnegative().finite().default(0),
+      gate: gateOverridesSchema.default({}),
     })
     .prefault({}),
   pairs: z.array(pairSchema).default([]),
@@ -146,8 +164,14 @@ export interface PairConfig {
   k: number;
   tau: number;
   sourceMode: SourceMode;
-  /** Sent to the target in its plan; undefined means 'train'. */
-  feedback?: FeedbackSource;
+  /** Sent to the target in its plan: where it computes G. */
+  feedback: FeedbackSource;
+  /** Where the adapter's output starts ('auto': decided from the slot shapes once both are known). */
+  align: AlignSetting;
+  /** Adapter learning rate when the start is a pass-through (0: the pass-through is used as is). */
+  refineLr: number;
+  /** The trust gate, fully resolved. */
+  gate: GateConfig;
   /** defaults.adapter merged with the pair's own overrides. */
   adapter: AdapterOverrides;
   /** Created by autoPair rather than listed in the config. */
@@ -158,7 +182,17 @@ export interface CoordinatorConfig {
   host: string;
   port: number;
   devices: DeviceConfig[];
-  defaults: { rank: number; tCycle: number; k: number; tau: number; adapter: AdapterOverrides };
+  defaults: {
+    rank: number;
+    tCycle: number;
+    k: number;
+    tau: number;
+    adapter: AdapterOverrides;
+    feedback: FeedbackSource;
+    align: AlignSetting;
+    refineLr: number;
+    gate: GateConfig;
+  };
   pairs: PairConfig[];
   autoPair: { enabled: boolean; slot: 'first' | string; sourceMode: SourceMode };
   limits: { maxMessageBytes: number; maxRank: number };
@@ -268,6 +302,12 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     } catch (err) {
       issues.push(`${at}.adapter: ${(err as Error).message.replace(/^invalid adapter config: /, '')}`);
     }
+    let gate: GateConfig | undefined;
+    try {
+      gate = gateConfigSchema.parse({ ...raw.defaults.gate, ...(p.gate ?? {}) });
+    } catch (err) {
+      issues.push(`${at}.gate: ${err instanceof z.ZodError ? err.issues.map((x) => `${formatPath(x.path)}: ${x.message}`).join('; ') : (err as Error).message}`);
+    }
     pairs.push({
       id,
       source: p.source,
@@ -277,7 +317,10 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
       k: p.k ?? raw.defaults.k,
       tau: p.tau ?? raw.defaults.tau,
       sourceMode: p.sourceMode,
-      feedback: p.feedback,
+      feedback: p.feedback ?? raw.defaults.feedback,
+      align: p.align ?? raw.defaults.align,
+      refineLr: p.refineLr ?? raw.defaults.refineLr,
+      gate: gate ?? gateConfigSchema.parse({}),
       adapter,
       auto: false,
     });
@@ -290,13 +333,19 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
   } catch (err) {
     issues.push(`defaults.adapter: ${(err as Error).message.replace(/^invalid adapter config: /, '')}`);
   }
+  let defaultGate: GateConfig | undefined;
+  try {
+    defaultGate = gateConfigSchema.parse(raw.defaults.gate);
+  } catch (err) {
+    issues.push(`defaults.gate: ${err instanceof z.ZodError ? err.issues.map((x) => `${formatPath(x.path)}: ${x.message}`).join('; ') : (err as Error).message}`);
+  }
   if (issues.length) throw new ConfigError(issues, opts.source);
 
   return {
     host: raw.host,
     port: raw.port,
     devices,
-    defaults: { ...raw.defaults, adapter: raw.defaults.adapter as AdapterOverrides },
+    defaults: { ...raw.defaults, adapter: raw.defaults.adapter as AdapterOverrides, gate: defaultGate! },
     pairs,
     autoPair: raw.autoPair,
     limits: raw.limits,

@@ -9,7 +9,7 @@ import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
 import { EVENTS } from '../shared/protocol/events.js';
-import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
+import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
 import type { CoordinatorConfig } from './config.js';
@@ -22,7 +22,7 @@ import { buildStatus, type StatusSnapshot } from './status.js';
 /** How the engine reaches devices. Connection ids are opaque to it (socket ids in server.ts). */
 export interface Outbox {
   /** Send an encoded message on one connection; false if that connection is gone. */
-  send(connectionId: string, event: typeof EVENTS.plan | typeof EVENTS.transfer, payload: Buffer): boolean;
+  send(connectionId: string, event: typeof EVENTS.plan | typeof EVENTS.transfer | typeof EVENTS.skip, payload: Buffer): boolean;
   /** Close a connection (one replaced by a newer connection of the same device). */
   disconnect(connectionId: string): void;
 }
@@ -294,6 +294,21 @@ export class CoordinatorEngine {
     const sShape = this.registry.slotShape(pair.source.device, pair.source.slot);
     const tShape = this.registry.slotShape(pair.target.device, pair.target.slot);
     const cap = Math.min(minDim(sShape), minDim(tShape));
+    if (pair.refused) {
+      // The gate's guard refused this source for good: it never comes back on its own.
+      pair.active = false;
+      pair.inactiveReason = `refused by its trust gate: ${pair.gate.reason ?? 'refused'}`;
+      return;
+    }
+    if (sShape && tShape && pair.alignment === undefined) {
+      const why = pair.resolveAlignment(tShape, sShape);
+      if (why) {
+        pair.active = false;
+        pair.inactiveReason = why;
+        this.log.warn({ pairId: pair.id, reason: why }, 'pair inactive');
+        return;
+      }
+    }
     if (pair.hasAdapter) {
       if (cap < pair.rank) {
         pair.active = false;
@@ -375,17 +390,23 @@ export class CoordinatorEngine {
    */
   private tryStartCycle(pair: Pair, slice: StoredSlice, from: Sender): void {
     const now = from.now;
+    // Every target slice is answered, by a transfer or by a skip, so a device can pace itself.
+    const skip = (reason: SkipReason) => {
+      pair.countSkip(reason);
+      const msg: SkipMsg = { pairId: pair.id, sliceId: slice.sliceId, reason };
+      this.outbox.send(from.connectionId, EVENTS.skip, encodeMessage(msg));
+    };
     if (pair.inFlight) {
       if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
-      else return pair.countSkip('in_flight');
+      else return skip('in_flight');
     }
     const src = this.registry.latestSlice(pair.source.device, pair.source.slot);
-    if (!src) return pair.countSkip('no_source');
-    if (now - src.at > this.config.timing.sourceMaxAgeMs) return pair.countSkip('source_too_old');
-    if (src.rank < pair.rank) return pair.countSkip('source_rank_too_low');
+    if (!src) return skip('no_source');
+    if (now - src.at > this.config.timing.sourceMaxAgeMs) return skip('source_too_old');
+    if (src.rank < pair.rank) return skip('source_rank_too_low');
     const last = pair.counters.lastCycleStep;
     // A step count that went backwards means the device restarted its training: count afresh.
-    if (last !== undefined && slice.step >= last && slice.step - last < pair.config.tCycle) return pair.countSkip('too_soon');
+    if (last !== undefined && slice.step >= last && slice.step - last < pair.config.tCycle) return skip('too_soon');
 
     let cycleId: number | undefined;
     try {
@@ -409,6 +430,7 @@ export class CoordinatorEngine {
           A: tensorToWire(started.out.A.dataSync() as Float32Array, started.out.A.shape),
           B: tensorToWire(started.out.B.dataSync() as Float32Array, started.out.B.shape),
           adapterStep: pair.adapterStep,
+          gate: started.gate,
         };
         payload = encodeMessage(msg, { maxBytes: this.config.limits.maxMessageBytes });
       } finally {
@@ -416,10 +438,11 @@ export class CoordinatorEngine {
       }
       // The transfer answers the slice, on the connection it came from.
       this.outbox.send(from.connectionId, EVENTS.transfer, payload);
-      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep });
+      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep, gate: started.gate });
     } catch (err) {
       this.log.error({ err, pairId: pair.id, cycleId }, 'could not start a cycle');
       if (pair.inFlight && pair.inFlight.cycleId === cycleId) this.dropCycle(pair, 'internal');
+      else skip('internal');
     }
   }
 
@@ -481,19 +504,39 @@ export class CoordinatorEngine {
     let res;
     try {
       // If the update throws, the cycle ends and the edge answers `internal` (counted once there).
-      res = pair.applyFeedback(tA, tB, from.now);
+      res = pair.applyFeedback(tA, tB, msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc, sourceGrad: msg.sourceGrad });
     } finally {
       tA.dispose();
       tB.dispose();
     }
+    if (msg.branchRatio !== undefined) pair.lastBranchRatio = msg.branchRatio;
     this.registry.setMetrics(from.deviceId, msg.metrics, from.now);
     this.totalUpdates++;
-    this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped, steps: msg.steps, scale: msg.scale }, 'adapter updated');
-    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped });
+    const step = res.adapter?.step ?? pair.adapterStep;
+    const gradNorm = res.adapter?.gradNorm ?? 0;
+    const clipped = res.adapter?.clipped ?? false;
+    this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
+    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta });
+    if (res.gate.decided) this.gateDecided(pair);
     const every = this.config.checkpoint.everyUpdates;
     if (this.checkpointer && this.totalUpdates % every === 0) {
       this.checkpoint().catch((err) => this.log.error({ err }, 'periodic checkpoint failed'));
     }
+  }
+
+  /**
+   * The gate's guard decided. A refused pair leaves both devices' plans (so the target drops its
+   * branch and the source stops sending slices for it) and stays out for good, checkpoints included.
+   */
+  private gateDecided(pair: Pair): void {
+    const decision = pair.gate.decision as 'accepted' | 'refused';
+    const reason = pair.gate.reason ?? decision;
+    this.log.info({ pairId: pair.id, decision, reason, gate: pair.gate.value, updates: pair.gate.updates }, `trust gate ${decision} the source`);
+    this.notify('gate', { pairId: pair.id, decision, reason, gate: pair.gate.value, updates: pair.gate.updates });
+    if (decision !== 'refused') return;
+    this.refreshPair(pair);
+    this.sendPlan(pair.target.device, false);
+    this.sendPlan(pair.source.device, false);
   }
 
   /** `metrics` {step, loss, valAcc?, stepsPerSec?}: kept as the device's latest metrics for status. */

@@ -7,10 +7,24 @@ import type { SourceMode } from './config.js';
 export interface UpdateEvent {
   pairId: string;
   cycleId: number;
-  /** adapter step after this update */
+  /** adapter step after this update (unchanged where the pair runs no adapter) */
   step: number;
+  /** the adapter's gradient norm (0 where no adapter ran) */
   gradNorm: number;
   clipped: boolean;
+  /** the trust gate after this update */
+  gate: number;
+  /** ∂loss/∂θ of this update */
+  gateGrad: number;
+}
+
+/** The gate's guard decided (docs/DESIGN.md §5). */
+export interface GateEvent {
+  pairId: string;
+  decision: 'accepted' | 'refused';
+  reason: string;
+  gate: number;
+  updates: number;
 }
 
 export interface DropEvent {
@@ -30,12 +44,15 @@ export interface CycleEvent {
   targetDevice: string;
   sourceMode: SourceMode;
   adapterStep: number;
+  /** the gate value the transfer carried */
+  gate: number;
 }
 
 export interface CoordinatorEvents {
   update: [UpdateEvent];
   drop: [DropEvent];
   cycle: [CycleEvent];
+  gate: [GateEvent];
   register: [{ deviceId: string; session: string }];
   connect: [{ deviceId: string; session: string }];
   disconnect: [{ deviceId: string; session: string; reason: string }];

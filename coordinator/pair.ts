@@ -10,13 +10,16 @@ import { AdapterWithOptimizer } from './adapter/update.js';
 import type { StepResult } from './adapter/adamw.js';
 import type { CheckpointPair, PairCountersSnapshot } from './checkpoint.js';
 import { hash32, pairAdapterConfig, type Endpoint, type PairConfig } from './config.js';
+import { alignmentFits, inferAlignment, passThroughStart, type Alignment } from './adapter/pass-through.js';
+import { TrustGate, type GateState, type GateStep, type TargetReport } from './gate/trust-gate.js';
 import { noiseLikeLowRank, noiseSeed } from './noise.js';
 
 /** Why a cycle ended without an update. */
 export type CycleDropReason = Extract<ErrorCode, 'cycle_timeout' | 'session_replaced' | 'internal'>;
 
 /** Why a target slice did not start a cycle (not errors: the pair waits). */
-export type SkipReason = 'no_source' | 'source_too_old' | 'source_rank_too_low' | 'in_flight' | 'too_soon';
+export type { SkipReason } from '../shared/protocol/messages.js';
+import type { SkipReason } from '../shared/protocol/messages.js';
 
 export interface InFlightCycle {
   cycleId: number;
@@ -25,14 +28,19 @@ export interface InFlightCycle {
   sliceId: number;
   startedAt: number;
   deadline: number;
-  /** the exact adapter input (owned by the pair until the cycle ends) */
+  /** the exact adapter input (owned by the pair until the cycle ends): the start factors as queries */
   input: { target: LowRank; source: LowRank };
+  /** the gate value the transfer carried (the device applied it; the gate's chain rule needs it) */
+  gate: number;
+  /** whether the adapter ran (and so takes a step from this cycle's feedback) */
+  adapterRan: boolean;
   /** shapes of A′ and B′: the feedback's gA and gB must have these */
   outShapes: { A: [number, number]; B: [number, number] };
 }
 
 export interface PairCounters {
   cyclesStarted: number;
+  /** feedback applied (each one a gate step, and an adapter step where the adapter runs) */
   updates: number;
   /** cycles abandoned and feedback refused, by reason */
   drops: Record<string, number>;
@@ -49,6 +57,7 @@ export interface PairCounters {
 /** What happened to a recent cycle, so late or repeated feedback gets the precise reason. */
 type Ended = 'completed' | CycleDropReason;
 const ENDED_MEMORY = 32;
+const GATE_TRACE = 512;
 
 export class Pair {
   readonly id: string;
@@ -62,6 +71,14 @@ export class Pair {
   nextCycleId = 0;
   inFlight?: InFlightCycle;
   readonly counters: PairCounters = { cyclesStarted: 0, updates: 0, drops: {}, skips: {} };
+  /** The pair's trust gate (docs/DESIGN.md §5). */
+  gate: TrustGate;
+  /** Where the adapter's output starts; fixed once both slot shapes are known. */
+  alignment?: Alignment;
+  /** ‖K‖/‖W‖ the target reported for its latest branch (from feedback), for status. */
+  lastBranchRatio?: number;
+  /** g after each update (at most GATE_TRACE entries: every other one is dropped when full), for reports */
+  readonly gateTrace: { update: number; gate: number }[] = [];
   private model?: AdapterWithOptimizer;
   private readonly ended = new Map<number, Ended>();
   private readonly seed: number;
@@ -72,6 +89,7 @@ export class Pair {
     this.target = config.target;
     this.rank = config.rank;
     this.seed = hash32(config.id);
+    this.gate = new TrustGate(config.gate);
   }
 
   get hasAdapter(): boolean {
@@ -83,9 +101,40 @@ export class Pair {
     return this.model?.step ?? 0;
   }
 
-  /** Create the adapter at the current effective rank, unless it exists. */
+  /**
+   * Does this pair run the LPKA? Not when its output starts as a pass-through of the source and
+   * refinement is off: the start is then the transfer, and the adapter would be the identity.
+   */
+  get usesAdapter(): boolean {
+    return this.alignment === 'none' || this.config.refineLr > 0;
+  }
+
+  /**
+   * Fix the alignment from the slot shapes (config 'auto' → what they share). Returns a reason if
+   * the configured alignment does not fit the shapes (the pair cannot run), else undefined.
+   */
+  resolveAlignment(target: [number, number], source: [number, number]): string | undefined {
+    const want = this.config.align;
+    const align = want === 'auto' ? inferAlignment(target, source) : want;
+    if (!alignmentFits(align, target, source)) {
+      return `align '${align}' needs a shared axis, but the target slot is [${target.join(', ')}] and the source slot [${source.join(', ')}]`;
+    }
+    this.alignment = align;
+    return undefined;
+  }
+
+  /** Create the adapter at the current effective rank, unless it exists or is not used. */
   ensureAdapter(): void {
-    if (!this.model) this.model = AdapterWithOptimizer.create(pairAdapterConfig(this.config, this.rank));
+    if (this.model || this.alignment === undefined || !this.usesAdapter) return;
+    const cfg = pairAdapterConfig(this.config, this.rank);
+    // A pass-through start learns refinements at its own (small) rate.
+    if (this.alignment !== 'none') cfg.lr = this.config.refineLr;
+    this.model = AdapterWithOptimizer.create(cfg);
+  }
+
+  /** Refused by the gate's guard: the pair stops for good (it leaves the plans). */
+  get refused(): boolean {
+    return this.gate.decision === 'refused';
   }
 
   /**
@@ -105,6 +154,8 @@ export class Pair {
     this.counters.drops = { ...saved.counters.drops };
     this.counters.lastGradNorm = saved.counters.lastGradNorm;
     this.counters.lastCycleStep = saved.counters.lastCycleStep;
+    if (saved.gate) this.gate = new TrustGate(this.config.gate, saved.gate);
+    if (saved.alignment) this.alignment = saved.alignment;
   }
 
   /** Bytes of the adapter and optimiser state (undefined before the adapter exists). */
@@ -128,6 +179,8 @@ export class Pair {
       nextCycleId: this.nextCycleId,
       adapterStep: this.adapterStep,
       counters,
+      gate: this.gate.state(),
+      alignment: this.alignment,
       state: this.exportState(),
     };
   }
@@ -146,13 +199,19 @@ export class Pair {
   }
 
   /**
-   * Start a cycle: run the adapter on the target and source factors (already at the pair's rank)
-   * and remember the input. Takes ownership of `target` and `source`. In sourceMode 'noise' the
-   * source is replaced by norm-matched noise before the adapter sees it (and the noise is what is
-   * remembered). Returns the cycle id and A′, B′, which the caller owns.
+   * Start a cycle: the start factors (a pass-through of the source on the axes the slots share, or
+   * the target's own slice), run through the adapter where it is used, and remember the input.
+   * Takes ownership of `target` and `source`. In sourceMode 'noise' the source is replaced by
+   * norm-matched noise before anything sees it (and the noise is what is remembered). Returns the
+   * cycle id, A′, B′ (the caller owns them) and the gate value the transfer must carry.
    */
-  startCycle(target: LowRank, source: LowRank, opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number }): { cycleId: number; out: LowRank } {
+  startCycle(target: LowRank, source: LowRank, opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number }): { cycleId: number; out: LowRank; gate: number } {
     if (this.inFlight) throw new Error(`pair ${this.id}: a cycle is already in flight`);
+    if (this.alignment === undefined) {
+      disposeLowRank(target);
+      disposeLowRank(source);
+      throw new Error(`pair ${this.id}: the slot shapes are not known yet`);
+    }
     this.ensureAdapter();
     const cycleId = this.nextCycleId;
     let src = source;
@@ -160,14 +219,24 @@ export class Pair {
       src = noiseLikeLowRank(source, noiseSeed(this.seed, cycleId));
       disposeLowRank(source);
     }
+    let start: LowRank;
     let out: LowRank;
     try {
-      out = this.model!.forward(target, src);
+      start = this.alignment === 'none' ? target : passThroughStart(this.alignment, target, src);
+      if (start !== target) disposeLowRank(target);
     } catch (err) {
       disposeLowRank(target);
       disposeLowRank(src);
       throw err;
     }
+    try {
+      out = this.model ? this.model.forward(start, src) : { A: tf.clone(start.A), B: tf.clone(start.B) };
+    } catch (err) {
+      disposeLowRank(start);
+      disposeLowRank(src);
+      throw err;
+    }
+    const gate = this.gate.value;
     this.nextCycleId++;
     this.inFlight = {
       cycleId,
@@ -175,13 +244,15 @@ export class Pair {
       sliceId: opts.sliceId,
       startedAt: opts.now,
       deadline: opts.now + opts.timeoutMs,
-      input: { target, source: src },
+      input: { target: start, source: src },
+      gate,
+      adapterRan: this.model !== undefined,
       outShapes: { A: [out.A.shape[0], out.A.shape[1]], B: [out.B.shape[0], out.B.shape[1]] },
     };
     this.counters.cyclesStarted++;
     this.counters.lastTransferAt = opts.now;
     this.counters.lastCycleStep = opts.step;
-    return { cycleId, out };
+    return { cycleId, out, gate };
   }
 
   /** How a cycle that is not in flight ended, if it ended recently. */
@@ -199,17 +270,19 @@ export class Pair {
   }
 
   /**
-   * Apply validated feedback of the cycle in flight: a vector-Jacobian step through the adapter at
-   * the remembered input. The cycle ends whether or not the update succeeds (an update that throws,
-   * e.g. on a non-finite gradient norm, leaves the adapter unchanged). gA and gB stay owned by the
-   * caller.
+   * Apply validated feedback of the cycle in flight: a step of the trust gate from gateGrad, and,
+   * where the adapter ran, a vector-Jacobian step through it at the remembered input. The cycle
+   * ends whether or not the update succeeds (an update that throws, e.g. on a non-finite gradient
+   * norm, leaves the adapter unchanged). gA and gB stay owned by the caller.
    */
-  applyFeedback(gA: tf.Tensor2D, gB: tf.Tensor2D, now: number): StepResult {
+  applyFeedback(gA: tf.Tensor2D, gB: tf.Tensor2D, gateGrad: number, now: number, target: TargetReport = {}): { adapter?: StepResult; gate: GateStep } {
     const c = this.inFlight;
-    if (!c || !this.model) throw new Error(`pair ${this.id}: no cycle in flight`);
-    let res: StepResult;
+    if (!c) throw new Error(`pair ${this.id}: no cycle in flight`);
+    let res: StepResult | undefined;
+    let gate: GateStep;
     try {
-      res = this.model.update(c.input, { gA, gB });
+      if (c.adapterRan && this.model) res = this.model.update(c.input, { gA, gB });
+      gate = this.gate.step(gateGrad, c.gate, target);
     } catch (err) {
       // The caller reports and counts the failure; the cycle cannot be retried.
       this.endCycle(c, 'internal');
@@ -217,10 +290,18 @@ export class Pair {
     }
     this.endCycle(c, 'completed');
     this.counters.updates++;
-    this.counters.lastGradNorm = res.gradNorm;
-    this.counters.lastClipped = res.clipped;
+    if (res) {
+      this.counters.lastGradNorm = res.gradNorm;
+      this.counters.lastClipped = res.clipped;
+    }
     this.counters.lastUpdateAt = now;
-    return res;
+    this.gateTrace.push({ update: this.counters.updates, gate: gate.after });
+    if (this.gateTrace.length > GATE_TRACE) {
+      // Halve the resolution rather than forget the start: the early decision lives there.
+      const kept = this.gateTrace.filter((_, i) => i % 2 === 0);
+      this.gateTrace.splice(0, this.gateTrace.length, ...kept);
+    }
+    return { adapter: res, gate };
   }
 
   dispose(): void {

@@ -15,8 +15,8 @@ export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Regis
       const peer = role === 'source' ? p.target : p.source;
       if (me.device !== deviceId || !registry.slotShape(deviceId, me.slot)) continue;
       const entry: PlanPair = { pairId: p.id, role, slot: me.slot, peerDevice: peer.device, peerSlot: peer.slot, rank: p.rank, tCycle: p.config.tCycle, k: p.config.k, tau: p.config.tau };
-      // Only the target computes G; 'train' is the default and is left out of the plan.
-      if (role === 'target' && p.config.feedback === 'heldout') entry.feedback = 'heldout';
+      // Only the target computes G.
+      if (role === 'target') entry.feedback = p.config.feedback;
       out.push(entry);
     }
   }
@@ -72,6 +72,10 @@ export function autoPairConfigs(config: CoordinatorConfig, devices: readonly Dev
         k: d.k,
         tau: d.tau,
         sourceMode,
+        feedback: d.feedback,
+        align: d.align,
+        refineLr: d.refineLr,
+        gate: { ...d.gate },
         adapter: { ...d.adapter },
         auto: true,
       });

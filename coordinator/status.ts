@@ -4,6 +4,8 @@
 import type { Metrics, SlotDesc } from '../shared/protocol/messages.js';
 import type { Endpoint, SourceMode } from './config.js';
 import type { Pair, PairCounters } from './pair.js';
+import type { Alignment } from './adapter/pass-through.js';
+import type { GateDecision } from './gate/trust-gate.js';
 import type { DeviceRecord } from './registry.js';
 
 export interface DeviceStatus {
@@ -41,6 +43,14 @@ export interface PairStatus
   lastTransferAt?: string;
   lastUpdateAt?: string;
   inFlight?: { cycleId: number; ageMs: number; msToDeadline: number };
+  /** where the adapter's output starts (undefined until both slot shapes are known) */
+  alignment?: Alignment;
+  /** the trust gate: g, θ, the guard's decision and the updates it has had */
+  gate: { value: number; theta: number; decision: GateDecision; updates: number; reason?: string; decidedAt?: number };
+  /** g after each update (thinned to at most 512 points) */
+  gateTrace: { update: number; gate: number }[];
+  /** ‖K‖/‖W‖ the target reported for its latest branch */
+  branchRatio?: number;
 }
 
 export interface StatusSnapshot {
@@ -130,6 +140,10 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
       inFlight: p.inFlight
         ? { cycleId: p.inFlight.cycleId, ageMs: s.now - p.inFlight.startedAt, msToDeadline: p.inFlight.deadline - s.now }
         : undefined,
+      alignment: p.alignment,
+      gate: { value: p.gate.value, theta: p.gate.theta, decision: p.gate.decision, updates: p.gate.updates, reason: p.gate.reason, decidedAt: p.gate.state().decidedAt },
+      gateTrace: p.gateTrace.map((t) => ({ ...t })),
+      branchRatio: p.lastBranchRatio,
     };
   });
   return {
@@ -165,6 +179,8 @@ export function statusLogFields(st: StatusSnapshot): Record<string, unknown> {
       step: p.adapterStep,
       drops: p.drops,
       gradNorm: p.lastGradNorm,
+      gate: Number(p.gate.value.toFixed(4)),
+      decision: p.gate.decision,
       active: p.active,
     })),
     devices: st.devices.map((d) => ({

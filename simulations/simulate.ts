@@ -16,6 +16,8 @@ export interface SimulateOptions {
   conditions?: string[];
   backend?: string;
   progress?: boolean;
+  /** `path=value` overrides of the file, e.g. devices[1].dataset.labels=300 */
+  set?: string[];
 }
 
 function parseSeeds(v: string): number[] {
@@ -36,7 +38,7 @@ export async function simulate(
   o: SimulateOptions = {},
   print: (s: string) => void = (s) => process.stdout.write(s),
 ): Promise<ExperimentOutput> {
-  const e = loadExperiment(file); // errors name the bad field
+  const e = loadExperiment(file, o.set ?? []); // errors name the bad field
   const progress = o.progress === false ? silentProgress() : createProgress();
   const mode = o.mode ?? e.mode;
   progress.log(`${e.name}: ${e.seeds.length > 0 ? `seeds ${(o.seeds ?? e.seeds).join(',')}` : ''}, mode ${mode}, report → ${o.out ?? e.output}`);
@@ -60,6 +62,7 @@ export function registerSimulateCommand(program: Command): Command {
     .option('--conditions <list>', 'conditions to run instead of the file\'s baselines, e.g. alone,mergenet', parseList)
     .addOption(new Option('--backend <name>', 'tfjs backend of the coordinator and local runs').choices(['auto', 'wasm', 'cpu', 'tensorflow']))
     .option('--no-progress', 'no progress bars on stderr')
+    .option('--set <path=value>', 'override a field of the file, e.g. devices[1].dataset.labels=300 (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .action(async (file: string, opts: SimulateOptions) => {
       const out = await simulate(file, opts);
       if (out.failures.length) process.exitCode = 1;

@@ -26,6 +26,13 @@ describe('checkHandshake', () => {
     expect(code(hs({ token: undefined }))).toBe('unauthorized');
     expect(code(hs({ deviceId: 'bad id with spaces' }))).toBe('invalid_message');
     expect(code(hs({ protocolVersion: PROTOCOL_VERSION + 1 }))).toBe('protocol_version');
+    // A device of protocol 1 (before the trust gate) is told what changed.
+    const old = checkHandshake(hs({ protocolVersion: 1 }), digestOf);
+    expect(old.ok).toBe(false);
+    if (!old.ok) {
+      expect(old.code).toBe('protocol_version');
+      expect(old.reason).toMatch(/protocol version 1 is not supported; this coordinator speaks 2 .*trust gate/);
+    }
     expect(code(hs({ deviceId: 'mallory' }))).toBe('unknown_device');
     expect(code(hs({ token: 'tok-b' }))).toBe('bad_token'); // bob's token cannot act for alice
     expect(code(hs({ token: 'tok-a-longer' }))).toBe('bad_token');

@@ -21,7 +21,7 @@ function config(dir: string, pairs?: unknown) {
       { id: 'src', token: 'src-secret' },
       { id: 'tgt', token: 'tgt-secret' },
     ],
-    defaults: { rank: R, tCycle: 1, k: 1 },
+    defaults: { rank: R, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
     pairs: pairs ?? [
       { id: 'p', source: { device: 'src', slot: 'conv' }, target: { device: 'tgt', slot: 'dense' } },
       { id: 'back', source: { device: 'tgt', slot: 'dense' }, target: { device: 'src', slot: 'conv' }, rank: 3 },

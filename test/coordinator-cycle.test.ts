@@ -20,7 +20,7 @@ function config() {
       { id: 'src', token: 'src-secret' },
       { id: 'tgt2', token: 'tgt2-secret' },
     ],
-    defaults: { rank: R, tCycle: 10, k: 2 },
+    defaults: { rank: R, tCycle: 10, k: 2, align: 'none', gate: { guard: 'none' } },
     pairs: [
       { id: 'real', source: { device: 'src', slot: 'dense' }, target: { device: 'tgt', slot: 'dense' } },
       { id: 'noise', source: { device: 'src', slot: 'dense' }, target: { device: 'tgt2', slot: 'dense' }, sourceMode: 'noise', rank: 3 },
@@ -56,7 +56,7 @@ describe('coordinator cycle', () => {
     ]);
     const plan = await tgt.register([{ name: 'dense', shape: [T.m, T.n] }]);
     expect(plan.deviceId).toBe('tgt');
-    expect(plan.pairs).toEqual([{ pairId: 'real', role: 'target', slot: 'dense', peerDevice: 'src', peerSlot: 'dense', rank: R, tCycle: 10, k: 2, tau: 0.5 }]);
+    expect(plan.pairs).toEqual([{ pairId: 'real', role: 'target', slot: 'dense', peerDevice: 'src', peerSlot: 'dense', rank: R, tCycle: 10, k: 2, tau: 0.5, feedback: 'heldout' }]);
     const plan2 = await tgt2.register([{ name: 'dense', shape: [T.m, T.n] }]);
     expect(plan2.pairs[0]).toMatchObject({ pairId: 'noise', role: 'target', rank: 3 });
   });

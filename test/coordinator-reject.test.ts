@@ -62,7 +62,7 @@ describe('coordinator refusals', () => {
           { id: 'good', token: 'good-secret' },
           { id: 'bad', token: 'bad-secret' },
         ],
-        defaults: { rank: R, tCycle: 1, k: 1 },
+        defaults: { rank: R, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
         pairs: [
           { id: 'good', source: { device: 'src', slot: 'dense' }, target: { device: 'good', slot: 'dense' } },
           { id: 'bad', source: { device: 'src', slot: 'dense' }, target: { device: 'bad', slot: 'dense' } },

@@ -54,10 +54,10 @@ describe('FeedbackWindows', () => {
         w.afterStep(acc.t);
       }
     };
-    w.openWindow({ pairId: 'p1', cycleId: 1, session: 's', layer: 'L', generated: factors(2, 3, 1), scale: 1, k: 3, openedAt: 0 });
+    w.openWindow({ pairId: 'p1', cycleId: 1, session: 's', layer: 'L', generated: factors(2, 3, 1), scale: 1, gate: 1, k: 3, openedAt: 0 });
     step(1); // t=1
-    w.openWindow({ pairId: 'p2', cycleId: 7, session: 's', layer: 'L', generated: factors(2, 3, 1), scale: 0.5, k: 4, openedAt: 1 });
-    w.openWindow({ pairId: 'p3', cycleId: 9, session: 's', layer: 'M', generated: factors(2, 3, 1), scale: 1, k: 1, openedAt: 1 });
+    w.openWindow({ pairId: 'p2', cycleId: 7, session: 's', layer: 'L', generated: factors(2, 3, 1), scale: 0.5, gate: 1, k: 4, openedAt: 1 });
+    w.openWindow({ pairId: 'p3', cycleId: 9, session: 's', layer: 'M', generated: factors(2, 3, 1), scale: 1, gate: 1, k: 1, openedAt: 1 });
     step(1); // t=2
     const r3 = w.takeReady();
     expect(r3.map((x) => x.pairId)).toEqual(['p3']);
@@ -90,10 +90,10 @@ describe('FeedbackWindows', () => {
     const acc = new FakeAccumulator([1, 1]);
     const w = new FeedbackWindows(acc);
     const before = tf.memory().numTensors;
-    w.openWindow({ pairId: 'a', cycleId: 1, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 4, openedAt: 0 });
+    w.openWindow({ pairId: 'a', cycleId: 1, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, gate: 1, k: 4, openedAt: 0 });
     acc.step();
     w.afterStep(0);
-    w.openWindow({ pairId: 'b', cycleId: 2, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 4, openedAt: 1 });
+    w.openWindow({ pairId: 'b', cycleId: 2, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, gate: 1, k: 4, openedAt: 1 });
     acc.step();
     w.afterStep(0);
     expect(w.abandon('b')).toBe(true);
@@ -107,8 +107,8 @@ describe('FeedbackWindows', () => {
     a.generated.A.dispose();
     a.generated.B.dispose();
     // A new window for the same pair replaces the old one.
-    w.openWindow({ pairId: 'a', cycleId: 3, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 4, openedAt: 4 });
-    w.openWindow({ pairId: 'a', cycleId: 4, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 4, openedAt: 4 });
+    w.openWindow({ pairId: 'a', cycleId: 3, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, gate: 1, k: 4, openedAt: 4 });
+    w.openWindow({ pairId: 'a', cycleId: 4, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, gate: 1, k: 4, openedAt: 4 });
     expect(w.size).toBe(1);
     expect(w.get('a')!.cycleId).toBe(4);
     expect(w.abandonAll()).toBe(1);
@@ -122,11 +122,11 @@ describe('FeedbackWindows without training accumulation (held-out feedback)', ()
     const acc = new FakeAccumulator([1, 1]);
     const w = new FeedbackWindows(acc);
     const before = tf.memory().numTensors;
-    w.openWindow({ pairId: 'h', cycleId: 1, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 2, openedAt: 0, accumulate: false });
+    w.openWindow({ pairId: 'h', cycleId: 1, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, gate: 1, k: 2, openedAt: 0, accumulate: false });
     expect(acc.accumulating()).toEqual([]);
     acc.step();
     w.afterStep(0);
-    w.openWindow({ pairId: 't', cycleId: 2, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, k: 2, openedAt: 1 });
+    w.openWindow({ pairId: 't', cycleId: 2, session: 's', layer: 'L', generated: factors(1, 1, 1), scale: 1, gate: 1, k: 2, openedAt: 1 });
     expect(acc.accumulating()).toEqual(['L']);
     acc.step();
     w.afterStep(0);
@@ -212,7 +212,7 @@ describe('TransferQueue', () => {
   it('keeps only the newest unapplied transfer of a pair', () => {
     const q = new TransferQueue();
     const t = (pairId: string, cycleId: number) => ({
-      session: 's', pairId, cycleId, sliceId: 0, slot: 'L', adapterStep: 0,
+      session: 's', pairId, cycleId, sliceId: 0, slot: 'L', adapterStep: 0, gate: 1,
       A: { values: new Float32Array(1), shape: [1, 1] }, B: { values: new Float32Array(1), shape: [1, 1] },
     });
     q.push(t('a', 1));

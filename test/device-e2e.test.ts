@@ -56,7 +56,7 @@ async function startCoordinator(ids: string[], pairs: { id: string; s: string; t
     host: '127.0.0.1',
     port: 0,
     devices: ids.map((id) => ({ id, token: `tok-${id}` })),
-    defaults: { rank: 4, tCycle: 6, k: 3, tau: 0.5 },
+    defaults: { rank: 4, tCycle: 6, k: 3, tau: 0.5, align: 'none', gate: { guard: 'none' } },
     // Hidden slots (dense_1: 32×16, 16×12, 16×16): the coordinator's adapter work grows with
     // m + n, and every device shares this process's one thread with it.
     pairs: pairs.map((p) => ({ id: p.id, source: { device: p.s, slot: 'dense_1' }, target: { device: p.t, slot: 'dense_1' } })),

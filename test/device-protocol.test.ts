@@ -150,7 +150,7 @@ class ScriptedCoordinator {
         const out = this.transform(At, Bt);
         socket.emit('transfer', encodeMessage({
           pairId: p.pairId, cycleId: c.cycleId, sliceId: s.sliceId, slot: s.slot,
-          A: tensorToWire(out.A, [m, r]), B: tensorToWire(out.B, [r, n]), adapterStep: c.cycleId,
+          A: tensorToWire(out.A, [m, r]), B: tensorToWire(out.B, [r, n]), adapterStep: c.cycleId, gate: 1,
         }));
         this.transfersSent.push(c);
         this.onTransfer(c, socket);

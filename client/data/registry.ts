@@ -35,7 +35,28 @@ const sizeFields = {
   valSize: z.number().int().min(0).optional(),
   testSize: z.number().int().min(1).optional(),
   offset: z.number().int().min(0).optional(),
+  /**
+   * The device's labelled examples, all of them: `heldout` of them (a fraction, default 0.2) are
+   * carved off as its held-out split (val) and the rest are its training data. An honest carve:
+   * the held-out feedback costs the device training labels. Excludes trainSize and valSize.
+   */
+  labels: z.number().int().min(2).optional(),
+  heldout: z.number().min(0).max(0.9).optional(),
 };
+
+/** trainSize/valSize from labels + heldout, when the spec gives labels (see sizeFields). */
+export function carveLabels<T extends { labels?: number; heldout?: number; trainSize?: number; valSize?: number }>(s: T): T {
+  if (s.labels === undefined) {
+    if (s.heldout !== undefined) throw new Error('dataset.heldout needs dataset.labels (the labelled examples to carve it from)');
+    return s;
+  }
+  if (s.trainSize !== undefined || s.valSize !== undefined) {
+    throw new Error('dataset.labels replaces trainSize and valSize: give either labels (and heldout), or trainSize and valSize');
+  }
+  const val = Math.round((s.heldout ?? 0.2) * s.labels);
+  if (val >= s.labels) throw new Error(`dataset.heldout ${s.heldout} leaves no training labels out of ${s.labels}`);
+  return { ...s, trainSize: s.labels - val, valSize: val };
+}
 
 const mnistSpec = z.strictObject({
   name: z.literal('mnist'),
@@ -113,7 +134,7 @@ export function describeDataset(spec: DatasetSpec): DatasetDescription {
  * featureNames.
  */
 export function loadDeviceData(spec: DatasetSpec, seed: number): ZooDeviceData {
-  const s = parseDatasetSpec(spec);
+  const s = carveLabels(parseDatasetSpec(spec));
   if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
   const sizes = { trainSize: s.trainSize, valSize: s.valSize, testSize: s.testSize, offset: s.offset };
   switch (s.name) {

@@ -7,6 +7,7 @@ export const EVENTS = {
   plan: 'plan', // coordinator → device: PlanMsg (after register, and whenever pairs change)
   transfer: 'transfer', // coordinator → device: TransferMsg
   reject: 'reject', // coordinator → device: RejectMsg
+  skip: 'skip', // coordinator → device: SkipMsg (a target slice that started no cycle of a pair)
 } as const;
 
 type Bin = (payload: Buffer | Uint8Array) => void;
@@ -22,4 +23,5 @@ export interface ServerToClientEvents {
   plan: Bin;
   transfer: Bin;
   reject: Bin;
+  skip: Bin;
 }

@@ -98,6 +98,11 @@ export const transferSchema = z.object({
   A: wireTensorSchema,
   B: wireTensorSchema,
   adapterStep: count,
+  /**
+   * The pair's trust gate g = sigmoid(θ) in [0, 1] (protocol 2): the device applies the branch
+   * K = s·g·(A′B′ − AB). 0 leaves the target exactly as it would be alone.
+   */
+  gate: z.number().min(0).max(1),
 });
 export type TransferMsg = z.infer<typeof transferSchema>;
 
@@ -106,6 +111,8 @@ export const metricsSchema = z.object({
   loss: finite,
   /** accuracy on the device's own held-out split, 0..1 */
   valAcc: z.number().min(0).max(1).optional(),
+  /** accuracy over the device's last 10 training minibatches, 0..1 (the trust gate's guard reads it) */
+  trainAcc: z.number().min(0).max(1).optional(),
   stepsPerSec: z.number().nonnegative().finite().optional(),
 });
 export type Metrics = z.infer<typeof metricsSchema>;
@@ -120,9 +127,37 @@ export const feedbackSchema = z.object({
   /** gA = s·G·B′ᵀ (m×r), gB = s·A′ᵀ·G (r×n), G = Σ ∂loss/∂W_eff over the steps */
   gA: wireTensorSchema,
   gB: wireTensorSchema,
+  /**
+   * ⟨G, ∂K/∂g⟩ = s·⟨G, A′B′ − AB⟩ (protocol 2): the scalar the coordinator needs to train the
+   * pair's trust gate, ∂loss/∂θ = g(1−g)·gateGrad.
+   */
+  gateGrad: finite,
+  /**
+   * s·⟨G, A′B′⟩ (protocol 2): the part of gateGrad that comes from the source's factors alone,
+   * without the target's own slice that the swap takes out; the gate's guard tests its sign.
+   */
+  sourceGrad: finite.optional(),
+  /** ‖K‖_F/‖W‖_F of the branch this feedback is about (for the coordinator's status) */
+  branchRatio: z.number().nonnegative().finite().optional(),
   metrics: metricsSchema,
 });
 export type FeedbackMsg = z.infer<typeof feedbackSchema>;
+
+/** Why a target slice did not start a cycle of one of its pairs (the pair waits for the next). */
+export const SKIP_REASONS = ['no_source', 'source_too_old', 'source_rank_too_low', 'in_flight', 'too_soon', 'internal'] as const;
+export type SkipReason = (typeof SKIP_REASONS)[number];
+
+/**
+ * Coordinator → target device (protocol 2): this slice started no cycle of this pair. Every target
+ * slice of a pair is answered by a `transfer` or a `skip`, so a device can pace itself to the
+ * coordinator (wait for the answer) instead of guessing.
+ */
+export const skipSchema = z.object({
+  pairId: id,
+  sliceId: count,
+  reason: z.enum(SKIP_REASONS),
+});
+export type SkipMsg = z.infer<typeof skipSchema>;
 
 export const rejectSchema = z.object({
   code: z.string(),

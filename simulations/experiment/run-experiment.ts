@@ -158,6 +158,12 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
   };
   if (t.branchRatio !== undefined) extra.branchRatio = t.branchRatio;
   if (t.capBound !== undefined) extra.capBound = t.capBound;
+  // The trust gate at the end of the run (mean over the target's pairs), and how many of them its
+  // guard refused.
+  if (pairs.length) {
+    extra.gate = sum((p) => p.gate.value) / pairs.length;
+    extra.refused = pairs.filter((p) => p.gate.decision === 'refused').length;
+  }
   return {
     condition,
     seed,
@@ -189,6 +195,7 @@ export async function runFleet(
     pairs: o.pairs ?? e.pairs,
     pairMode: o.pairMode,
     sourceWarmup: e.sourceWarmup,
+    paceTimeoutMs: e.paceTimeoutMs,
     backend: o.backend,
     stallTimeoutMs: o.stallTimeoutMs,
     timeoutMs: o.timeoutMs,
@@ -204,7 +211,9 @@ function checkHeldout(e: Experiment): void {
   e.pairs.forEach((p, i) => {
     if (p.feedback !== 'heldout') return;
     const d = e.devices.find((x) => x.id === p.target.device)!;
-    if (d.dataset.valSize === 0) problems.push(`pairs[${i}].feedback: "heldout" needs a validation split on "${d.id}", but its dataset.valSize is 0`);
+    const ds = d.dataset as { valSize?: number; labels?: number; heldout?: number };
+    const noVal = ds.labels !== undefined ? ds.heldout === 0 : ds.valSize === 0;
+    if (noVal) problems.push(`pairs[${i}].feedback: "heldout" needs a held-out split on "${d.id}", but its dataset has none (valSize 0 or heldout 0)`);
   });
   if (problems.length) throw new Error(`experiment "${e.name}" cannot run:\n  ${problems.join('\n  ')}`);
 }
@@ -213,7 +222,8 @@ function checkHeldout(e: Experiment): void {
 function pairNotes(e: Experiment): string[] {
   return e.pairs.map((p, i) => {
     const adapter = Object.entries(p.adapter).map(([k, v]) => `${k} ${v}`).join(', ');
-    return `pairs[${i}] ${p.source.device}.${p.source.slot} → ${p.target.device}.${p.target.slot}: τ ${p.tau}, feedback ${p.feedback}${adapter ? `, adapter ${adapter}` : ''}.`;
+    const gate = Object.entries(p.gate).map(([k, v]) => `${k} ${v}`).join(', ');
+    return `pairs[${i}] ${p.source.device}.${p.source.slot} → ${p.target.device}.${p.target.slot}: τ ${p.tau}, feedback ${p.feedback}, align ${p.align}, refineLr ${p.refineLr}${gate ? `, gate ${gate}` : ''}${adapter ? `, adapter ${adapter}` : ''}.`;
   });
 }
 

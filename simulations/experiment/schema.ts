@@ -39,8 +39,14 @@ export const pairSpecSchema = z.strictObject({
   tau: z.number().positive().default(0.5),
   /** AdapterConfig overrides (lr, layers, heads, attnDim, …) */
   adapter: z.record(z.string(), z.number()).default({}),
-  /** 'train' (DESIGN.md §2) or 'heldout': G from the target's validation split */
-  feedback: z.enum(['train', 'heldout']).default('train'),
+  /** 'heldout' (G from the target's held-out split) or 'train' (its training batches) */
+  feedback: z.enum(['train', 'heldout']).default('heldout'),
+  /** where the adapter's output starts: 'auto' (what the slot shapes share), 'both', 'rows', 'cols', 'none' */
+  align: z.enum(['auto', 'both', 'rows', 'cols', 'none']).default('auto'),
+  /** adapter learning rate for a pass-through start (0: the pass-through is used as is) */
+  refineLr: z.number().nonnegative().default(0),
+  /** trust gate overrides (enabled, init, lr, guard, decideAfter, alpha) */
+  gate: z.record(z.string(), z.union([z.number(), z.boolean(), z.string()])).default({}),
 });
 export type PairSpec = z.infer<typeof pairSpecSchema>;
 
@@ -56,6 +62,12 @@ export const experimentSchema = z
     pairs: z.array(pairSpecSchema).default([]),
     baselines: z.array(z.enum(BASELINES)).min(1).default(['alone', 'mergenet', 'noise']),
     mode: z.enum(['process', 'inprocess']).default('process'),
+    /**
+     * Pace the devices to the coordinator: after a target slice, the target waits (up to this many
+     * ms) for the coordinator's answer before its next step, so every cycle T_cycle allows happens
+     * even when the coordinator is slower than the devices. 0: devices never wait.
+     */
+    paceTimeoutMs: z.number().int().nonnegative().default(30_000),
     /** source steps before the target starts (a source trained for a while first) */
     sourceWarmup: z.number().int().nonnegative().default(0),
     /** copy oracle: which source slot initialises which target slot (same shape required) */
@@ -126,7 +138,34 @@ export function parseExperiment(obj: unknown, where = 'experiment'): Experiment 
   return res.data;
 }
 
-export function loadExperiment(path: string): Experiment {
+/**
+ * Apply `path=value` overrides to a parsed experiment object before validation, e.g.
+ * `devices[1].dataset.labels=300` or `pairs[0].gate.guard=signtest`. Values are YAML scalars.
+ */
+export function applyOverrides(obj: unknown, sets: readonly string[]): unknown {
+  for (const set of sets) {
+    const eq = set.indexOf('=');
+    if (eq <= 0) throw new Error(`--set: expected path=value, got "${set}"`);
+    const keys = set
+      .slice(0, eq)
+      .replace(/\[(\d+)\]/g, '.$1')
+      .split('.')
+      .filter((k) => k !== '');
+    const value: unknown = parseYaml(set.slice(eq + 1));
+    let at = obj as Record<string, unknown>;
+    keys.forEach((k, i) => {
+      if (typeof at !== 'object' || at === null) throw new Error(`--set ${set}: "${keys.slice(0, i).join('.')}" is not an object`);
+      if (i === keys.length - 1) at[k] = value;
+      else {
+        at[k] ??= /^\d+$/.test(keys[i + 1]) ? [] : {};
+        at = at[k] as Record<string, unknown>;
+      }
+    });
+  }
+  return obj;
+}
+
+export function loadExperiment(path: string, sets: readonly string[] = []): Experiment {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -139,5 +178,5 @@ export function loadExperiment(path: string): Experiment {
   } catch (err) {
     throw new Error(`${path} is not valid YAML: ${(err as Error).message}`);
   }
-  return parseExperiment(obj, path);
+  return parseExperiment(applyOverrides(obj, sets), path);
 }

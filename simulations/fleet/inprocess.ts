@@ -38,7 +38,7 @@ export async function runFleetInProcess(opts: FleetRunOptions): Promise<FleetRun
     for (const spec of opts.devices) {
       prepared.push(
         prepareDevice(
-          { url: coord.url, token: tokens.get(spec.id)!, device: spec, seed: opts.seed, evalTest: true },
+          { url: coord.url, token: tokens.get(spec.id)!, device: spec, seed: opts.seed, evalTest: true, paceTimeoutMs: opts.paceTimeoutMs },
           { onProgress },
         ),
       );

@@ -161,7 +161,7 @@ export async function runFleetInProcesses(opts: FleetRunOptions): Promise<FleetR
         });
         send(child, {
           type: 'job',
-          job: { url, token: tokens.get(spec.id)!, device: spec, seed: opts.seed, evalTest: true, backend: spec.backend === 'auto' ? opts.backend : spec.backend },
+          job: { url, token: tokens.get(spec.id)!, device: spec, seed: opts.seed, evalTest: true, paceTimeoutMs: opts.paceTimeoutMs, backend: spec.backend === 'auto' ? opts.backend : spec.backend },
         });
       }
     });

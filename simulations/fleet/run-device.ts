@@ -80,6 +80,7 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
       description: { name: spec.id, architecture: describeModelSpec(spec.model), task: described.task, modality: described.modality },
       // Loopback: reconnect quickly should the connection drop.
       reconnect: { delayMs: 100, maxDelayMs: 2000 },
+      paceTimeoutMs: job.paceTimeoutMs,
     });
   } catch (err) {
     model.dispose();

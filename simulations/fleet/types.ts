@@ -19,6 +19,8 @@ export interface DeviceJob {
   evalTest: boolean;
   /** tfjs backend for this device ('auto' or a name); only a child process can honour it per device. */
   backend?: string;
+  /** pace the device to the coordinator (DeviceClientOptions.paceTimeoutMs); 0 or absent: never wait */
+  paceTimeoutMs?: number;
 }
 
 /** Progress of one device, as the progress bars show it. */
@@ -84,6 +86,8 @@ export interface FleetRunOptions {
   pairMode: FleetPairMode;
   /** devices other than the target train this many steps before the target starts */
   sourceWarmup?: number;
+  /** pace every device to the coordinator (see DeviceJob.paceTimeoutMs) */
+  paceTimeoutMs?: number;
   /** tfjs backend of the coordinator (and of in-process devices); default auto */
   backend?: string;
   /** Fail the run if no device made progress for this long (default 180 s). */

@@ -2,6 +2,7 @@
 // no tfjs), so tests can drive the coordinator precisely, including with broken messages.
 import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage, tensorToWire, wireToFloat32, type WireTensor } from '../../shared/codec/tensor-codec.js';
+import type { SkipMsg } from '../../shared/protocol/messages.js';
 import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/protocol/events.js';
 import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, RejectMsg, SlotDesc } from '../../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../../shared/protocol/version.js';
@@ -30,6 +31,7 @@ export interface DecodedTransfer {
   sliceId: number;
   slot: string;
   adapterStep: number;
+  gate: number;
   A: { values: Float32Array; shape: number[] };
   B: { values: Float32Array; shape: number[] };
 }
@@ -65,6 +67,8 @@ export class FakeDevice {
   /** every reject received, in order (never consumed by next()) */
   readonly rejects: RejectMsg[] = [];
   readonly transfers: DecodedTransfer[] = [];
+  /** every skip received (a target slice that started no cycle of a pair), in order */
+  readonly skips: SkipMsg[] = [];
 
   private constructor(
     readonly deviceId: string,
@@ -83,11 +87,15 @@ export class FakeDevice {
         sliceId: m.sliceId as number,
         slot: m.slot as string,
         adapterStep: m.adapterStep as number,
+        gate: m.gate as number,
         A: wireToFloat32(m.A, { name: 'transfer.A' }),
         B: wireToFloat32(m.B, { name: 'transfer.B' }),
       };
       this.transfers.push(t);
       this.push('transfer', t);
+    });
+    socket.on('skip', (b) => {
+      this.skips.push(decodeMessage(b) as SkipMsg);
     });
     socket.on('reject', (b) => {
       const r = decodeMessage(b) as RejectMsg;
@@ -200,6 +208,7 @@ export class FakeDevice {
       scale: 1,
       gA: wire(pseudoRandom(m * r, seed, 0.01), [m, r]),
       gB: wire(pseudoRandom(r * n, seed + 1, 0.01), [r, n]),
+      gateGrad: 0.01,
       metrics,
       ...rest,
     };
