@@ -15,16 +15,30 @@ import type { DeviceSpec, Experiment } from '../experiment/schema.js';
 import type { ZooDeviceData } from '../../client/data/registry.js';
 import type { ConditionRun } from '../report/types.js';
 import { deviceById, loadDataFor, trainLocally, type LocalProgress } from './local-training.js';
+import { inferAlignment, passThroughStart, type Alignment } from '../../coordinator/adapter/pass-through.js';
 
 /** 'copy' for the copy section's own setting, 'copy:rank<r>' for each extra rank of copy.ranks. */
 export function copyConditionName(rank: number | undefined, e: Experiment): string {
   return rank === undefined || rank === e.copy?.rank ? 'copy' : `copy:rank${rank}`;
 }
 
-/** Throws a readable error unless a source slot can initialise the target slot (at this rank). */
-export function checkCopyShapes(source: { device: string; slot: SlotInfo }, target: { device: string; slot: SlotInfo }, rank?: number): void {
+/**
+ * Throws a readable error unless a source slot can initialise the target slot (at this rank).
+ * Slots of different shapes that share one axis (equal rows or columns) can, at a rank: the
+ * target's own rank-r slice is then swapped for the source's, mapped onto the target's shape as
+ * the pair's pass-through start maps it (coordinator/adapter/pass-through.ts). Returns the
+ * alignment used.
+ */
+export function checkCopyShapes(source: { device: string; slot: SlotInfo }, target: { device: string; slot: SlotInfo }, rank?: number): Alignment {
   const [m, n] = target.slot.shape;
   const [ms, ns] = source.slot.shape;
+  const align = inferAlignment([m, n], [ms, ns]);
+  if ((align === 'rows' || align === 'cols') && rank !== undefined) {
+    if (!Number.isInteger(rank) || rank < 1 || rank > Math.min(m, n, ms, ns)) {
+      throw new Error(`copy: rank ${rank} is out of range for a [${m}×${n}] slot and a [${ms}×${ns}] source slot`);
+    }
+    return align;
+  }
   if (m !== ms || n !== ns) {
     throw new Error(
       `copy: source slot "${source.slot.layer}" of "${source.device}" is [${ms}×${ns}] but target slot "${target.slot.layer}" of ` +
@@ -34,6 +48,24 @@ export function checkCopyShapes(source: { device: string; slot: SlotInfo }, targ
   }
   if (rank !== undefined && (!Number.isInteger(rank) || rank < 1 || rank > Math.min(m, n))) {
     throw new Error(`copy: rank ${rank} is out of range for a [${m}×${n}] slot (1..${Math.min(m, n)})`);
+  }
+  return 'both';
+}
+
+/**
+ * The cross-shape copy: W_t − A_tB_t + A′B′, where (A′, B′) is the source's rank-r slice mapped onto
+ * the target's shape along the shared axis. The caller owns the result.
+ */
+export function swappedSlot(targetW: tf.Tensor2D, sourceW: tf.Tensor2D, rank: number, align: Alignment): tf.Tensor2D {
+  const t = lowRankSlice(targetW, rank);
+  const src = lowRankSlice(sourceW, rank);
+  const start = passThroughStart(align, t, src);
+  try {
+    return tf.tidy(() => tf.add(tf.sub(targetW, tf.matMul(t.A, t.B)), tf.matMul(start.A, start.B)) as tf.Tensor2D);
+  } finally {
+    disposeLowRank(t);
+    disposeLowRank(src);
+    disposeLowRank(start);
   }
 }
 
@@ -109,10 +141,11 @@ export async function runCopy(
   const sProbe = buildModelFor(sourceDevice.model, sourceData, seed);
   const tProbe = buildModelFor(targetDevice.model, targetData, seed);
   let targetShape: [number, number];
+  let align: Alignment;
   try {
     const sInfo = slotInfo(sProbe, sourceSlot);
     const tInfo = slotInfo(tProbe, targetSlot);
-    checkCopyShapes({ device: sourceId, slot: sInfo }, { device: e.target, slot: tInfo }, rank);
+    align = checkCopyShapes({ device: sourceId, slot: sInfo }, { device: e.target, slot: tInfo }, rank);
     targetShape = tInfo.shape;
   } finally {
     sProbe.dispose();
@@ -121,8 +154,8 @@ export async function runCopy(
 
   const source = await trainedSourceSlot(e, seed, sourceDevice, sourceData, sourceSlot, onProgress);
   const sourceValues = source.values;
-  let init: tf.Tensor2D;
-  {
+  let init: tf.Tensor2D | undefined;
+  if (align === 'both') {
     const W = tf.tensor2d(source.values, source.shape);
     init = copiedSlot(W, rank);
     W.dispose();
@@ -133,6 +166,13 @@ export async function runCopy(
       data: targetData,
       seed,
       init: (model) => {
+        if (!init) {
+          // Different shapes: swap the target's own top slice for the mapped source slice.
+          const own = readSlot(model, targetSlot);
+          const src = tf.tensor2d(source.values, source.shape);
+          init = swappedSlot(own, src, rank!, align);
+          tf.dispose([own, src]);
+        }
         writeSlot(model, targetSlot, init);
         if (inspect?.onCopy) {
           const now = readSlot(model, targetSlot);
@@ -151,13 +191,13 @@ export async function runCopy(
       finalAcc: r.finalAcc,
       bestAcc: r.bestAcc,
       // one transfer of the slot (or of its slice), once
-      bytesSent: 4 * (rank === undefined ? m * n : sliceFloats(m, n, rank)),
+      bytesSent: 4 * (rank === undefined ? m * n : sliceFloats(source.shape[0], source.shape[1], rank)),
       bytesFullWeights: 4 * m * n,
       // the condition's cost: the source's training counts even when its slot was reused
       wallMs: Math.round(performance.now() - t0 + (source.reused ? source.wallMs : 0)),
       extra: { ...(rank !== undefined ? { rank } : {}), sourceAcc: source.finalAcc, sourceMs: source.wallMs, targetMs: r.wallMs },
     };
   } finally {
-    init.dispose();
+    init?.dispose();
   }
 }
