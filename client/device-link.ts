@@ -13,6 +13,8 @@ import {
   describeZodError,
   planSchema,
   rejectSchema,
+  feedbackAckSchema,
+  type FeedbackAckMsg,
   transferSchema,
   type PlanMsg,
   type RejectMsg,
@@ -75,6 +77,8 @@ export interface DeviceLinkHandlers {
   plan(plan: PlanMsg): void;
   transfer(t: TransferMsg): void;
   reject(r: RejectMsg): void;
+  /** the coordinator accepted a feedback (schema-checked here; the device checks it against its plan) */
+  feedbackAck(a: FeedbackAckMsg): void;
   /** an inbound message that could not be decoded or handled; it never stops training */
   badMessage(event: string, err: Error): void;
 }
@@ -119,6 +123,7 @@ export class DeviceLink {
     socket.on(EVENTS.plan, (buf) => this.guard('plan', () => this.onPlan(buf)));
     socket.on(EVENTS.transfer, (buf) => this.guard('transfer', () => this.onTransfer(buf)));
     socket.on(EVENTS.reject, (buf) => this.guard('reject', () => this.onReject(buf)));
+    socket.on(EVENTS.feedbackAck, (buf) => this.guard('feedback_ack', () => this.onFeedbackAck(buf)));
   }
 
   /**
@@ -268,6 +273,12 @@ export class DeviceLink {
     const res = rejectSchema.safeParse(decodeMessage(buf));
     if (!res.success) throw new Error(`reject: ${describeZodError(res.error)}`);
     this.on.reject(res.data);
+  }
+
+  private onFeedbackAck(buf: unknown): void {
+    const res = feedbackAckSchema.safeParse(decodeMessage(buf));
+    if (!res.success) throw new Error(`feedback_ack: ${describeZodError(res.error)}`);
+    this.on.feedbackAck(res.data);
   }
 
   private countWire(key: string, buf: unknown): void {

@@ -7,7 +7,11 @@ export const EVENTS = {
   plan: 'plan', // coordinator → device: PlanMsg (after register, and whenever pairs change)
   transfer: 'transfer', // coordinator → device: TransferMsg
   reject: 'reject', // coordinator → device: RejectMsg
+  feedbackAck: 'feedback_ack', // coordinator → device: FeedbackAckMsg (after an accepted feedback)
 } as const;
+
+/** The events a device may send; any other name is refused with `unknown_event`. */
+export const DEVICE_EVENTS: ReadonlySet<string> = new Set([EVENTS.register, EVENTS.slice, EVENTS.feedback, EVENTS.metrics]);
 
 type Bin = (payload: Buffer | Uint8Array) => void;
 
@@ -22,4 +26,5 @@ export interface ServerToClientEvents {
   plan: Bin;
   transfer: Bin;
   reject: Bin;
+  feedback_ack: Bin;
 }

@@ -3,7 +3,7 @@
 import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage, tensorToWire, wireToFloat32, type WireTensor } from '../../shared/codec/tensor-codec.js';
 import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/protocol/events.js';
-import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, RejectMsg, SlotDesc } from '../../shared/protocol/messages.js';
+import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, RejectMsg, SlotDesc } from '../../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../../shared/protocol/version.js';
 import type { CoordinatorEvents, RunningCoordinator, UpdateEvent } from '../../coordinator/server.js';
 
@@ -34,7 +34,7 @@ export interface DecodedTransfer {
   B: { values: Float32Array; shape: number[] };
 }
 
-type Inbound = { plan: PlanMsg; transfer: DecodedTransfer; reject: RejectMsg };
+type Inbound = { plan: PlanMsg; transfer: DecodedTransfer; reject: RejectMsg; feedback_ack: FeedbackAckMsg };
 
 /** Deterministic pseudo-random floats in [-scale, scale) (mulberry32). */
 export function pseudoRandom(n: number, seed: number, scale = 1): Float32Array {
@@ -56,11 +56,12 @@ export function wire(values: Float32Array, shape: number[]): WireTensor {
 
 export class FakeDevice {
   plan?: PlanMsg;
-  private readonly queues: { [K in keyof Inbound]: Inbound[K][] } = { plan: [], transfer: [], reject: [] };
+  private readonly queues: { [K in keyof Inbound]: Inbound[K][] } = { plan: [], transfer: [], reject: [], feedback_ack: [] };
   private readonly waiters: { [K in keyof Inbound]: { pred: (m: Inbound[K]) => boolean; resolve: (m: Inbound[K]) => void }[] } = {
     plan: [],
     transfer: [],
     reject: [],
+    feedback_ack: [],
   };
   /** every reject received, in order (never consumed by next()) */
   readonly rejects: RejectMsg[] = [];
@@ -89,6 +90,7 @@ export class FakeDevice {
       this.transfers.push(t);
       this.push('transfer', t);
     });
+    socket.on('feedback_ack', (b) => this.push('feedback_ack', decodeMessage(b) as FeedbackAckMsg));
     socket.on('reject', (b) => {
       const r = decodeMessage(b) as RejectMsg;
       this.rejects.push(r);
@@ -211,7 +213,7 @@ export class FakeDevice {
   }
 
   /** Send arbitrary bytes (or anything) on an event. */
-  sendRaw(event: keyof ClientToServerEvents, payload: unknown): void {
+  sendRaw(event: keyof ClientToServerEvents | (string & {}), payload: unknown): void {
     (this.socket.emit as (ev: string, p: unknown) => void)(event, payload);
   }
 
