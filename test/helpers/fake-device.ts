@@ -221,6 +221,25 @@ export class FakeDevice {
     return this.socket.connected;
   }
 
+  /**
+   * Resolves once the coordinator has handled every message this device sent before: one
+   * connection's messages are handled in order, and an unknown event is answered at once with a
+   * reject (kept out of `rejects`). Replaces sleeping "long enough" for a message to land.
+   */
+  async barrier(): Promise<void> {
+    const p = this.next('reject', (r) => r.event === 'barrier');
+    this.sendRaw('barrier', encodeMessage({}));
+    await p;
+    const i = this.rejects.findIndex((r) => r.event === 'barrier');
+    if (i >= 0) this.rejects.splice(i, 1);
+  }
+
+  /** Resolves when this connection is closed (at once if it already is). */
+  disconnected(): Promise<void> {
+    if (!this.socket.connected) return Promise.resolve();
+    return new Promise((r) => this.socket.once('disconnect', () => r()));
+  }
+
   close(): void {
     this.socket.close();
   }
