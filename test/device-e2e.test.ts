@@ -4,6 +4,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceClient, type DeviceClientOptions } from '../client/device.js';
+import { waitUntil } from './helpers/wait-until.js';
 import { loadDeviceData } from '../client/data/registry.js';
 import { buildModel } from '../client/models/mnist-models.js';
 import { parseCoordinatorConfig, serve, type DropEvent, type RunningCoordinator, type UpdateEvent } from '../coordinator/index.js';
@@ -66,17 +67,7 @@ async function startCoordinator(ids: string[], pairs: { id: string; s: string; t
   return serve(config, { logger: silentLogger() });
 }
 
-function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const tick = () => {
-      if (cond()) return resolve();
-      if (Date.now() - t0 > timeoutMs) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 20);
-    };
-    tick();
-  });
-}
+const waitFor = waitUntil;
 
 const pairStatus = (c: RunningCoordinator, id: string) => c.status().pairs.find((p) => p.id === id)!;
 
