@@ -1,4 +1,4 @@
-// The device client (DESIGN.md §2, docs/PROTOCOL.md): trains its model on its own data without
+// The device client (docs/DESIGN.md §9, docs/PROTOCOL.md): trains its model on its own data without
 // ever waiting on the network, and takes part in its pairs' MergeNet cycles over socket.io.
 //
 // One loop owns the model. Each iteration: apply the transfers that arrived since the last step,

@@ -73,7 +73,7 @@ const pairSchema = z.strictObject({
   adapter: adapterOverridesSchema.optional(),
   /** 'noise' is the control: the source slice is replaced by Gaussian noise of equal shape and norm. */
   sourceMode: z.enum(SOURCE_MODES).default('real'),
-  /** Where the target computes the feedback G: its training batches (DESIGN.md §2) or batches of its held-out (val) split. */
+  /** Where the target computes the feedback G: its training batches or batches of its held-out (val) split (docs/DESIGN.md §5). */
   feedback: z.enum(FEEDBACK_SOURCES).default('train'),
 });
 
@@ -338,7 +338,7 @@ export function hash32(s: string): number {
 }
 
 /**
- * The adapter config of a pair at its effective rank: DESIGN.md's defaults, then defaults.adapter,
+ * The adapter config of a pair at its effective rank: the defaults of docs/DESIGN.md §3 and §5, then defaults.adapter,
  * then the pair's overrides. The seed is derived from the pair id (mixed with a configured seed),
  * so two pairs never start from the same weights by accident and a restart gets the same ones.
  */

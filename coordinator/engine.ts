@@ -1,5 +1,5 @@
 // The coordinator without its transport: devices and their registrations, pairs and their plans,
-// the cycle of DESIGN.md §2 (target slice + latest source slice → adapter → transfer → feedback →
+// the cycle of docs/DESIGN.md §9 (target slice + latest source slice → adapter → transfer → feedback →
 // update), drops, metrics and checkpoints. It takes messages already decoded and schema-checked,
 // checks their semantics (a refusal is a thrown ProtocolError, before any state changes), and
 // sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.

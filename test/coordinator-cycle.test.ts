@@ -1,4 +1,4 @@
-// The cycle of DESIGN.md §2 through the real coordinator over loopback sockets, with scripted
+// The cycle of docs/DESIGN.md §9 through the real coordinator over loopback sockets, with scripted
 // devices: cycles complete, every accepted feedback is one adapter step, and the coordinator's
 // tensor count stays flat across many cycles.
 import * as tf from '@tensorflow/tfjs';

@@ -1,5 +1,5 @@
 // Slice: the rank-r factors A (m×r), B (r×n) of a slot W ≈ A·B, from a truncated SVD
-// W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (DESIGN.md §2 "Slice").
+// W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (docs/DESIGN.md §2 "Slots and slices").
 //
 // Where the work happens, and why:
 // - the products with W (the only O(m·n) work) run on the tfjs backend;

@@ -39,7 +39,7 @@ export const pairSpecSchema = z.strictObject({
   tau: z.number().positive().default(0.5),
   /** AdapterConfig overrides (lr, layers, heads, attnDim, …) */
   adapter: z.record(z.string(), z.number()).default({}),
-  /** 'train' (DESIGN.md §2) or 'heldout': G from the target's validation split */
+  /** 'train' or 'heldout' (docs/DESIGN.md §5): G from the target's validation split */
   feedback: z.enum(['train', 'heldout']).default('train'),
 });
 export type PairSpec = z.infer<typeof pairSpecSchema>;
