@@ -84,6 +84,8 @@ class ScriptedCoordinator {
   nextCycle = 1;
   nextSession = 1;
   sockets = new Map<string, ServerSocket>();
+  /** answer accepted feedback with feedback_ack (protocol v2), as the real coordinator does */
+  ack = false;
   /** called after a transfer is emitted */
   onTransfer: (c: Cycle, s: ServerSocket) => void = () => {};
   private feedbackWaiters: { n: number; resolve: () => void }[] = [];
@@ -169,6 +171,7 @@ class ScriptedCoordinator {
       this.cycles.delete(f.cycleId);
       this.inFlight.delete(f.pairId);
       this.feedback.push({ ...f, session });
+      if (this.ack) socket.emit('feedback_ack', encodeMessage({ pairId: f.pairId, cycleId: f.cycleId, adapterStep: this.feedback.length }));
       this.feedbackWaiters = this.feedbackWaiters.filter((w) => (this.feedback.length >= w.n ? (w.resolve(), false) : true));
     });
     socket.on('metrics', (buf: Buffer) => {
@@ -439,6 +442,31 @@ describe('DeviceClient against a scripted coordinator', () => {
     } finally {
       await proxy.close();
     }
+  });
+
+  it('counts feedback_ack for its target pairs and ignores acks it cannot place', async () => {
+    coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2)], { 'dev-a': 'secret-a' });
+    coord.ack = true;
+    await coord.listen();
+    const dev = device(coord.url, { maxSteps: 100_000, evalEvery: 0 });
+    dev.on('feedback', () => {
+      if (coord!.feedback.length === 1) {
+        const s = coord!.sockets.get('dev-a')!;
+        s.emit('feedback_ack', encodeMessage({ pairId: 'nope', cycleId: 0, adapterStep: 1 })); // not a pair of the plan
+        s.emit('feedback_ack', encodeMessage({ pairId: 'p1', cycleId: -1, adapterStep: 1 })); // fails the schema
+      }
+    });
+    const acked = new Promise<void>((resolve) => dev.on('step', () => dev.status().feedbackAcked >= 5 && resolve()));
+    const run = dev.start();
+    await acked;
+    dev.stop();
+    await run;
+    const st = dev.status();
+    expect(st.feedbackAcked).toBeGreaterThanOrEqual(5);
+    expect(st.feedbackAcked).toBeLessThanOrEqual(st.feedbackSent);
+    expect(st.adapterSteps.p1).toBe(st.feedbackAcked);
+    expect(st.ignored.ack_unknown_pair).toBe(1);
+    expect(st.ignored.bad_feedback_ack).toBe(1);
   });
 
   it('a refused handshake rejects start() with the code, and does not retry', async () => {
