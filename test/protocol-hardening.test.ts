@@ -51,6 +51,15 @@ describe('codec: tensors and integers from foreign encoders', () => {
     expect((err as CodecError).message).toMatch(/^slice\.A: (dtype|shape)/);
   });
 
+  it('data as a typed-array extension (0x74) instead of bin → bad_tensor', () => {
+    const t = { dtype: 'float32', shape: [1], data: new Uint8Array(new Float32Array([1]).buffer) };
+    const bytes = encodeMessage(t); // msgpackr packs a plain Uint8Array as its extension 0x74
+    expect(bytes.includes(0x74)).toBe(true);
+    expect(() => wireToFloat32(decodeMessage(bytes), { name: 'gA' })).toThrow(/^gA: data must be binary \(bin\)/);
+    // the same bytes as a bin are fine
+    expect(wireToFloat32(decodeMessage(encodeMessage({ ...t, data: Buffer.from(t.data) }))).values).toEqual(new Float32Array([1]));
+  });
+
   it('the hand-built tensor is valid when no extension is in it (the test above bites)', () => {
     const ok = decodeMessage(tensorWithRawField('shape0', Buffer.from([0x01])));
     expect(wireToFloat32(ok).values).toEqual(new Float32Array([1]));

@@ -67,9 +67,12 @@ export function encodeMessage(value: unknown, opts: SizeLimit = {}): Buffer {
 
 export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
   const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
-  let buf: Uint8Array;
-  if (bytes instanceof Uint8Array) buf = bytes;
-  else if (bytes instanceof ArrayBuffer) buf = new Uint8Array(bytes);
+  // Decoded as a Buffer (a view, no copy), so every MessagePack `bin` comes back as a Buffer and an
+  // extension that decodes to a typed array (msgpackr's 0x74) can be told apart from it.
+  let buf: Buffer;
+  if (Buffer.isBuffer(bytes)) buf = bytes;
+  else if (bytes instanceof Uint8Array) buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  else if (bytes instanceof ArrayBuffer) buf = Buffer.from(bytes);
   else throw new CodecError('malformed', `expected a binary payload, got ${describe(bytes)}`);
   if (buf.byteLength > max) {
     throw new CodecError('oversize', `message is ${buf.byteLength} bytes, above the limit of ${max}`);
@@ -78,7 +81,7 @@ export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
   try {
     // unpackMultiple would accept trailing garbage silently; a single unpack of a full buffer
     // throws on truncation, and we check that the whole buffer was consumed.
-    const values = unpackr.unpackMultiple(buf as Buffer) as unknown[];
+    const values = unpackr.unpackMultiple(buf) as unknown[];
     if (values.length !== 1) throw new Error(`expected one MessagePack value, found ${values.length}`);
     // 0xc1 ("never used") and empty fixext decode to sentinels rather than throwing
     // (undefined is only refused at the top level: a JS sender's optional fields encode as it)
@@ -170,7 +173,9 @@ export function wireToFloat32(w: unknown, check: WireCheck = {}): { values: Floa
       !shape.every((d) => Number.isInteger(d) && d > 0 && d <= MAX_DIM)) {
     throw new CodecError('bad_tensor', `${name}: shape must be 1 to 4 positive integers, got ${show(shape)}`);
   }
-  if (!(t.data instanceof Uint8Array)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${show(t.data)}`);
+  // A Buffer: what decodeMessage makes of a `bin` and what tensorToWire makes. A plain typed array
+  // here came from a MessagePack extension, which the protocol does not allow.
+  if (!Buffer.isBuffer(t.data)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${show(t.data)}`);
   const expectedBytes = 4 * numel(shape as number[]);
   if (t.data.byteLength !== expectedBytes) {
     throw new CodecError('bad_tensor', `${name}: data has ${t.data.byteLength} bytes, shape [${shape.join(', ')}] needs ${expectedBytes}`);
