@@ -1,4 +1,4 @@
-// The device's side of its pairs' cycles (DESIGN.md §2), kept apart from the socket so it can be
+// The device's side of its pairs' cycles (docs/DESIGN.md §9), kept apart from the socket so it can be
 // reasoned about alone:
 // - SliceMemory: the slices this device sent, by sliceId, so a `transfer` can be applied against
 //   exactly the A·B it was computed from (a few recent ones per slot; older ones are freed).

@@ -18,6 +18,10 @@ export interface DeviceStatus {
   /** inbound messages ignored (transfers not applied, bad plans), by reason */
   ignored: Record<string, number>;
   feedbackSent: number;
+  /** feedback the coordinator acknowledged (`feedback_ack`): cycles known to be complete */
+  feedbackAcked: number;
+  /** the adapter step of each target pair, from its latest `feedback_ack` */
+  adapterSteps: Record<string, number>;
   /** windows dropped without feedback (disconnects, new plans, shutdown) */
   windowsAbandoned: number;
   openWindows: number;

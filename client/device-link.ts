@@ -14,6 +14,8 @@ import {
   planSchema,
   rejectSchema,
   skipSchema,
+  feedbackAckSchema,
+  type FeedbackAckMsg,
   transferSchema,
   type PlanMsg,
   type RejectMsg,
@@ -79,6 +81,8 @@ export interface DeviceLinkHandlers {
   /** a target slice that started no cycle of one pair */
   skip(s: SkipMsg): void;
   reject(r: RejectMsg): void;
+  /** the coordinator accepted a feedback (schema-checked here; the device checks it against its plan) */
+  feedbackAck(a: FeedbackAckMsg): void;
   /** an inbound message that could not be decoded or handled; it never stops training */
   badMessage(event: string, err: Error): void;
 }
@@ -124,6 +128,7 @@ export class DeviceLink {
     socket.on(EVENTS.transfer, (buf) => this.guard('transfer', () => this.onTransfer(buf)));
     socket.on(EVENTS.reject, (buf) => this.guard('reject', () => this.onReject(buf)));
     socket.on(EVENTS.skip, (buf) => this.guard('skip', () => this.onSkip(buf)));
+    socket.on(EVENTS.feedbackAck, (buf) => this.guard('feedback_ack', () => this.onFeedbackAck(buf)));
   }
 
   /**
@@ -279,6 +284,12 @@ export class DeviceLink {
     const res = rejectSchema.safeParse(decodeMessage(buf));
     if (!res.success) throw new Error(`reject: ${describeZodError(res.error)}`);
     this.on.reject(res.data);
+  }
+
+  private onFeedbackAck(buf: unknown): void {
+    const res = feedbackAckSchema.safeParse(decodeMessage(buf));
+    if (!res.success) throw new Error(`feedback_ack: ${describeZodError(res.error)}`);
+    this.on.feedbackAck(res.data);
   }
 
   private countWire(key: string, buf: unknown): void {

@@ -1,4 +1,4 @@
-// The device client (DESIGN.md §2, docs/PROTOCOL.md): trains its model on its own data without
+// The device client (docs/DESIGN.md §9, docs/PROTOCOL.md): trains its model on its own data without
 // ever waiting on the network, and takes part in its pairs' MergeNet cycles over socket.io.
 //
 // One loop owns the model. Each iteration: apply the transfers that arrived since the last step,
@@ -27,6 +27,7 @@ import {
   type PlanMsg,
   type PlanPair,
   type RegisterMsg,
+  type FeedbackAckMsg,
   type RejectMsg,
   type SliceMsg,
   type TransferMsg,
@@ -134,6 +135,9 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private slicesSent = 0;
   private readonly ignored: Record<string, number> = {};
   private feedbackSent = 0;
+  /** feedback_ack received for pairs this device is the target of; the latest adapter step per pair */
+  private feedbackAcked = 0;
+  private readonly adapterSteps: Record<string, number> = {};
   private windowsAbandoned = 0;
   private readonly rejects: Record<string, number> = {};
 
@@ -205,6 +209,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
           this.answered(k.pairId, k.sliceId);
         },
         reject: (r) => this.onReject(r),
+        feedbackAck: (a) => this.onFeedbackAck(a),
         badMessage: (event, err) => this.ignore({ reason: `bad_${event}`, detail: err.message }),
       },
     );
@@ -228,6 +233,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       transfersApplied: this.applier.count,
       ignored: { ...this.ignored },
       feedbackSent: this.feedbackSent,
+      feedbackAcked: this.feedbackAcked,
+      adapterSteps: { ...this.adapterSteps },
       windowsAbandoned: this.windowsAbandoned,
       openWindows: this.windows.size,
       branches: this.stoppedFlag ? [] : this.branches.pairs(),
@@ -448,6 +455,17 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     // A refused registration leaves the device without a plan for good; retrying the same
     // message would be refused again.
     if (r.event === EVENTS.register && r.code !== 'internal') this.refused(new DeviceRefusedError(r.code, r.reason));
+  }
+
+  /** An ack counts only for a pair this device is the target of in its current plan. */
+  private onFeedbackAck(a: FeedbackAckMsg): void {
+    const pair = this.plan?.pairs.find((p) => p.pairId === a.pairId);
+    if (!pair || pair.role !== 'target') {
+      this.ignore({ reason: 'ack_unknown_pair', pairId: a.pairId, cycleId: a.cycleId });
+      return;
+    }
+    this.feedbackAcked += 1;
+    this.adapterSteps[a.pairId] = a.adapterStep;
   }
 
   private ignore(e: IgnoredEvent): void {

@@ -1,4 +1,4 @@
-// The device's feedback to the coordinator after k local steps (DESIGN.md §2): the gradient G of
+// The device's feedback to the coordinator after k local steps (docs/DESIGN.md §5): the gradient G of
 // the loss w.r.t. W_eff, projected onto the adapter's output factors. With K = s·(A′B′ − AB) and
 // s held constant, ∂loss/∂A′ = s·G·B′ᵀ and ∂loss/∂B′ = s·A′ᵀ·G — low-rank sized, so the full G
 // never leaves the device.

@@ -1,4 +1,4 @@
-// The knowledge branch of DESIGN.md §2. A transfer never writes the device's trained weight W:
+// The knowledge branch of docs/DESIGN.md §4. A transfer never writes the device's trained weight W:
 // each pair owns a branch K_p = s·(A′B′ − AB), recomputed (not accumulated) at every transfer and
 // capped at τ‖W‖_F, and the slot computes with W_eff = W + Σ_p K_p. The model's kernel variable
 // is kept equal to W_eff, so training and inference need no change; W is kernel − Σ_p K_p.

@@ -1,4 +1,4 @@
-// The device's own training (DESIGN.md §2): one step after another on its own data, never waiting
+// The device's own training (docs/DESIGN.md §1): one step after another on its own data, never waiting
 // on the network. Each iteration runs the caller's work around one step, then yields to the event
 // loop (or sleeps, when a slowdown stands in for weak hardware) so socket events are handled
 // between steps. It also keeps the loss, accuracy and speed figures and runs the evaluations.

@@ -1,4 +1,4 @@
-// Slot: a named 2-D view of one weight of a tfjs LayersModel (DESIGN.md §2 "Slot").
+// Slot: a named 2-D view of one weight of a tfjs LayersModel (docs/DESIGN.md §2 "Slots and slices").
 // A dense kernel [in, out] is viewed as is; a conv kernel [kh, kw, cin, cout] (or conv1d
 // [k, cin, cout]) as [kh·kw·cin, cout] by a plain row-major reshape; an embedding table
 // [vocab, dim] as is. One slot per layer, named by the layer.

@@ -1,6 +1,6 @@
 // A device's local training step. It is written by hand (gradients, then the optimiser) rather
 // than with model.fit because the device must observe the per-step gradient of its slot kernels:
-// the MergeNet feedback G = Σ ∂loss/∂W_eff over the steps since a transfer (DESIGN.md §2).
+// the MergeNet feedback G = Σ ∂loss/∂W_eff over the steps since a transfer (docs/DESIGN.md §5).
 import * as tf from '@tensorflow/tfjs';
 import { slotShapeOf, slotVariable } from './slot.js';
 

@@ -1,4 +1,4 @@
-// The two ends of a target pair's cycle on the device (DESIGN.md §2), free of any transport:
+// The two ends of a target pair's cycle on the device (docs/DESIGN.md §4 and §5), free of any transport:
 // - applying a transfer between steps: find the slice it was computed from, set the pair's
 //   knowledge branch, open its k-step feedback window (and its held-out sum);
 // - closing that window into the feedback message: G (training or held-out) projected onto the

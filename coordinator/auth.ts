@@ -27,7 +27,7 @@ export function checkHandshake(auth: unknown, digestOf: (deviceId: string) => Bu
   if (!res.success) return { ok: false, code: 'invalid_message', reason: `handshake auth: ${describeZodError(res.error)}`, deviceId };
   const hs = res.data;
   if (hs.protocolVersion !== PROTOCOL_VERSION) {
-    return { ok: false, code: 'protocol_version', reason: `protocol version ${hs.protocolVersion} is not supported; this coordinator speaks ${PROTOCOL_VERSION}${hs.protocolVersion < PROTOCOL_VERSION ? ' (version 2 added the trust gate: transfer.gate, feedback.gateGrad, the skip event): upgrade the device' : ''}`, deviceId: hs.deviceId };
+    return { ok: false, code: 'protocol_version', reason: `the device speaks protocol version ${hs.protocolVersion}, this coordinator only version ${PROTOCOL_VERSION}: upgrade ${hs.protocolVersion < PROTOCOL_VERSION ? 'the device (version 2 added the trust gate: transfer.gate, feedback.gateGrad, the skip and feedback_ack events)' : 'the coordinator'}`, deviceId: hs.deviceId };
   }
   const expected = digestOf(hs.deviceId);
   const given = tokenDigest(hs.token);

@@ -387,7 +387,7 @@ export function hash32(s: string): number {
 }
 
 /**
- * The adapter config of a pair at its effective rank: DESIGN.md's defaults, then defaults.adapter,
+ * The adapter config of a pair at its effective rank: the defaults of docs/DESIGN.md §3 and §5, then defaults.adapter,
  * then the pair's overrides. The seed is derived from the pair id (mixed with a configured seed),
  * so two pairs never start from the same weights by accident and a restart gets the same ones.
  */

@@ -1,5 +1,5 @@
 // The coordinator without its transport: devices and their registrations, pairs and their plans,
-// the cycle of DESIGN.md §2 (target slice + latest source slice → adapter → transfer → feedback →
+// the cycle of docs/DESIGN.md §9 (target slice + latest source slice → adapter → transfer → feedback →
 // update), drops, metrics and checkpoints. It takes messages already decoded and schema-checked,
 // checks their semantics (a refusal is a thrown ProtocolError, before any state changes), and
 // sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.
@@ -9,7 +9,7 @@ import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
 import { EVENTS } from '../shared/protocol/events.js';
-import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
+import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
 import type { CoordinatorConfig } from './config.js';
@@ -22,7 +22,7 @@ import { buildStatus, type StatusSnapshot } from './status.js';
 /** How the engine reaches devices. Connection ids are opaque to it (socket ids in server.ts). */
 export interface Outbox {
   /** Send an encoded message on one connection; false if that connection is gone. */
-  send(connectionId: string, event: typeof EVENTS.plan | typeof EVENTS.transfer | typeof EVENTS.skip, payload: Buffer): boolean;
+  send(connectionId: string, event: typeof EVENTS.plan | typeof EVENTS.transfer | typeof EVENTS.skip | typeof EVENTS.feedbackAck, payload: Buffer): boolean;
   /** Close a connection (one replaced by a newer connection of the same device). */
   disconnect(connectionId: string): void;
 }
@@ -52,7 +52,7 @@ export class CoordinatorEngine {
   private readonly deviceRejects = new Map<string, Record<string, number>>();
   private readonly checkpointer?: Checkpointer;
   private totalUpdates = 0;
-  private readonly startedAt = Date.now();
+  private readonly startedAt: number;
   /** Set once restore() succeeded: only then may checkpoint() write (never over one it failed to read). */
   private restored = false;
 
@@ -61,7 +61,10 @@ export class CoordinatorEngine {
     private readonly log: Logger,
     private readonly outbox: Outbox,
     private readonly notify: Notify,
+    /** the clock of sweep() and status (injected by tests; messages carry their own `now`) */
+    private readonly now: () => number = Date.now,
   ) {
+    this.startedAt = now();
     this.registry = new Registry(config.devices);
     for (const pc of config.pairs) this.pairs.set(pc.id, new Pair(pc));
     if (config.checkpoint.dir) this.checkpointer = new Checkpointer(config.checkpoint.dir);
@@ -139,7 +142,7 @@ export class CoordinatorEngine {
     return buildStatus({
       url,
       startedAt: this.startedAt,
-      now: Date.now(),
+      now: this.now(),
       devices: this.registry.all(),
       deviceRejects: this.deviceRejects,
       pairs: [...this.pairs.values()],
@@ -458,7 +461,7 @@ export class CoordinatorEngine {
   /** Drop expired cycles, so a dead target's remembered input is freed and counted promptly. */
   sweep(): void {
     try {
-      const now = Date.now();
+      const now = this.now();
       for (const pair of this.pairs.values()) if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
     } catch (err) {
       this.log.error({ err }, 'sweep failed');
@@ -468,13 +471,21 @@ export class CoordinatorEngine {
   // ---------------------------------------------------------------- feedback and metrics
 
   /**
-   * `feedback` {pairId, cycleId, steps, scale, gA [m, r], gB [r, n], metrics}. Checks: the pair
-   * exists and this device is its target (unknown_pair); the cycle is the one in flight
-   * (stale_cycle: replayed, finished or never started; or the precise reason it was abandoned:
-   * session_replaced, cycle_timeout); same session; before the deadline (cycle_timeout, and the
-   * cycle is dropped); gA and gB shaped as A′ and B′ and finite. Then the adapter takes one
-   * vector-Jacobian AdamW step at the remembered input, the device's metrics are recorded, and a
-   * checkpoint is written every checkpoint.everyUpdates updates.
+   * `feedback` {pairId, cycleId, steps, scale, gA [m, r], gB [r, n], metrics}. Checks, in this
+   * order (docs/PROTOCOL.md §4.5), the first failure decides the code:
+   * 1. registered on this session (not_registered);
+   * 2. the pair exists and this device is its target (unknown_pair);
+   * 3. the cycle is the one in flight; if not, how it ended: dropped at a reconnect
+   *    (session_replaced), dropped at its deadline (cycle_timeout, remembered for every timed-out
+   *    cycle), anything else — replayed, already applied, never started — stale_cycle;
+   * 4. the cycle was sent on this session (session_replaced);
+   * 5. its deadline has not passed (cycle_timeout; the cycle is dropped here);
+   * 6. gA and gB are tensors shaped as A′ and B′ with finite values (bad_tensor, shape_mismatch,
+   *    non_finite).
+   * So late feedback gets cycle_timeout whether or not the sweep or a new slice ended the cycle
+   * first, and never stale_cycle. Then the adapter takes one vector-Jacobian AdamW step at the
+   * remembered input, the device gets `feedback_ack` with the new adapter step, its metrics are
+   * recorded, and a checkpoint is written every checkpoint.everyUpdates updates.
    */
   feedback(from: Sender, msg: FeedbackMsg): void {
     this.registrationOf(from);
@@ -515,6 +526,9 @@ export class CoordinatorEngine {
     const step = res.adapter?.step ?? pair.adapterStep;
     const gradNorm = res.adapter?.gradNorm ?? 0;
     const clipped = res.adapter?.clipped ?? false;
+    // The cycle is complete: tell the target (its feedback counted, and the step it produced).
+    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: pair.counters.updates };
+    this.outbox.send(from.connectionId, EVENTS.feedbackAck, encodeMessage(ack));
     this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
     this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta });
     if (res.gate.decided) this.gateDecided(pair);

@@ -1,4 +1,4 @@
-// The noise-source control (DESIGN.md §2, "What to expect"): a pair in sourceMode 'noise' feeds the
+// The noise-source control (docs/DESIGN.md §7 "What the measurements say"): a pair in sourceMode 'noise' feeds the
 // adapter Gaussian noise instead of the source's slice, with each factor's shape and Frobenius norm
 // kept, so any gain of the real source over this control is due to what the slice carries and not
 // to its size.

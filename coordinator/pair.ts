@@ -81,6 +81,12 @@ export class Pair {
   readonly gateTrace: { update: number; gate: number }[] = [];
   private model?: AdapterWithOptimizer;
   private readonly ended = new Map<number, Ended>();
+  /**
+   * Every cycle that ended by its deadline, kept for the coordinator's lifetime (not only the last
+   * ENDED_MEMORY), so that late feedback gets cycle_timeout however late it comes, never
+   * stale_cycle. One number per timed-out cycle.
+   */
+  private readonly timedOut = new Set<number>();
   private readonly seed: number;
 
   constructor(readonly config: PairConfig) {
@@ -257,7 +263,7 @@ export class Pair {
 
   /** How a cycle that is not in flight ended, if it ended recently. */
   endedAs(cycleId: number): Ended | undefined {
-    return this.ended.get(cycleId);
+    return this.timedOut.has(cycleId) ? 'cycle_timeout' : this.ended.get(cycleId);
   }
 
   /** Abandon the cycle in flight (disposing its input) and count the drop. */
@@ -315,6 +321,7 @@ export class Pair {
     disposeLowRank(c.input.source);
     if (this.inFlight === c) this.inFlight = undefined;
     this.ended.set(c.cycleId, how);
+    if (how === 'cycle_timeout') this.timedOut.add(c.cycleId);
     if (this.ended.size > ENDED_MEMORY) this.ended.delete(this.ended.keys().next().value!);
   }
 }

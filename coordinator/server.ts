@@ -10,13 +10,14 @@ import type { z } from 'zod';
 import { CodecError, decodeMessage, encodeMessage } from '../shared/codec/tensor-codec.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import { ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
-import { EVENTS, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/events.js';
+import { DEVICE_EVENTS, EVENTS, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/events.js';
 import { describeZodError, feedbackSchema, metricsSchema, registerSchema, sliceSchema, type RejectMsg } from '../shared/protocol/messages.js';
 import { initBackend } from '../shared/tf/backend.js';
 import { checkHandshake } from './auth.js';
 import type { CoordinatorConfig } from './config.js';
 import { CoordinatorEngine, type Sender } from './engine.js';
 import type { CoordinatorEvents } from './events.js';
+import { LogLimiter } from './log-limiter.js';
 import { statusLogFields, type StatusSnapshot } from './status.js';
 
 export type { CoordinatorEvents, CycleEvent, DropEvent, UpdateEvent } from './events.js';
@@ -35,6 +36,11 @@ export interface ServeOptions {
   logger?: Logger;
   /** tfjs backend (see shared/tf/backend.ts); default: auto */
   backend?: string;
+  /**
+   * The clock of arrivals, deadlines and the sweep (default Date.now). Tests inject one to move
+   * time past a deadline without waiting for it.
+   */
+  clock?: () => number;
 }
 
 export interface RunningCoordinator {
@@ -82,12 +88,16 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   private io?: Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData>;
   private timers: NodeJS.Timeout[] = [];
   private closing?: Promise<void>;
+  /** rejects and handler failures are logged at most 20 times per device (or address) per minute */
+  private readonly logBudget: LogLimiter;
 
   constructor(
     readonly config: CoordinatorConfig,
     private readonly log: Logger,
+    private readonly clock: () => number = Date.now,
   ) {
     super();
+    this.logBudget = new LogLimiter({ now: clock });
     const socketOf = (id: string) => this.io?.sockets.sockets.get(id);
     this.engine = new CoordinatorEngine(
       config,
@@ -101,6 +111,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
         disconnect: (id) => socketOf(id)?.disconnect(true),
       },
       (event, ...args) => this.emit(event, ...args),
+      clock,
     );
   }
 
@@ -183,7 +194,8 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   private authenticate(socket: CoordSocket, next: (err?: Error) => void): void {
     const refuse = (code: ErrorCode, reason: string, deviceId?: string) => {
       this.engine.countDrop(code);
-      this.log.warn({ code, reason, deviceId, address: socket.handshake.address }, 'handshake refused');
+      const budget = this.logBudget.admit(`address:${socket.handshake.address}`);
+      if (budget.log) this.log.warn({ code, reason, deviceId, address: socket.handshake.address, suppressed: budget.suppressed || undefined }, 'handshake refused');
       this.emit('drop', { code, reason, event: 'handshake', deviceId });
       const err = new Error(reason) as Error & { data?: unknown };
       err.data = { code, reason };
@@ -215,7 +227,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
 
   private acceptConnection(socket: CoordSocket): void {
     const deviceId = socket.data.deviceId;
-    const session = this.engine.connect(deviceId, socket.id, Date.now());
+    const session = this.engine.connect(deviceId, socket.id, this.clock());
     socket.data.session = session;
     this.log.info({ deviceId, session, address: socket.handshake.address }, 'device connected');
     this.emit('connect', { deviceId, session });
@@ -233,6 +245,14 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     route(EVENTS.slice, sliceSchema, (ctx, msg) => this.engine.slice(ctx, msg), (msg) => ({ slot: msg.slot, sliceId: msg.sliceId }));
     route(EVENTS.feedback, feedbackSchema, (ctx, msg) => this.engine.feedback(ctx, msg), (msg) => ({ pairId: msg.pairId, cycleId: msg.cycleId }));
     route(EVENTS.metrics, metricsSchema, (ctx, msg) => this.engine.metrics(ctx, msg));
+    // Any other event name: refused, never silently dropped (the sender learns of its mistake).
+    socket.onAny((event: unknown) => {
+      const name = typeof event === 'string' ? event : String(event);
+      if (DEVICE_EVENTS.has(name)) return;
+      this.handle(socket, name.slice(0, 64), undefined, () => {
+        throw new ProtocolError('unknown_event', `event "${name.slice(0, 64)}" is not one a device may send (${[...DEVICE_EVENTS].join(', ')})`);
+      });
+    });
     socket.on('disconnect', (reason) => this.onDisconnect(socket, reason));
   }
 
@@ -242,7 +262,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
    */
   private onDisconnect(socket: CoordSocket, reason: string): void {
     const { deviceId, session } = socket.data;
-    if (this.engine.disconnect(deviceId, socket.id, Date.now())) {
+    if (this.engine.disconnect(deviceId, socket.id, this.clock())) {
       this.log.info({ deviceId, session, reason }, 'device disconnected');
       this.emit('disconnect', { deviceId, session, reason });
     }
@@ -257,27 +277,33 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   private handle(socket: CoordSocket, event: string, payload: unknown, fn: (ctx: Ctx, raw: unknown) => void): void {
     if (this.closing) return;
     const { deviceId, session } = socket.data;
-    const ctx: Ctx = { socket, deviceId, session, connectionId: socket.id, event, ref: {}, now: Date.now() };
+    const ctx: Ctx = { socket, deviceId, session, connectionId: socket.id, event, ref: {}, now: this.clock() };
     try {
       this.engine.admit(ctx);
-      const raw = decodeMessage(payload, { maxBytes: this.config.limits.maxMessageBytes });
+      // An unknown event is refused by name, whatever its payload.
+      const raw = DEVICE_EVENTS.has(event) ? decodeMessage(payload, { maxBytes: this.config.limits.maxMessageBytes }) : undefined;
       fn(ctx, raw);
     } catch (err) {
       if (err instanceof ProtocolError) this.reject(ctx, err.code, err.reason);
       else if (err instanceof CodecError) this.reject(ctx, err.code, err.message);
       else {
-        this.log.error({ err, deviceId: ctx.deviceId, event }, 'handler failed');
-        this.reject(ctx, 'internal', `the coordinator failed to process this ${event}: ${(err as Error)?.message ?? String(err)}`);
+        const budget = this.logBudget.admit(`device:${ctx.deviceId}`);
+        if (budget.log) this.log.error({ err, deviceId: ctx.deviceId, event, suppressed: budget.suppressed || undefined }, 'handler failed');
+        this.reject(ctx, 'internal', `the coordinator failed to process this ${event}: ${(err as Error)?.message ?? String(err)}`, false);
       }
     }
   }
 
-  /** Send `reject` to the message's sender and count the drop (globally, per device, per pair). */
-  private reject(ctx: Ctx, code: ErrorCode, reason: string): void {
+  /**
+   * Send `reject` to the message's sender and count the drop (globally, per device, per pair).
+   * The log line is rate-limited per device (`log` false: the caller logged it already).
+   */
+  private reject(ctx: Ctx, code: ErrorCode, reason: string, log = true): void {
     this.engine.countReject(ctx.deviceId, code, ctx.ref.pairId);
     const ref = Object.keys(ctx.ref).length ? ctx.ref : undefined;
     const msg: RejectMsg = { code, reason, event: ctx.event, ref };
-    this.log.warn({ deviceId: ctx.deviceId, event: ctx.event, code, reason, ref }, 'message rejected');
+    const budget = log ? this.logBudget.admit(`device:${ctx.deviceId}`) : { log: false as const };
+    if (budget.log) this.log.warn({ deviceId: ctx.deviceId, event: ctx.event, code, reason, ref, suppressed: budget.suppressed || undefined }, 'message rejected');
     try {
       ctx.socket.emit(EVENTS.reject, encodeMessage(msg));
     } catch (err) {
@@ -294,7 +320,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
 export async function serve(config: CoordinatorConfig, opts: ServeOptions = {}): Promise<RunningCoordinator> {
   const log = opts.logger ?? createLogger('coordinator');
   await initBackend(opts.backend, (line) => log.info(line));
-  const c = new Coordinator(config, log);
+  const c = new Coordinator(config, log, opts.clock);
   try {
     await c.engine.restore();
     await c.listen();

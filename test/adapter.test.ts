@@ -22,7 +22,7 @@ function setParam(v: tf.Variable, values: Float32Array): void {
 }
 
 describe('adapter config', () => {
-  it('has the DESIGN.md defaults', () => {
+  it('has the defaults of docs/DESIGN.md §3 and §5', () => {
     const c = defaultAdapterConfig(8);
     expect(c).toMatchObject({ rank: 8, layers: 2, heads: 4, attnDim: 32, ffnDim: 32, lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, clipNorm: 50 });
     expect(defaultAdapterConfig(5, { ffnDim: 7, seed: 3 })).toMatchObject({ rank: 5, ffnDim: 7, seed: 3 });

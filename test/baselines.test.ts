@@ -54,7 +54,10 @@ describe('trainLocally', () => {
     expect(c.curve).not.toEqual(a.curve);
     expect(a.finalAcc).toBe(a.curve.at(-1)!.acc);
     expect(a.bestAcc).toBe(Math.max(...a.curve.map((p) => p.acc)));
-    expect(a.finalAcc).toBeGreaterThan(0.3); // 30 steps on 100 digits already beat chance (0.1)
+    // Measured (wasm, seeds 3 and 4): 0.385 and 0.395 after 30 steps on 100 digits (chance 0.1);
+    // a margin below that, so a broken step or data pipeline fails here.
+    expect(a.finalAcc).toBeGreaterThan(0.34);
+    expect(c.finalAcc).toBeGreaterThan(0.34);
   });
 
   it('calls init before the first step, sync after each step, and soft targets with the step index', async () => {
@@ -154,7 +157,7 @@ describe('distill', () => {
     const zero = await runDistill(experiment({ baselines: ['distill'], distill: { teacher: 'source', alpha: 0 } }), 0);
     expect(zero.curve).toEqual(alone.curve);
     expect(zero.condition).toBe('distill');
-    expect(zero.extra?.teacherAcc).toBeGreaterThan(0.15); // above chance (0.1): the teacher trained
+    expect(zero.extra?.teacherAcc).toBeGreaterThan(0.19); // measured 0.22 (chance 0.1): the teacher trained
     const half = await runDistill(experiment({ baselines: ['distill'], distill: { teacher: 'source', alpha: 0.5 } }), 0);
     expect(half.curve.map((p) => p.loss)).not.toEqual(alone.curve.map((p) => p.loss));
   });

@@ -150,7 +150,7 @@ describe('coordinator checkpoints', () => {
     });
     process.emit('SIGTERM', 'SIGTERM');
     expect(await exited).toBe(0);
-    await new Promise((r) => setTimeout(r, 50));
+    await tgt.disconnected();
     expect(tgt.connected).toBe(false);
     src.close();
     tgt.close();

@@ -10,6 +10,8 @@ import { buildModel } from '../client/models/mnist-models.js';
 import { parseCoordinatorConfig, serve, type RunningCoordinator } from '../coordinator/index.js';
 import { silentLogger } from '../shared/log.js';
 import { initBackend } from '../shared/tf/backend.js';
+import { waitForEvent } from './helpers/fake-device.js';
+import { waitUntil } from './helpers/wait-until.js';
 
 const BIN = resolve(__dirname, '../bin/mergenet-fed.js');
 
@@ -72,7 +74,7 @@ describe('mergenet-fed CLI', () => {
         if (/listening on http:\/\/127\.0\.0\.1:\d+/.test(out)) kill('SIGTERM');
       },
     });
-    expect(r.stdout).toMatch(/coordinator listening on http:\/\/127\.0\.0\.1:\d+ \(protocol 1; 1 devices/);
+    expect(r.stdout).toMatch(/coordinator listening on http:\/\/127\.0\.0\.1:\d+ \(protocol 2; 1 devices/);
     expect(r.code).toBe(0);
     const bad = join(dir, 'bad.yaml');
     await writeFile(bad, 'devices:\n  - { id: x }\npairs: 3\n');
@@ -140,10 +142,7 @@ describe('mergenet-fed CLI', () => {
       expect(r.stdout).toContain(`model saved to ${join(dir, 'saved', 'model.json')}`);
       // The child has exited; its last messages may still wait in this process's socket buffers.
       const sent = Number(last![2]);
-      const t0 = Date.now();
-      while (coord.status().pairs.find((p) => p.id === 'peer-to-cli')!.updates < sent && Date.now() - t0 < 3000) {
-        await new Promise((res) => setTimeout(res, 20));
-      }
+      await waitUntil(() => coord.status().pairs.find((p) => p.id === 'peer-to-cli')!.updates >= sent, 10_000, 'the feedback the child sent');
       const st = coord.status();
       expect(st.pairs.find((p) => p.id === 'peer-to-cli')!.updates).toBe(sent);
       expect(st.devices.find((d) => d.id === 'cli')!.model?.architecture).toBe('mlp: dense_0[784×16] dense_1[16×8] out[8×2]');
@@ -167,14 +166,16 @@ describe('mergenet-fed CLI', () => {
 
     it('stops cleanly on SIGINT: finishes the step, disconnects, exits 0', async () => {
       let signalled = false;
+      const disconnected = waitForEvent(coord, 'disconnect', (d) => d.deviceId === 'cli', 30_000);
+      // SIGINT once the device has a plan and has trained (a progress line after the plan)
       const r = await run(
         ['client', '--coordinator', coord.url, '--device', 'cli', '--token', 'tok-cli', '--model', 'mlp', '--hidden', '16,8',
-          '--dataset', 'mnist', '--train-size', '100', '--val-size', '50', '--test-size', '50', '--progress-every', '0'],
+          '--dataset', 'mnist', '--train-size', '100', '--val-size', '50', '--test-size', '50', '--progress-every', '0.05'],
         {
           onStdout: (out, kill) => {
-            if (!signalled && /plan \(session/.test(out)) {
+            if (!signalled && /plan \(session[\s\S]*\[cli\] step [1-9]/.test(out)) {
               signalled = true;
-              setTimeout(() => kill('SIGINT'), 300);
+              kill('SIGINT');
             }
           },
         },
@@ -182,8 +183,7 @@ describe('mergenet-fed CLI', () => {
       expect(signalled).toBe(true);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/\[cli\] stopped at step [1-9]\d*: /);
-      const t0 = Date.now();
-      while (coord.status().devices.find((d) => d.id === 'cli')!.connected && Date.now() - t0 < 3000) await new Promise((res) => setTimeout(res, 20));
+      await disconnected;
       expect(coord.status().devices.find((d) => d.id === 'cli')!.connected).toBe(false);
     }, 30_000);
 

@@ -4,6 +4,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceClient, type DeviceClientOptions } from '../client/device.js';
+import { waitUntil } from './helpers/wait-until.js';
 import { loadDeviceData } from '../client/data/registry.js';
 import { buildModel } from '../client/models/mnist-models.js';
 import { parseCoordinatorConfig, serve, type DropEvent, type RunningCoordinator, type UpdateEvent } from '../coordinator/index.js';
@@ -66,17 +67,7 @@ async function startCoordinator(ids: string[], pairs: { id: string; s: string; t
   return serve(config, { logger: silentLogger() });
 }
 
-function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const tick = () => {
-      if (cond()) return resolve();
-      if (Date.now() - t0 > timeoutMs) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 20);
-    };
-    tick();
-  });
-}
+const waitFor = waitUntil;
 
 const pairStatus = (c: RunningCoordinator, id: string) => c.status().pairs.find((p) => p.id === id)!;
 
@@ -101,8 +92,11 @@ describe('devices against the real coordinator', () => {
     await waitFor(() => pairs.every((p) => pairStatus(c0, p.id).updates >= 20), 45_000, '20 updates per pair');
     for (const d of [a, b, c]) d.stop();
     await Promise.all(runs);
-    // Feedback sent before a device's disconnect is delivered before it: let the coordinator drain.
-    await new Promise((r) => setTimeout(r, 300));
+    // Feedback sent before a device's disconnect is delivered before it: wait until the coordinator
+    // has answered every feedback each device sent (applied, or refused: then the test fails below).
+    const answered = (d: DeviceClient, pairIds: string[]) =>
+      pairIds.reduce((n, id) => n + pairStatus(c0, id).updates, 0) + drops.filter((x) => x.event === 'feedback' && x.deviceId === d.deviceId).length === d.status().feedbackSent;
+    await waitFor(() => answered(a, ['b-to-a', 'c-to-a']) && answered(b, ['a-to-b']) && answered(c, ['a-to-c']), 10_000, 'every feedback answered');
 
     const st = coord.status();
     for (const p of pairs) {
@@ -122,7 +116,12 @@ describe('devices against the real coordinator', () => {
       expect(s.rejects, d.deviceId).toEqual({});
       expect(s.ignored, d.deviceId).toEqual({});
       expect(s.valAcc!, d.deviceId).toBeGreaterThan(0.5);
+      // acks arrive for accepted feedback (the last ones may be cut off by the device's own stop)
+      expect(s.feedbackAcked, d.deviceId).toBeGreaterThanOrEqual(s.feedbackSent - 2);
+      expect(s.feedbackAcked, d.deviceId).toBeLessThanOrEqual(s.feedbackSent);
     }
+    expect(b.status().adapterSteps['a-to-b']).toBeLessThanOrEqual(pairStatus(coord, 'a-to-b').adapterStep);
+    expect(b.status().adapterSteps['a-to-b']).toBeGreaterThanOrEqual(pairStatus(coord, 'a-to-b').adapterStep - 1);
     // The coordinator saw every device's registration and metrics.
     expect(st.devices.map((d) => [d.id, d.model?.architecture]).sort()).toEqual([['a', 'mlp32'], ['b', 'mlp16'], ['c', 'cnn']]);
     expect(st.devices.every((d) => d.metrics !== undefined)).toBe(true);
@@ -171,7 +170,16 @@ describe('devices against the real coordinator', () => {
     a.stop();
     b2.stop();
     await Promise.all([runA, runB2]);
-    await new Promise((r) => setTimeout(r, 300));
+    // wait until the coordinator has answered every feedback sent (see the first test)
+    const feedbackRejects = () => drops.filter((d) => d.event === 'feedback').length;
+    await waitFor(
+      () =>
+        b1.status().feedbackSent + b2.status().feedbackSent + a.status().feedbackSent ===
+        pairStatus(c0, 'a-to-b').updates + pairStatus(c0, 'b-to-a').updates + feedbackRejects(),
+      10_000,
+      'every feedback answered',
+    );
+    expect(feedbackRejects()).toBe(0);
 
     // The dead cycle was dropped (its session was replaced by the restarted device) and never applied.
     const dead = drops.filter((d) => d.pairId === 'a-to-b' && d.cycleId === killedCycle);

@@ -21,6 +21,7 @@ import {
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { initBackend } from '../shared/tf/backend.js';
+import { PausableProxy } from './helpers/pausable-proxy.js';
 
 beforeAll(async () => {
   await initBackend();
@@ -83,8 +84,11 @@ class ScriptedCoordinator {
   nextCycle = 1;
   nextSession = 1;
   sockets = new Map<string, ServerSocket>();
+  /** answer accepted feedback with feedback_ack (protocol v2), as the real coordinator does */
+  ack = false;
   /** called after a transfer is emitted */
   onTransfer: (c: Cycle, s: ServerSocket) => void = () => {};
+  private feedbackWaiters: { n: number; resolve: () => void }[] = [];
 
   constructor(
     readonly pairs: PlanPair[],
@@ -95,7 +99,8 @@ class ScriptedCoordinator {
     }),
   ) {}
 
-  async listen(): Promise<void> {
+  /** Listen on 127.0.0.1:`port` (0: a free port). */
+  async listen(port = 0): Promise<void> {
     const http = createServer();
     this.io = new Server(http, { maxHttpBufferSize: 1e7 });
     this.io.use((socket, next) => {
@@ -114,7 +119,7 @@ class ScriptedCoordinator {
       next();
     });
     this.io.on('connection', (socket) => this.onConnection(socket));
-    await new Promise<void>((r) => http.listen(0, '127.0.0.1', () => r()));
+    await new Promise<void>((r) => http.listen(port, '127.0.0.1', () => r()));
     this.url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
   }
 
@@ -166,10 +171,21 @@ class ScriptedCoordinator {
       this.cycles.delete(f.cycleId);
       this.inFlight.delete(f.pairId);
       this.feedback.push({ ...f, session });
+      if (this.ack) socket.emit('feedback_ack', encodeMessage({ pairId: f.pairId, cycleId: f.cycleId, adapterStep: this.feedback.length }));
+      this.feedbackWaiters = this.feedbackWaiters.filter((w) => (this.feedback.length >= w.n ? (w.resolve(), false) : true));
     });
     socket.on('metrics', (buf: Buffer) => {
       metricsSchema.parse(decodeMessage(buf));
       this.metrics += 1;
+    });
+  }
+
+  /** Resolves once `n` feedback messages were accepted (fails after `timeoutMs`: a bound, not a wait). */
+  feedbackCount(n: number, timeoutMs = 20_000): Promise<void> {
+    if (this.feedback.length >= n) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`only ${this.feedback.length} of ${n} feedback arrived within ${timeoutMs} ms`)), timeoutMs);
+      this.feedbackWaiters.push({ n, resolve: () => (clearTimeout(timer), resolve()) });
     });
   }
 
@@ -239,7 +255,7 @@ describe('DeviceClient against a scripted coordinator', () => {
     expect(reg.deviceId).toBe('dev-a');
     expect(reg.slots).toEqual([{ name: 'dense_0', shape: [16, 12] }, { name: 'out', shape: [12, 3] }]);
     expect(reg.model.architecture).toBe('mlp-16-12-3');
-    expect(reg.step).toBeLessThan(100); // training does not wait for the connection
+    // (that training does not wait for the connection is shown by the offline test below)
 
     // Slices: one per (slot, rank) when due, of the planned ranks.
     const dense = coord.slices.filter((s) => s.slot === 'dense_0');
@@ -403,23 +419,54 @@ describe('DeviceClient against a scripted coordinator', () => {
   it('the last feedback before stop() reaches a coordinator that is busy at that moment', async () => {
     coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2)], { 'dev-a': 'secret-a' });
     await coord.listen();
-    // When the 5th transfer goes out, stop reading this connection for 300 ms (a coordinator busy
-    // with an adapter step): the device's 5th feedback and its close then arrive in one batch.
-    coord.onTransfer = (c, s) => {
-      if (c.cycleId !== 5) return;
-      const raw = (s.conn as unknown as { transport: { socket: { _socket: { pause(): void; resume(): void } } } }).transport.socket._socket;
-      raw.pause();
-      setTimeout(() => raw.resume(), 300);
-    };
-    const dev = device(coord.url, { maxSteps: 100_000, evalEvery: 0, lingerMs: 0 });
-    dev.on('feedback', (f) => {
-      if (f.cycleId === 5) dev.stop();
+    // The device talks through a proxy. When the 5th transfer goes out, the proxy stops passing
+    // the device's bytes on (a coordinator busy with an adapter step), until the device has
+    // stopped and its WebSocket close frame is held too: the 5th feedback and the close then
+    // reach the coordinator in one batch.
+    const proxy = new PausableProxy(Number(new URL(coord.url).port));
+    await proxy.listen();
+    try {
+      coord.onTransfer = (c) => {
+        if (c.cycleId === 5) proxy.hold();
+      };
+      const dev = device(proxy.url, { maxSteps: 100_000, evalEvery: 0, lingerMs: 0 });
+      dev.on('feedback', (f) => {
+        if (f.cycleId === 5) dev.stop();
+      });
+      await dev.start();
+      expect(dev.status().feedbackSent).toBe(5);
+      await proxy.closeFrameHeld();
+      proxy.release();
+      await coord.feedbackCount(5);
+      expect(coord.feedback.map((f) => f.cycleId)).toEqual([1, 2, 3, 4, 5]);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('counts feedback_ack for its target pairs and ignores acks it cannot place', async () => {
+    coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2)], { 'dev-a': 'secret-a' });
+    coord.ack = true;
+    await coord.listen();
+    const dev = device(coord.url, { maxSteps: 100_000, evalEvery: 0 });
+    dev.on('feedback', () => {
+      if (coord!.feedback.length === 1) {
+        const s = coord!.sockets.get('dev-a')!;
+        s.emit('feedback_ack', encodeMessage({ pairId: 'nope', cycleId: 0, adapterStep: 1 })); // not a pair of the plan
+        s.emit('feedback_ack', encodeMessage({ pairId: 'p1', cycleId: -1, adapterStep: 1 })); // fails the schema
+      }
     });
-    await dev.start();
-    expect(dev.status().feedbackSent).toBe(5);
-    const t0 = Date.now();
-    while (coord.feedback.length < 5 && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 20));
-    expect(coord.feedback.map((f) => f.cycleId)).toEqual([1, 2, 3, 4, 5]);
+    const acked = new Promise<void>((resolve) => dev.on('step', () => dev.status().feedbackAcked >= 5 && resolve()));
+    const run = dev.start();
+    await acked;
+    dev.stop();
+    await run;
+    const st = dev.status();
+    expect(st.feedbackAcked).toBeGreaterThanOrEqual(5);
+    expect(st.feedbackAcked).toBeLessThanOrEqual(st.feedbackSent);
+    expect(st.adapterSteps.p1).toBe(st.feedbackAcked);
+    expect(st.ignored.ack_unknown_pair).toBe(1);
+    expect(st.ignored.bad_feedback_ack).toBe(1);
   });
 
   it('a refused handshake rejects start() with the code, and does not retry', async () => {
@@ -428,27 +475,11 @@ describe('DeviceClient against a scripted coordinator', () => {
     let connections = 0;
     coord.io.on('connection', () => (connections += 1));
     const bad = device(coord.url, { token: 'wrong' });
-    const t0 = Date.now();
     await expect(bad.start()).rejects.toSatisfy((e: unknown) => e instanceof DeviceRefusedError && e.code === 'bad_token' && /bad_token/.test(e.message));
     const unknown = device(coord.url, { deviceId: 'nobody' });
     await expect(unknown.start()).rejects.toThrow(/unknown_device/);
-    expect(Date.now() - t0).toBeLessThan(5000);
     expect(connections).toBe(0);
     expect(bad.status().step).toBeLessThan(50);
-  });
-
-  it('slowdown stretches each step by the given factor', async () => {
-    const time = async (slowdown: number) => {
-      const d = device('http://127.0.0.1:9', { maxSteps: 80, evalEvery: 0, slowdown, trainer: { optimizer: 'sgd', lr: 0.01, batchSize: 64 } });
-      const t0 = performance.now();
-      await d.start();
-      return performance.now() - t0;
-    };
-    await time(1); // warm-up
-    const fast = await time(1);
-    const slow = await time(3);
-    // ideal ratio 3; a loaded 2-core machine squeezes it, so only a clear stretch is required
-    expect(slow / fast).toBeGreaterThan(1.4);
   });
 
   it('keeps training while no coordinator is reachable, then joins when one appears', async () => {
@@ -460,24 +491,16 @@ describe('DeviceClient against a scripted coordinator', () => {
     await coord.close();
     coord = undefined;
     const dev = device(url, { maxSteps: 100_000, evalEvery: 0, reconnect: { delayMs: 50, maxDelayMs: 200 } });
+    // Offline for 30 steps (and several failed connection attempts): training goes on.
+    const offlineSteps = new Promise<void>((resolve) => dev.on('step', ({ step }) => step === 30 && resolve()));
     const run = dev.start();
-    await new Promise((r) => setTimeout(r, 600));
+    await offlineSteps;
     const offline = dev.status();
     expect(offline.connected).toBe(false);
-    expect(offline.step).toBeGreaterThan(20);
-    const c2 = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2)], { 'dev-a': 'secret-a' });
-    const http = createServer();
-    c2.io = new Server(http);
-    // Reuse the scripted server's handlers on the fixed port.
-    (c2 as unknown as { listen: () => Promise<void> }).listen = async () => {};
-    await new Promise<void>((r) => http.listen(port, '127.0.0.1', () => r()));
-    c2.io.use((socket, next) => {
-      socket.data.deviceId = socket.handshake.auth.deviceId;
-      next();
-    });
-    c2.io.on('connection', (s) => (c2 as unknown as { onConnection(s: ServerSocket): void }).onConnection(s));
-    coord = c2;
-    while (coord.feedback.length < 3) await new Promise((r) => setTimeout(r, 20));
+    expect(offline.connections).toBe(0);
+    coord = new ScriptedCoordinator([pair('p1', 'target', 'dense_0', 4, 2)], { 'dev-a': 'secret-a' });
+    await coord.listen(port);
+    await coord.feedbackCount(3);
     dev.stop();
     await run;
     expect(coord.registers[0].step).toBeGreaterThanOrEqual(offline.step);

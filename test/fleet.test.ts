@@ -62,7 +62,7 @@ describe('in-process fleet', () => {
         expect(Number.isFinite(p.loss)).toBe(true);
       }
       expect(r.finalAcc).toBe(r.curve.at(-1)!.acc);
-      expect(r.finalAcc).toBeGreaterThan(0.2); // 45 steps on 100 digits beat chance (0.1)
+      expect(r.finalAcc).toBeGreaterThan(0.38); // measured 0.415–0.44 after 45 steps on 100 digits (chance 0.1)
     }
     const alone = res.result.runs[0];
     expect(alone.bytesSent).toBe(0);

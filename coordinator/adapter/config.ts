@@ -1,6 +1,6 @@
-// Configuration of one LPKA adapter and its AdamW optimiser (DESIGN.md §2, "LPKA" and
-// "Adapter update"). One object covers both, because the coordinator creates, checkpoints and
-// restores them together, one per pair.
+// Configuration of one LPKA adapter and its AdamW optimiser (docs/DESIGN.md §3 "The LPKA
+// adapter" and §5 "Feedback and the adapter update"). One object covers both, because the
+// coordinator creates, checkpoints and restores them together, one per pair.
 import { z } from 'zod';
 import type { AdamWConfig } from './adamw.js';
 
@@ -73,7 +73,7 @@ export function parseAdapterConfig(value: unknown): AdapterConfig {
   return res.data;
 }
 
-/** The defaults of DESIGN.md §2 for rank r, with optional overrides; validated. */
+/** The defaults of docs/DESIGN.md §3 and §5 for rank r, with optional overrides; validated. */
 export function defaultAdapterConfig(rank: number, overrides: Partial<Omit<AdapterConfig, 'rank'>> = {}): AdapterConfig {
   return parseAdapterConfig({
     rank,

@@ -1,4 +1,4 @@
-// The Low-rank Parametric Knowledge Adapter (LPKA) of DESIGN.md §2.
+// The Low-rank Parametric Knowledge Adapter (LPKA) of docs/DESIGN.md §3.
 //
 // Tokens are width-r vectors: the rows of a factor A (m×r) and the columns of a factor B (r×n,
 // taken as the rows of Bᵀ). The target's two token sets are the queries; the source's two token sets

@@ -1,4 +1,4 @@
-// The adapter update of DESIGN.md §2: the device reports gA = ∂loss/∂A′ and gB = ∂loss/∂B′ for the
+// The adapter update of docs/DESIGN.md §5: the device reports gA = ∂loss/∂A′ and gB = ∂loss/∂B′ for the
 // factors the adapter produced; the coordinator pulls them back through the adapter (a
 // vector-Jacobian product at the input that produced A′, B′) and takes one AdamW step.
 import * as tf from '@tensorflow/tfjs';

@@ -30,8 +30,11 @@ export interface WireTensor {
 
 /** 64 MiB: far above any slice (r·(m+n) floats), low enough to stop a runaway sender. */
 export const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
-/** Nesting levels a message may have; protocol messages use fewer than 5. */
-const MAX_DEPTH = 32;
+/**
+ * Nesting levels a message may have (the top-level map is level 0); protocol messages use fewer
+ * than 5. A deeper message is `malformed` (docs/PROTOCOL.md §8).
+ */
+export const MAX_DEPTH = 32;
 /** Dimensions above this are certainly a malformed shape, not a model. */
 const MAX_DIM = 1 << 24;
 
@@ -40,9 +43,14 @@ if (endianness() !== 'LE') {
 }
 
 // useRecords:false keeps plain MessagePack maps, readable by other languages; moreTypes makes a
-// stray typed array round-trip correctly instead of being silently corrupted.
+// stray typed array round-trip correctly instead of being silently corrupted. int64AsType 'auto'
+// is the decode boundary for 64-bit ints (uint64/int64, as Go, Java and C++ encoders emit): a value
+// that fits a double exactly becomes a number, a larger one stays a bigint, which every schema
+// refuses. (msgpackr's cut-off is 2⁵³ itself; the schemas' safe-integer bound removes that one.)
 const packr = new Packr({ useRecords: false, moreTypes: true });
-const unpackr = new Unpackr({ useRecords: false, moreTypes: true, mapsAsObjects: true });
+const unpackr = new Unpackr({ useRecords: false, moreTypes: true, mapsAsObjects: true,
+  // 'auto' is implemented by msgpackr 2.1.4's unpacker, but its type definitions omit it.
+  int64AsType: 'auto' as 'bigint' });
 
 export interface SizeLimit {
   maxBytes?: number;
@@ -59,9 +67,12 @@ export function encodeMessage(value: unknown, opts: SizeLimit = {}): Buffer {
 
 export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
   const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
-  let buf: Uint8Array;
-  if (bytes instanceof Uint8Array) buf = bytes;
-  else if (bytes instanceof ArrayBuffer) buf = new Uint8Array(bytes);
+  // Decoded as a Buffer (a view, no copy), so every MessagePack `bin` comes back as a Buffer and an
+  // extension that decodes to a typed array (msgpackr's 0x74) can be told apart from it.
+  let buf: Buffer;
+  if (Buffer.isBuffer(bytes)) buf = bytes;
+  else if (bytes instanceof Uint8Array) buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  else if (bytes instanceof ArrayBuffer) buf = Buffer.from(bytes);
   else throw new CodecError('malformed', `expected a binary payload, got ${describe(bytes)}`);
   if (buf.byteLength > max) {
     throw new CodecError('oversize', `message is ${buf.byteLength} bytes, above the limit of ${max}`);
@@ -70,7 +81,7 @@ export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
   try {
     // unpackMultiple would accept trailing garbage silently; a single unpack of a full buffer
     // throws on truncation, and we check that the whole buffer was consumed.
-    const values = unpackr.unpackMultiple(buf as Buffer) as unknown[];
+    const values = unpackr.unpackMultiple(buf) as unknown[];
     if (values.length !== 1) throw new Error(`expected one MessagePack value, found ${values.length}`);
     // 0xc1 ("never used") and empty fixext decode to sentinels rather than throwing
     // (undefined is only refused at the top level: a JS sender's optional fields encode as it)
@@ -95,6 +106,21 @@ function describe(v: unknown): string {
   if (Array.isArray(v)) return 'an array';
   return typeof v;
 }
+
+/**
+ * A short rendering of a received value for an error message. Never throws: extension types decode
+ * to bigints, Dates, Sets and the like, on which JSON.stringify throws or says nothing useful.
+ */
+function show(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return String(v);
+  if (typeof v === 'bigint') return `${v}n (a bigint: a 64-bit int beyond 2^53, or an extension type)`;
+  if (Array.isArray(v)) return `[${v.slice(0, 5).map(show).join(', ')}${v.length > 5 ? ', …' : ''}]`;
+  const ctor = (v as object).constructor?.name;
+  return ctor && ctor !== 'Object' ? `a ${ctor} (an extension type?)` : typeof v;
+}
+
+const TENSOR_KEYS = ['dtype', 'shape', 'data'];
 
 export function numel(shape: readonly number[]): number {
   let n = 1;
@@ -134,13 +160,22 @@ export function wireToFloat32(w: unknown, check: WireCheck = {}): { values: Floa
     throw new CodecError('bad_tensor', `${name}: expected {dtype, shape, data}, got ${describe(w)}`);
   }
   const t = w as Record<string, unknown>;
-  if (t.dtype !== 'float32') throw new CodecError('bad_tensor', `${name}: dtype must be "float32", got ${JSON.stringify(t.dtype)}`);
+  // Exactly these keys (docs/PROTOCOL.md §2.2): an extra key is an encoder bug, or a future field
+  // this version cannot honour.
+  const keys = Object.keys(t);
+  const extra = keys.filter((k) => !TENSOR_KEYS.includes(k));
+  if (extra.length > 0) throw new CodecError('bad_tensor', `${name}: unexpected key(s) ${extra.map(show).join(', ')}; a tensor has exactly dtype, shape and data`);
+  const missing = TENSOR_KEYS.filter((k) => !keys.includes(k));
+  if (missing.length > 0) throw new CodecError('bad_tensor', `${name}: missing key(s) ${missing.join(', ')}`);
+  if (t.dtype !== 'float32') throw new CodecError('bad_tensor', `${name}: dtype must be "float32", got ${show(t.dtype)}`);
   const shape = t.shape;
   if (!Array.isArray(shape) || shape.length === 0 || shape.length > 4 ||
       !shape.every((d) => Number.isInteger(d) && d > 0 && d <= MAX_DIM)) {
-    throw new CodecError('bad_tensor', `${name}: shape must be 1 to 4 positive integers, got ${JSON.stringify(shape)}`);
+    throw new CodecError('bad_tensor', `${name}: shape must be 1 to 4 positive integers, got ${show(shape)}`);
   }
-  if (!(t.data instanceof Uint8Array)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${describe(t.data)}`);
+  // A Buffer: what decodeMessage makes of a `bin` and what tensorToWire makes. A plain typed array
+  // here came from a MessagePack extension, which the protocol does not allow.
+  if (!Buffer.isBuffer(t.data)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${show(t.data)}`);
   const expectedBytes = 4 * numel(shape as number[]);
   if (t.data.byteLength !== expectedBytes) {
     throw new CodecError('bad_tensor', `${name}: data has ${t.data.byteLength} bytes, shape [${shape.join(', ')}] needs ${expectedBytes}`);

@@ -1,14 +1,15 @@
 // Slice: the rank-r factors A (m×r), B (r×n) of a slot W ≈ A·B, from a truncated SVD
-// W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (DESIGN.md §2 "Slice").
+// W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (docs/DESIGN.md §2 "Slots and slices").
 //
 // Where the work happens, and why:
 // - the products with W (the only O(m·n) work) run on the tfjs backend;
-// - the orthonormalisations run in float64 JS (thin Householder QR): tf.linalg.qr builds an m×m
-//   Q internally and took ~0.8 s on a 2048×40 input on wasm, while the JS QR takes milliseconds;
+// - the orthonormalisations run in float64 JS (ml-matrix's thin Householder QR): tf.linalg.qr
+//   builds an m×m Q internally and took ~0.8 s on a 2048×40 input on wasm, while this takes
+//   milliseconds;
 // - the SVD of the small sketched matrix uses ml-matrix (tfjs has no SVD), always on a tall
 //   matrix, since ml-matrix's SVD of a wide matrix needs its autoTranspose switch.
 import * as tf from '@tensorflow/tfjs';
-import { Matrix, SingularValueDecomposition } from 'ml-matrix';
+import { Matrix, QrDecomposition, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
 import type { LowRank } from './low-rank.js';
 
@@ -146,70 +147,16 @@ function gaussian(rows: number, cols: number, seed: number): Float32Array {
 }
 
 /**
- * Thin Householder QR of a row-major rows×cols matrix (rows ≥ cols), returning Q (row-major,
- * rows×cols, float64) with orthonormal columns. Householder rather than Gram–Schmidt: Q stays
- * orthonormal even when the input is rank-deficient (a zero or low-rank W).
+ * Orthonormal basis of the columns of a row-major rows×cols matrix (rows ≥ cols): the thin Q of a
+ * Householder QR (ml-matrix, float64), row-major rows×cols. Householder rather than Gram–Schmidt:
+ * Q stays orthonormal even when the input is rank-deficient (a zero or low-rank W).
  */
 function orthonormalize(y: ArrayLike<number>, rows: number, cols: number): Float64Array {
   checkFinite(y);
-  // Column-major working copy: the reflector loops run down columns.
-  const a: Float64Array[] = [];
-  for (let j = 0; j < cols; j++) {
-    const c = new Float64Array(rows);
-    for (let i = 0; i < rows; i++) c[i] = y[i * cols + j];
-    a.push(c);
-  }
-  const vs: (Float64Array | null)[] = [];
-  for (let j = 0; j < cols; j++) {
-    const c = a[j];
-    let norm = 0;
-    for (let i = j; i < rows; i++) norm += c[i] * c[i];
-    norm = Math.sqrt(norm);
-    if (norm === 0) {
-      vs.push(null);
-      continue;
-    }
-    const alpha = c[j] > 0 ? -norm : norm;
-    const v = new Float64Array(rows - j);
-    for (let i = j; i < rows; i++) v[i - j] = c[i];
-    v[0] -= alpha;
-    let vn = 0;
-    for (let i = 0; i < v.length; i++) vn += v[i] * v[i];
-    vn = Math.sqrt(vn);
-    if (vn === 0) {
-      vs.push(null);
-      continue;
-    }
-    for (let i = 0; i < v.length; i++) v[i] /= vn;
-    vs.push(v);
-    for (let k = j; k < cols; k++) reflect(a[k], v, j);
-  }
-  // Q = H_0 · … · H_{cols-1} · [I; 0], applied right to left.
-  const qCols: Float64Array[] = [];
-  for (let k = 0; k < cols; k++) {
-    const e = new Float64Array(rows);
-    e[k] = 1;
-    for (let j = Math.min(k, cols - 1); j >= 0; j--) {
-      const v = vs[j];
-      if (v) reflect(e, v, j);
-    }
-    qCols.push(e);
-  }
+  const Q = new QrDecomposition(toMatrix(y, rows, cols)).orthogonalMatrix;
   const q = new Float64Array(rows * cols);
-  for (let j = 0; j < cols; j++) {
-    const c = qCols[j];
-    for (let i = 0; i < rows; i++) q[i * cols + j] = c[i];
-  }
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) q[i * cols + j] = Q.get(i, j);
   return q;
-}
-
-/** x[off..] -= 2·v·(vᵀ·x[off..]) for a unit vector v. */
-function reflect(x: Float64Array, v: Float64Array, off: number): void {
-  let d = 0;
-  for (let i = 0; i < v.length; i++) d += v[i] * x[off + i];
-  if (d === 0) return;
-  d *= 2;
-  for (let i = 0; i < v.length; i++) x[off + i] -= d * v[i];
 }
 
 function toMatrix(data: ArrayLike<number>, rows: number, cols: number): Matrix {

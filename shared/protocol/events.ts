@@ -8,7 +8,11 @@ export const EVENTS = {
   transfer: 'transfer', // coordinator → device: TransferMsg
   reject: 'reject', // coordinator → device: RejectMsg
   skip: 'skip', // coordinator → device: SkipMsg (a target slice that started no cycle of a pair)
+  feedbackAck: 'feedback_ack', // coordinator → device: FeedbackAckMsg (after an accepted feedback)
 } as const;
+
+/** The events a device may send; any other name is refused with `unknown_event`. */
+export const DEVICE_EVENTS: ReadonlySet<string> = new Set([EVENTS.register, EVENTS.slice, EVENTS.feedback, EVENTS.metrics]);
 
 type Bin = (payload: Buffer | Uint8Array) => void;
 
@@ -24,4 +28,5 @@ export interface ServerToClientEvents {
   transfer: Bin;
   reject: Bin;
   skip: Bin;
+  feedback_ack: Bin;
 }

@@ -5,21 +5,23 @@ import { z } from 'zod';
 import type { WireTensor } from '../codec/tensor-codec.js';
 
 const id = z.string().min(1).max(128).regex(/^[A-Za-z0-9_.:\-]+$/, 'use letters, digits and _ . : - only');
-const count = z.number().int().nonnegative();
-const posInt = z.number().int().positive();
+// Integers must be safe (|v| ≤ 2⁵³−1): the codec turns a 64-bit MessagePack int in that range into
+// a number, and leaves a larger one a bigint, which these refuse.
+const count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const posInt = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 const finite = z.number().finite();
 
-/** Loose structural check; wireToFloat32 then checks dtype, byte length, shape and finiteness. */
-export const wireTensorSchema = z.custom<WireTensor>(
-  (v) => typeof v === 'object' && v !== null && 'data' in v && 'shape' in v && 'dtype' in v,
-  { message: 'expected a tensor {dtype, shape, data}' },
-);
+/**
+ * Only "some value is there": wireToFloat32 checks the keys, dtype, shape, byte length and
+ * finiteness, so that every defect of a tensor is refused as `bad_tensor` (not `invalid_message`).
+ */
+export const wireTensorSchema = z.custom<WireTensor>((v) => v !== undefined, { message: 'expected a tensor {dtype, shape, data}' });
 
 /** socket.io handshake `auth` object (plain JSON, not MessagePack). */
 export const handshakeSchema = z.object({
   deviceId: id,
   token: z.string().min(1, 'token is empty'),
-  protocolVersion: z.number().int(),
+  protocolVersion: z.number().int().safe(),
 });
 export type Handshake = z.infer<typeof handshakeSchema>;
 
@@ -158,6 +160,15 @@ export const skipSchema = z.object({
   reason: z.enum(SKIP_REASONS),
 });
 export type SkipMsg = z.infer<typeof skipSchema>;
+
+/** Sent to the target after its feedback was accepted: the cycle is complete. */
+export const feedbackAckSchema = z.object({
+  pairId: id,
+  cycleId: count,
+  /** the pair's update count after this feedback (each accepted feedback is one update of its gate, and of its adapter where one runs) */
+  adapterStep: posInt,
+});
+export type FeedbackAckMsg = z.infer<typeof feedbackAckSchema>;
 
 export const rejectSchema = z.object({
   code: z.string(),

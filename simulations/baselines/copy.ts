@@ -2,7 +2,7 @@
 // target's slot is initialised from the source's trained slot and the target trains alone for its
 // steps. Where the two slots share an axis with the same meaning (the same input pixels, the same
 // labels), this shows how much knowledge there is to take; MergeNet's share is measured against
-// it (DESIGN.md §2, "Where the knowledge is plainly there").
+// it (docs/DESIGN.md §7 "What the measurements say").
 //
 // With a rank r, only the rank-r part of the source's slot is copied: A·B of its slice
 // (lowRankSlice), i.e. what one MergeNet slice carries.

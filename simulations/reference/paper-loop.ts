@@ -1,6 +1,6 @@
 // The paper's loop in one process, with no network: a source and a target train step by step and,
 // every T_cycle steps, the adapter transfers into the target through its knowledge branch
-// (DESIGN.md §2). It runs the same math modules the coordinator and the device run, so it proves
+// (docs/DESIGN.md §1 and §9). It runs the same math modules the coordinator and the device run, so it proves
 // the math before any socket is involved.
 //
 // The transfer is one-way, so the source's trajectory does not depend on the condition: it is
@@ -38,7 +38,7 @@ export interface LoopConfig {
   targetSlot: string;
   adapter: Partial<Omit<AdapterConfig, 'rank'>>;
   evalEvery: number;
-  /** 'train': G from the target's training batches (DESIGN.md §2); 'heldout': from its val split. */
+  /** 'train': G from the target's training batches; 'heldout' (docs/DESIGN.md §5): from its val split. */
   feedback: 'train' | 'heldout';
   /** source steps taken before the target starts (a source trained for a while first). */
   sourceWarmup: number;

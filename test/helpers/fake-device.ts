@@ -4,7 +4,7 @@ import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage, tensorToWire, wireToFloat32, type WireTensor } from '../../shared/codec/tensor-codec.js';
 import type { SkipMsg } from '../../shared/protocol/messages.js';
 import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/protocol/events.js';
-import type { FeedbackMsg, Metrics, PlanMsg, RegisterMsg, RejectMsg, SlotDesc } from '../../shared/protocol/messages.js';
+import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, RejectMsg, SlotDesc } from '../../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../../shared/protocol/version.js';
 import type { CoordinatorEvents, RunningCoordinator, UpdateEvent } from '../../coordinator/server.js';
 
@@ -36,7 +36,7 @@ export interface DecodedTransfer {
   B: { values: Float32Array; shape: number[] };
 }
 
-type Inbound = { plan: PlanMsg; transfer: DecodedTransfer; reject: RejectMsg };
+type Inbound = { plan: PlanMsg; transfer: DecodedTransfer; reject: RejectMsg; feedback_ack: FeedbackAckMsg };
 
 /** Deterministic pseudo-random floats in [-scale, scale) (mulberry32). */
 export function pseudoRandom(n: number, seed: number, scale = 1): Float32Array {
@@ -58,11 +58,12 @@ export function wire(values: Float32Array, shape: number[]): WireTensor {
 
 export class FakeDevice {
   plan?: PlanMsg;
-  private readonly queues: { [K in keyof Inbound]: Inbound[K][] } = { plan: [], transfer: [], reject: [] };
+  private readonly queues: { [K in keyof Inbound]: Inbound[K][] } = { plan: [], transfer: [], reject: [], feedback_ack: [] };
   private readonly waiters: { [K in keyof Inbound]: { pred: (m: Inbound[K]) => boolean; resolve: (m: Inbound[K]) => void }[] } = {
     plan: [],
     transfer: [],
     reject: [],
+    feedback_ack: [],
   };
   /** every reject received, in order (never consumed by next()) */
   readonly rejects: RejectMsg[] = [];
@@ -97,6 +98,7 @@ export class FakeDevice {
     socket.on('skip', (b) => {
       this.skips.push(decodeMessage(b) as SkipMsg);
     });
+    socket.on('feedback_ack', (b) => this.push('feedback_ack', decodeMessage(b) as FeedbackAckMsg));
     socket.on('reject', (b) => {
       const r = decodeMessage(b) as RejectMsg;
       this.rejects.push(r);
@@ -220,12 +222,31 @@ export class FakeDevice {
   }
 
   /** Send arbitrary bytes (or anything) on an event. */
-  sendRaw(event: keyof ClientToServerEvents, payload: unknown): void {
+  sendRaw(event: keyof ClientToServerEvents | (string & {}), payload: unknown): void {
     (this.socket.emit as (ev: string, p: unknown) => void)(event, payload);
   }
 
   get connected(): boolean {
     return this.socket.connected;
+  }
+
+  /**
+   * Resolves once the coordinator has handled every message this device sent before: one
+   * connection's messages are handled in order, and an unknown event is answered at once with a
+   * reject (kept out of `rejects`). Replaces sleeping "long enough" for a message to land.
+   */
+  async barrier(): Promise<void> {
+    const p = this.next('reject', (r) => r.event === 'barrier');
+    this.sendRaw('barrier', encodeMessage({}));
+    await p;
+    const i = this.rejects.findIndex((r) => r.event === 'barrier');
+    if (i >= 0) this.rejects.splice(i, 1);
+  }
+
+  /** Resolves when this connection is closed (at once if it already is). */
+  disconnected(): Promise<void> {
+    if (!this.socket.connected) return Promise.resolve();
+    return new Promise((r) => this.socket.once('disconnect', () => r()));
   }
 
   close(): void {
