@@ -527,7 +527,7 @@ export class CoordinatorEngine {
     const gradNorm = res.adapter?.gradNorm ?? 0;
     const clipped = res.adapter?.clipped ?? false;
     // The cycle is complete: tell the target (its feedback counted, and the step it produced).
-    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: pair.counters.updates };
+    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: step, updates: pair.counters.updates };
     this.outbox.send(from.connectionId, EVENTS.feedbackAck, encodeMessage(ack));
     this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
     this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta });

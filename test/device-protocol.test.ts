@@ -171,7 +171,7 @@ class ScriptedCoordinator {
       this.cycles.delete(f.cycleId);
       this.inFlight.delete(f.pairId);
       this.feedback.push({ ...f, session });
-      if (this.ack) socket.emit('feedback_ack', encodeMessage({ pairId: f.pairId, cycleId: f.cycleId, adapterStep: this.feedback.length }));
+      if (this.ack) socket.emit('feedback_ack', encodeMessage({ pairId: f.pairId, cycleId: f.cycleId, adapterStep: this.feedback.length, updates: this.feedback.length }));
       this.feedbackWaiters = this.feedbackWaiters.filter((w) => (this.feedback.length >= w.n ? (w.resolve(), false) : true));
     });
     socket.on('metrics', (buf: Buffer) => {
@@ -452,8 +452,8 @@ describe('DeviceClient against a scripted coordinator', () => {
     dev.on('feedback', () => {
       if (coord!.feedback.length === 1) {
         const s = coord!.sockets.get('dev-a')!;
-        s.emit('feedback_ack', encodeMessage({ pairId: 'nope', cycleId: 0, adapterStep: 1 })); // not a pair of the plan
-        s.emit('feedback_ack', encodeMessage({ pairId: 'p1', cycleId: -1, adapterStep: 1 })); // fails the schema
+        s.emit('feedback_ack', encodeMessage({ pairId: 'nope', cycleId: 0, adapterStep: 1, updates: 1 })); // not a pair of the plan
+        s.emit('feedback_ack', encodeMessage({ pairId: 'p1', cycleId: -1, adapterStep: 1, updates: 1 })); // fails the schema
       }
     });
     const acked = new Promise<void>((resolve) => dev.on('step', () => dev.status().feedbackAcked >= 5 && resolve()));

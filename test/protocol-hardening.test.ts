@@ -149,7 +149,7 @@ async function start(opts: { logger?: Logger } = {}): Promise<Fixture> {
         { id: 'src', token: 's' },
         { id: 'tgt', token: 't' },
       ],
-      defaults: { rank: R, tCycle: 1, k: 1 },
+      defaults: { rank: R, tCycle: 1, k: 1, gate: { guard: 'none' } },
       pairs: [{ id: 'p', source: { device: 'src', slot: T.slot }, target: { device: 'tgt', slot: T.slot } }],
       timing: { cycleTimeoutMs: TIMEOUT_MS },
       statusEveryMs: 0,
@@ -245,7 +245,7 @@ describe('coordinator: protocol hardening', () => {
     const { coord, tgt } = await start();
     const ack = tgt.next('feedback_ack', (a) => a.pairId === 'p');
     const { transfer, update } = await completeCycle(coord, tgt, { ...T, rank: R, sliceId: 30, step: 30 });
-    expect(await ack).toEqual({ pairId: 'p', cycleId: transfer.cycleId, adapterStep: update.step });
+    expect(await ack).toEqual({ pairId: 'p', cycleId: transfer.cycleId, adapterStep: update.step, updates: coord.status().pairs[0].updates });
   });
 
   it('late feedback gets cycle_timeout, never stale_cycle: in flight, ended by a newer slice, and after many more cycles', async () => {

@@ -165,8 +165,10 @@ export type SkipMsg = z.infer<typeof skipSchema>;
 export const feedbackAckSchema = z.object({
   pairId: id,
   cycleId: count,
-  /** the pair's update count after this feedback (each accepted feedback is one update of its gate, and of its adapter where one runs) */
-  adapterStep: posInt,
+  /** the adapter's step after this feedback (0 for a pair whose pass-through start runs no adapter) */
+  adapterStep: count,
+  /** the pair's accepted feedback so far, this one included (each is one step of its trust gate) */
+  updates: posInt,
 });
 export type FeedbackAckMsg = z.infer<typeof feedbackAckSchema>;
 
