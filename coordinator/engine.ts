@@ -3,6 +3,7 @@
 // update), drops, metrics and checkpoints. It takes messages already decoded and schema-checked,
 // checks their semantics (a refusal is a thrown ProtocolError, before any state changes), and
 // sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.
+import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { encodeMessage, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
@@ -33,6 +34,18 @@ export interface Sender {
   session: string;
   connectionId: string;
   now: number;
+}
+
+/** What restore() found: nothing (no checkpoint.dir, or an empty one), or the checkpoint it resumed. */
+export interface RestoreSummary {
+  resumed: boolean;
+  dir?: string;
+  generation?: number;
+  savedAt?: string;
+  /** adapter updates the checkpoint had counted, over all pairs */
+  updates?: number;
+  /** pairs in the checkpoint */
+  pairs?: number;
 }
 
 function fail(code: ErrorCode, reason: string): never {
@@ -69,17 +82,18 @@ export class CoordinatorEngine {
 
   // ---------------------------------------------------------------- checkpoints, status, disposal
 
-  /** Restore adapters and counters from checkpoint.dir, if it holds a checkpoint. */
-  async restore(): Promise<void> {
+  /** Restore adapters and counters from checkpoint.dir, if it holds a checkpoint; says what it did. */
+  async restore(): Promise<RestoreSummary> {
     if (!this.checkpointer) {
       this.restored = true;
-      return;
+      return { resumed: false };
     }
+    const dir = this.checkpointer.dir;
     const loaded = await this.checkpointer.load();
     if (!loaded) {
-      this.log.info({ dir: this.checkpointer.dir }, 'no checkpoint to restore; starting fresh');
+      this.log.info({ dir }, 'no checkpoint to restore; starting fresh');
       this.restored = true;
-      return;
+      return { resumed: false, dir };
     }
     for (const saved of loaded.pairs) {
       const pair = this.pairs.get(saved.id);
@@ -102,6 +116,7 @@ export class CoordinatorEngine {
       { dir: this.checkpointer.dir, generation: loaded.generation, savedAt: loaded.savedAt, pairs: loaded.pairs.map((p) => ({ id: p.id, step: p.adapterStep })) },
       'restored checkpoint',
     );
+    return { resumed: true, dir, generation: loaded.generation, savedAt: loaded.savedAt, updates: loaded.totals.updates, pairs: loaded.pairs.length };
   }
 
   private restorePair(pair: Pair, saved: CheckpointPair): void {
@@ -391,6 +406,7 @@ export class CoordinatorEngine {
     try {
       pair.ensureAdapter();
       const r = pair.rank;
+      const t0 = performance.now();
       const started = pair.startCycle(truncateLowRank(slice, r), truncateLowRank(src, r), {
         session: from.session,
         sliceId: slice.sliceId,
@@ -399,6 +415,7 @@ export class CoordinatorEngine {
         timeoutMs: this.config.timing.cycleTimeoutMs,
       });
       cycleId = started.cycleId;
+      const adapterMs = performance.now() - t0;
       let payload: Buffer;
       try {
         const msg: TransferMsg = {
@@ -416,7 +433,7 @@ export class CoordinatorEngine {
       }
       // The transfer answers the slice, on the connection it came from.
       this.outbox.send(from.connectionId, EVENTS.transfer, payload);
-      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep });
+      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep, adapterMs });
     } catch (err) {
       this.log.error({ err, pairId: pair.id, cycleId }, 'could not start a cycle');
       if (pair.inFlight && pair.inFlight.cycleId === cycleId) this.dropCycle(pair, 'internal');
@@ -479,6 +496,7 @@ export class CoordinatorEngine {
     const tA = tf.tensor2d(gA.values, c.outShapes.A, 'float32');
     const tB = tf.tensor2d(gB.values, c.outShapes.B, 'float32');
     let res;
+    const t0 = performance.now();
     try {
       // If the update throws, the cycle ends and the edge answers `internal` (counted once there).
       res = pair.applyFeedback(tA, tB, from.now);
@@ -486,10 +504,11 @@ export class CoordinatorEngine {
       tA.dispose();
       tB.dispose();
     }
+    const adapterMs = performance.now() - t0;
     this.registry.setMetrics(from.deviceId, msg.metrics, from.now);
     this.totalUpdates++;
     this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped, steps: msg.steps, scale: msg.scale }, 'adapter updated');
-    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped });
+    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step: res.step, gradNorm: res.gradNorm, clipped: res.clipped, adapterMs });
     const every = this.config.checkpoint.everyUpdates;
     if (this.checkpointer && this.totalUpdates % every === 0) {
       this.checkpoint().catch((err) => this.log.error({ err }, 'periodic checkpoint failed'));

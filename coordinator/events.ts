@@ -11,6 +11,8 @@ export interface UpdateEvent {
   step: number;
   gradNorm: number;
   clipped: boolean;
+  /** wall time of the adapter's update (vector-Jacobian product and AdamW step), ms */
+  adapterMs: number;
 }
 
 export interface DropEvent {
@@ -30,6 +32,8 @@ export interface CycleEvent {
   targetDevice: string;
   sourceMode: SourceMode;
   adapterStep: number;
+  /** wall time of the adapter's forward pass that produced the transfer, ms */
+  adapterMs: number;
 }
 
 export interface CoordinatorEvents {

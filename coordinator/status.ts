@@ -41,6 +41,26 @@ export interface PairStatus
   lastTransferAt?: string;
   lastUpdateAt?: string;
   inFlight?: { cycleId: number; ageMs: number; msToDeadline: number };
+  /**
+   * The pair's trust gate, where the coordinator runs one (filled by the gate's code; absent
+   * otherwise). Served as metrics and on the dashboard only when present.
+   */
+  gate?: PairGateStatus;
+  /** ‖K‖/‖W‖ as the target last reported it (absent until reported). */
+  branchRatio?: number;
+}
+
+export interface PairGateStatus {
+  value: number;
+  theta: number;
+  decision: 'pending' | 'accepted' | 'refused';
+  updates: number;
+}
+
+/** Payload bytes through the socket edge, by event, since the coordinator started. */
+export interface WireTotals {
+  in: Record<string, { messages: number; bytes: number }>;
+  out: Record<string, { messages: number; bytes: number }>;
 }
 
 export interface StatusSnapshot {
@@ -59,9 +79,13 @@ export interface StatusSnapshot {
     inFlight: number;
     /** every drop: refused messages (including refused handshakes) and abandoned cycles */
     drops: number;
+    /** work waiting in the coordinator's queue, where it has one (absent: none) */
+    queueDepth?: number;
   };
   /** the same drops, by reason (an error code of shared/protocol/errors.ts) */
   drops: Record<string, number>;
+  /** bytes in and out by event (filled by the socket edge, server.ts) */
+  wire?: WireTotals;
 }
 
 function iso(ms: number | undefined): string | undefined {
