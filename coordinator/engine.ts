@@ -16,7 +16,7 @@ import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint
 import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
 import { Pair, type CycleDropReason } from './pair.js';
-import { autoPairConfigs, autoPairRank, planFor } from './plan.js';
+import { autoPairConfigs, autoPairRank, planFor, planNotes } from './plan.js';
 import { Registry, type StoredSlice } from './registry.js';
 import { buildStatus, type StatusSnapshot } from './status.js';
 
@@ -329,12 +329,14 @@ export class CoordinatorEngine {
     const d = this.registry.get(deviceId);
     if (!d || !d.connected || !d.registration || !d.session || !d.socketId) return;
     const pairs = planFor(deviceId, this.pairs.values(), this.registry);
-    const key = JSON.stringify(pairs);
+    const notes = planNotes(deviceId, this.pairs.values(), this.registry, this.config.autoPair);
+    const key = JSON.stringify([pairs, notes]);
     if (!force && key === d.lastPlanKey) return;
     const plan: PlanMsg = { deviceId, session: d.session, protocolVersion: PROTOCOL_VERSION, maxMessageBytes: this.config.limits.maxMessageBytes, pairs };
+    if (notes.length) plan.notes = notes;
     if (!this.outbox.send(d.socketId, EVENTS.plan, encodeMessage(plan))) return;
     d.lastPlanKey = key;
-    this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`) }, 'plan sent');
+    this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`), notes }, 'plan sent');
   }
 
   // ---------------------------------------------------------------- slices and cycles

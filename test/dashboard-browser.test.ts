@@ -53,7 +53,8 @@ describe('dashboard in chromium', () => {
     errors.length = 0; // the 401 itself is logged as a console error
 
     await page.goto(`${fleet!.coord.url}/?token=${VIEWER_TOKEN}`);
-    await page.waitForFunction(() => document.querySelector('[data-testid="live"]')?.textContent === 'live');
+    // Predicates run in the page; written as strings since this file is type-checked without the DOM.
+    await page.waitForFunction(`document.querySelector('[data-testid="live"]')?.textContent === 'live'`);
     await page.waitForSelector('tr[data-pair="a-to-b"]');
     await page.waitForSelector('tr[data-device="a"]');
     const updatesCell = (pair: string) => page.textContent(`tr[data-pair="${pair}"] td[data-col="updates"]`).then((t) => Number(t));
@@ -65,26 +66,29 @@ describe('dashboard in chromium', () => {
     fleet!.start();
     // The table: both pairs' completed cycles climb past 3.
     await page.waitForFunction(
-      () => ['a-to-b', 'b-to-a'].every((p) => Number(document.querySelector(`tr[data-pair="${p}"] td[data-col="updates"]`)?.textContent) >= 3),
+      `['a-to-b', 'b-to-a'].every((p) => Number(document.querySelector('tr[data-pair="' + p + '"] td[data-col="updates"]')?.textContent) >= 3)`,
       undefined,
       { timeout: 60_000, polling: 100 },
     );
     // The chart: more samples, and its latest values are no longer the starting ones.
     await page.waitForFunction(
-      (args) => {
-        const el = document.querySelector('[data-testid="cycles-chart"]') as HTMLElement;
-        const last = JSON.parse(el.dataset.last ?? '[]') as number[];
-        return Number(el.dataset.points) > args.points0 && el.dataset.last !== args.last0 && last.every((v) => v >= 3);
-      },
-      { points0, last0 },
+      `(() => {
+        const el = document.querySelector('[data-testid="cycles-chart"]');
+        const last = JSON.parse(el.dataset.last || '[]');
+        return Number(el.dataset.points) > ${points0} && el.dataset.last !== ${JSON.stringify(last0)} && last.length === 2 && last.every((v) => v >= 3);
+      })()`,
+      undefined,
       { timeout: 30_000, polling: 100 },
     );
     // The accuracy chart has a curve per device once both reported a held-out accuracy.
-    await page.waitForFunction(() => {
-      const el = document.querySelector('[data-testid="acc-chart"]') as HTMLElement;
-      const last = JSON.parse(el.dataset.last ?? '[]') as (number | null)[];
-      return last.length === 2 && last.every((v) => typeof v === 'number' && v > 0);
-    }, undefined, { timeout: 30_000, polling: 100 });
+    await page.waitForFunction(
+      `(() => {
+        const last = JSON.parse(document.querySelector('[data-testid="acc-chart"]').dataset.last || '[]');
+        return last.length === 2 && last.every((v) => typeof v === 'number' && v > 0);
+      })()`,
+      undefined,
+      { timeout: 30_000, polling: 100 },
+    );
     expect(await page.locator('[data-testid="cycles-chart"] canvas').count()).toBe(1);
     expect(await page.locator('[data-testid="acc-chart"] canvas').count()).toBe(1);
     expect(await page.textContent('tr[data-device="a"]')).toMatch(/connected/);
