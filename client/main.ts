@@ -297,7 +297,7 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
     });
     dev.on('unreachable', (f) => {
       lastCause = f.cause;
-      const limit = o.connectTimeout > 0 && dev.status().connections === 0 ? `; giving up ${o.connectTimeout / 1000} s after start (--connect-timeout)` : '';
+      const limit = o.connectTimeout > 0 && dev.status().connections === 0 ? `; --connect-timeout gives up ${o.connectTimeout / 1000} s after start` : '';
       errOut(`[${o.device}] cannot reach the coordinator at ${f.url}: ${f.cause}; retrying with backoff (attempt ${f.attempt}${limit})`);
     });
     dev.on('reject', (r) => io.out(`[${o.device}] rejected ${r.event}: ${r.code}: ${r.reason}`));

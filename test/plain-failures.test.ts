@@ -57,7 +57,7 @@ describe('a client that cannot reach the coordinator', () => {
     const r = await run(['client', '--coordinator', url, '--device', 'x', '--token', 't', '--model', 'mnist-mlp', '--hidden', '8', '--dataset', 'mnist', '--train-size', '50', '--val-size', '20', '--test-size', '20', '--progress-every', '0', '--connect-timeout', '2s']);
     expect(r.code, r.stderr).toBe(3);
     expect(r.stderr).toContain(`cannot reach the coordinator at ${url}: connection refused (ECONNREFUSED)`);
-    expect(r.stderr).toMatch(/retrying with backoff \(attempt 1; giving up 2 s after start/);
+    expect(r.stderr).toMatch(/retrying with backoff \(attempt 1; --connect-timeout gives up 2 s after start\)/);
     expect(r.stderr).toMatch(new RegExp(`error: could not reach the coordinator at ${url.replace(/\./g, '\\.')} within 2 s \\(\\d+ attempts?\\): connection refused \\(ECONNREFUSED\\)`));
     expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace without --debug
   });
