@@ -54,12 +54,16 @@ export function describeConnectFailure(url: string, err: unknown): ConnectFailur
   const errs = chain(err);
   const code = errs.map((e) => e.code).find((c): c is string => typeof c === 'string' && c.length > 0);
   const messages = errs.map((e) => e.message).filter((m): m is string => typeof m === 'string' && m.length > 0);
-  const detail = messages[messages.length - 1] ?? String(err);
+  // OpenSSL messages carry newlines and source paths: one line, and only the part that speaks.
+  const detail = (messages[messages.length - 1] ?? String(err)).replace(/\s+/g, ' ').trim();
   const where = hostPort(url);
   if (code === 'ECONNREFUSED') return { code, cause: `connection refused (ECONNREFUSED): nothing listens on ${where}, or a firewall refuses it` };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return { code, cause: `DNS: the host name does not resolve (${code}: ${detail})` };
   if (code === 'ETIMEDOUT' || code === 'ECONNRESET' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EPIPE') {
     return { code, cause: `network: ${detail} (${code})` };
+  }
+  if (/wrong version number|packet length too long|http request/i.test(detail)) {
+    return { code: code ?? 'EPROTO', cause: `TLS: the server at ${where} does not speak TLS (${code ?? 'EPROTO'}, wrong version number): use http://, or the TLS proxy's address` };
   }
   if ((code && TLS_CODE.test(code)) || /SSL|TLS|certificate/i.test(detail)) {
     return { code, cause: `TLS: ${detail}${code ? ` (${code})` : ''}; check the certificate, or the scheme (http vs https)` };

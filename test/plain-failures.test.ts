@@ -80,6 +80,8 @@ describe('a client that cannot reach the coordinator', () => {
     });
     expect(describeConnectFailure('https://h:443', wsError(Object.assign(new Error('self-signed certificate'), { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' }))).cause).toMatch(/^TLS: self-signed certificate \(DEPTH_ZERO_SELF_SIGNED_CERT\)/);
     expect(describeConnectFailure('http://h:80', wsError(new Error('Unexpected server response: 404'))).cause).toMatch(/answered HTTP 404/);
+    const plainPort = wsError(Object.assign(new Error('write EPROTO 40B8:error:0A00010B:SSL routines:ssl3_get_record:wrong version number:../deps/openssl/ssl/record/ssl3_record.c:354:\n'), { code: 'EPROTO' }));
+    expect(describeConnectFailure('https://h:7070', plainPort).cause).toBe("TLS: the server at h:7070 does not speak TLS (EPROTO, wrong version number): use http://, or the TLS proxy's address");
     expect(parseDurationOption('30s')).toBe(30_000);
     expect(parseDurationOption('2m')).toBe(120_000);
     expect(parseDurationOption('0')).toBe(0);
