@@ -256,6 +256,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         this.fatal = new CoordinatorUnreachableError(this.url, limit, this.connectAttempts, this.lastConnectFailure);
         this.stopping = true;
       }, limit);
+      this.connectTimer.unref();
     }
     this.link.connect();
     let failure: unknown;
@@ -532,6 +533,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     if (this.stoppedFlag) return;
     this.stoppedFlag = true;
     this.stopping = true;
+    // A pending connect deadline would keep the process alive after the device stopped.
+    if (this.connectTimer) clearTimeout(this.connectTimer);
     this.link.close();
     this.windowsAbandoned += this.windows.abandonAll();
     this.transfers.clear();
