@@ -113,6 +113,8 @@ export interface DeviceEvents {
   eval: [EvalEvent];
   ignored: [IgnoredEvent];
   connect: [{ connections: number }];
+  /** an attempt to connect failed (the URL and why); the device retries with backoff */
+  unreachable: [{ url: string; cause: string; code?: string; attempt: number }];
   disconnect: [{ reason: string; abandonedWindows: number; droppedTransfers: number }];
   stopped: [DeviceStatus];
 }

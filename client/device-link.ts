@@ -23,6 +23,7 @@ import {
   type TransferMsg,
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+import { describeConnectFailure, type ConnectFailure } from './connect-failure.js';
 
 /**
  * Handshake refusals that retrying cannot fix (the same auth would be refused again): start()
@@ -40,6 +41,29 @@ export class DeviceRefusedError extends Error {
     super(`coordinator refused device: ${code}: ${reason}${hint}`);
     this.name = 'DeviceRefusedError';
   }
+}
+
+/** Thrown (start() rejects with it) when no connection could be made within the connect timeout. */
+export class CoordinatorUnreachableError extends Error {
+  constructor(
+    readonly url: string,
+    readonly timeoutMs: number,
+    readonly attempts: number,
+    readonly lastFailure: ConnectFailure | undefined,
+  ) {
+    super(
+      `could not reach the coordinator at ${url} within ${timeoutMs / 1000} s (${attempts} attempt${attempts === 1 ? '' : 's'}): ` +
+        (lastFailure?.cause ?? 'no answer'),
+    );
+    this.name = 'CoordinatorUnreachableError';
+  }
+}
+
+/** One failed connection attempt, and why. */
+export interface ConnectAttemptFailure extends ConnectFailure {
+  url: string;
+  /** failed attempts since the last successful connection (this one included) */
+  attempt: number;
 }
 
 export interface ReconnectOptions {
@@ -75,6 +99,8 @@ export interface DeviceLinkHandlers {
   disconnected(reason: string): void;
   /** the handshake was refused for good; the link has given up */
   refused(err: DeviceRefusedError): void;
+  /** an attempt to connect failed for a reason retrying may fix; the link retries with backoff */
+  connectFailed(f: ConnectAttemptFailure): void;
   /** a plan for this device and protocol version (its pairs not yet checked against the slots) */
   plan(plan: PlanMsg): void;
   transfer(t: TransferMsg): void;
@@ -98,6 +124,8 @@ export class DeviceLink {
   private socket: DeviceSocket | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private manualAttempts = 0;
+  /** failed attempts since the last successful connection */
+  private failedAttempts = 0;
 
   constructor(
     private readonly opts: DeviceLinkOptions,
@@ -202,6 +230,7 @@ export class DeviceLink {
   private onConnect(): void {
     this.connections += 1;
     this.manualAttempts = 0;
+    this.failedAttempts = 0;
     this.on.connected(this.connections);
   }
 
@@ -223,7 +252,11 @@ export class DeviceLink {
       this.socket?.disconnect();
       return;
     }
-    this.opts.log.warn({ code, reason }, 'connection attempt failed; retrying with backoff');
+    // Not a refusal: the coordinator could not be reached (or failed the handshake): say why.
+    const failure = code ? { code, cause: `${code}: ${reason}` } : describeConnectFailure(this.opts.url, err);
+    this.failedAttempts += 1;
+    this.opts.log.warn({ url: this.opts.url, code: failure.code, cause: failure.cause, attempt: this.failedAttempts }, 'connection attempt failed; retrying with backoff');
+    this.on.connectFailed({ ...failure, url: this.opts.url, attempt: this.failedAttempts });
     // A refusal by server middleware leaves the socket inactive: socket.io will not retry it.
     if (this.socket && !this.socket.active && !this.opts.stopping()) this.scheduleManualReconnect();
   }

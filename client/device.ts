@@ -36,7 +36,8 @@ import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { FeedbackWindows, SliceMemory, SliceSchedule, TransferQueue, type ClosedWindow, type SliceMemoryLimits } from './cycle-state.js';
 import type { DeviceData } from './data/dataset.js';
 import type { DeviceEvents, DeviceStatus, EvalEvent, IgnoredEvent } from './device-events.js';
-import { DeviceLink, DeviceRefusedError, type ReconnectOptions } from './device-link.js';
+import { normalizeCoordinatorUrl } from './coordinator-url.js';
+import { CoordinatorUnreachableError, DeviceLink, DeviceRefusedError, type ConnectAttemptFailure, type ReconnectOptions } from './device-link.js';
 import { HeldoutFeedback } from './heldout-feedback.js';
 import { KnowledgeBranches } from './knowledge-branch.js';
 import { LocalTrainingLoop } from './local-training-loop.js';
@@ -54,7 +55,7 @@ export type {
   StepEvent,
   TransferEvent,
 } from './device-events.js';
-export { DeviceRefusedError, FATAL_HANDSHAKE_CODES, type ReconnectOptions } from './device-link.js';
+export { CoordinatorUnreachableError, DeviceRefusedError, FATAL_HANDSHAKE_CODES, type ConnectAttemptFailure, type ReconnectOptions } from './device-link.js';
 
 export interface DeviceDescription {
   name: string;
@@ -86,6 +87,12 @@ export interface DeviceClientOptions {
   logger?: Logger;
   description: DeviceDescription;
   reconnect?: ReconnectOptions;
+  /**
+   * Give up (start() rejects with CoordinatorUnreachableError) when no connection could be made
+   * this many ms after start(). Only the first connection is bounded: a device that was connected
+   * and lost the coordinator keeps training and retrying. Default: retry forever (0 too).
+   */
+  connectTimeoutMs?: number;
   /** Bounds on the slices remembered for transfers still to come (see SliceMemory). */
   sliceMemory?: SliceMemoryLimits;
   /** ms to wait at stop, after the last message left, before disconnecting (default 100). */
@@ -127,6 +134,12 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private stopping = false;
   private stoppedFlag = false;
   private fatal: Error | undefined;
+  private everConnected = false;
+  private lastConnectFailure: ConnectAttemptFailure | undefined;
+  private connectAttempts = 0;
+  private connectTimer: NodeJS.Timeout | undefined;
+  /** the coordinator URL as used (a missing scheme added) */
+  readonly url: string;
 
   /** `pairId@sliceId` → ms deadline: target slices whose answer the paced loop waits for */
   private readonly awaiting = new Map<string, number>();
@@ -146,6 +159,9 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.opts = opts;
     this.deviceId = opts.deviceId;
     this.log = (opts.logger ?? silentLogger()).child({ device: opts.deviceId });
+    const url = normalizeCoordinatorUrl(opts.url); // throws naming the URL when it cannot work
+    if (url.notice) this.log.warn({ url: url.url }, url.notice);
+    this.url = url.url;
     const hs = handshakeSchema.safeParse({ deviceId: opts.deviceId, token: opts.token, protocolVersion: PROTOCOL_VERSION });
     if (!hs.success) throw new Error(`device handshake: ${describeZodError(hs.error)}`);
     if (!(Number.isInteger(opts.rank) && opts.rank >= 1)) throw new Error(`rank must be an integer ≥ 1, got ${opts.rank}`);
@@ -188,7 +204,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     });
     this.link = new DeviceLink(
       {
-        url: opts.url,
+        url: this.url,
         path: opts.path,
         deviceId: opts.deviceId,
         token: opts.token,
@@ -202,6 +218,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         connected: (connections) => this.onConnect(connections),
         disconnected: (reason) => this.onDisconnect(reason),
         refused: (err) => this.refused(err),
+        connectFailed: (f) => this.onConnectFailed(f),
         plan: (plan) => this.onPlan(plan),
         transfer: (t) => this.onTransfer(t),
         skip: (k) => {
@@ -259,6 +276,15 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   async start(): Promise<void> {
     if (this.started) throw new Error('DeviceClient.start() can only be called once');
     this.started = true;
+    const limit = this.opts.connectTimeoutMs ?? 0;
+    if (limit > 0) {
+      this.connectTimer = setTimeout(() => {
+        if (this.everConnected || this.stopping) return;
+        this.fatal = new CoordinatorUnreachableError(this.url, limit, this.connectAttempts, this.lastConnectFailure);
+        this.stopping = true;
+      }, limit);
+      this.connectTimer.unref();
+    }
     this.link.connect();
     let failure: unknown;
     try {
@@ -309,6 +335,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   // sessions: a connection, then the plan it brought
 
   private onConnect(connections: number): void {
+    this.everConnected = true;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
     this.endSession('new connection');
     this.log.info({ connections, step: this.loop.step }, 'connected; registering');
     this.emit('connect', { connections });
@@ -328,6 +356,12 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.wakePacer?.();
     this.log.warn({ reason, step: this.loop.step, abandonedWindows: windows, droppedTransfers: transfers }, 'disconnected');
     this.emit('disconnect', { reason, abandonedWindows: windows, droppedTransfers: transfers });
+  }
+
+  private onConnectFailed(f: ConnectAttemptFailure): void {
+    this.lastConnectFailure = f;
+    this.connectAttempts += 1;
+    this.emit('unreachable', f);
   }
 
   private refused(err: DeviceRefusedError): void {
@@ -584,6 +618,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     if (this.stoppedFlag) return;
     this.stoppedFlag = true;
     this.stopping = true;
+    // A pending connect deadline would keep the process alive after the device stopped.
+    if (this.connectTimer) clearTimeout(this.connectTimer);
     this.link.close();
     this.windowsAbandoned += this.windows.abandonAll();
     this.transfers.clear();

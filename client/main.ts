@@ -6,7 +6,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type Logger } from '../shared/log.js';
 import { initBackend } from '../shared/tf/backend.js';
 import { DATASET_NAMES, describeDataset, loadDeviceData, parseDatasetSpec, type DatasetSpec } from './data/registry.js';
-import { DeviceClient, DeviceRefusedError, type DeviceStatus } from './device.js';
+import { normalizeCoordinatorUrl } from './coordinator-url.js';
+import { CoordinatorUnreachableError, DeviceClient, DeviceRefusedError, type DeviceStatus } from './device.js';
 import { loadModelFromDisk, saveModelToDisk } from './model-io.js';
 import { buildModelFor, MODEL_KINDS, parseModelSpec, type ModelKind, type ModelSpec } from './models/registry.js';
 import { listSlots } from './slot.js';
@@ -37,7 +38,12 @@ export interface ClientCliOptions {
   slowdown: number;
   progressEvery: number;
   save?: string;
+  /** ms; give up when no first connection was made this long after start (0: retry forever) */
+  connectTimeout: number;
 }
+
+/** Exit codes of `client`: 0 done, 1 failure, 2 refused by the coordinator, 3 coordinator unreachable. */
+export const EXIT_UNREACHABLE = 3;
 
 // ---- option parsers (commander calls them with the raw string) ----
 
@@ -61,6 +67,15 @@ export function parseNumberOption(min: number, exclusiveMin = false) {
   };
 }
 
+/** "30s", "2m", "500ms", "1h" or a bare number of seconds → ms. */
+export function parseDurationOption(v: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$/.exec(v);
+  if (!m) throw new InvalidArgumentError(`expected a duration such as 30s, 2m, 500ms or 0, got "${v}"`);
+  const unit = m[2] ?? 's';
+  const factor = unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'h' ? 3_600_000 : 60_000;
+  return Math.round(Number(m[1]) * factor);
+}
+
 function parseList(v: string): string[] {
   const items = v.split(',').map((s) => s.trim()).filter(Boolean);
   if (items.length === 0) throw new InvalidArgumentError('expected a comma-separated list');
@@ -76,7 +91,7 @@ export function registerClientCommand(program: Command): Command {
   return program
     .command('client')
     .description('run one device: train a model on local data and exchange slices, transfers and feedback with a coordinator')
-    .requiredOption('--coordinator <url>', 'coordinator URL, e.g. http://127.0.0.1:7070')
+    .requiredOption('--coordinator <url>', 'coordinator URL, e.g. http://127.0.0.1:7070 (without a scheme, http:// is assumed and said so)')
     .requiredOption('--device <id>', 'this device\'s id (as in the coordinator config)')
     .option('--token <token>', 'the device\'s token (prefer --token-env: a command line is visible to other users)')
     .option('--token-env <var>', 'read the token from this environment variable')
@@ -103,6 +118,12 @@ export function registerClientCommand(program: Command): Command {
     .option('--slowdown <factor>', '≥ 1: after each step sleep (factor − 1)× its time, to mimic weak hardware', parseNumberOption(1), 1)
     .option('--progress-every <seconds>', 'seconds between progress lines on stdout (0: none)', parseNumberOption(0), 5)
     .option('--save <dir>', 'on exit, save the trained model (model.json + weights.bin) to this directory')
+    .option(
+      '--connect-timeout <duration>',
+      'exit with code 3 when no connection to the coordinator could be made this long after start (e.g. 30s, 2m; 0: retry forever). Once connected, a lost coordinator is retried forever while training goes on',
+      parseDurationOption,
+      30_000,
+    )
     .action(async (opts: ClientCliOptions) => {
       process.exitCode = await runClient(opts);
     });
@@ -199,6 +220,16 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
     return 1;
   }
 
+  let url: string;
+  try {
+    const normalized = normalizeCoordinatorUrl(o.coordinator);
+    if (normalized.notice) errOut(`[${o.device}] note: ${normalized.notice}`);
+    url = normalized.url;
+  } catch (err) {
+    errOut(`error: ${(err as Error).message}`);
+    return 1;
+  }
+
   let model: tf.LayersModel | undefined;
   let device: DeviceClient | undefined;
   const removeSignals: (() => void)[] = [];
@@ -218,7 +249,7 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
     }
     const name = choice.kind === 'zoo' ? choice.name : choice.path.slice(-200);
     device = new DeviceClient({
-      url: o.coordinator,
+      url,
       deviceId: o.device,
       token,
       model,
@@ -231,12 +262,13 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
       evalEvery: o.evalEvery,
       slowdown: o.slowdown,
       logger: log,
+      connectTimeoutMs: o.connectTimeout,
       description: { name, architecture: describeArchitecture(label, model), task: described.task, modality: described.modality },
     });
     const dev = device;
     io.out(
       `[${o.device}] ${name} on ${described.task} (${data.train.n} train / ${data.val.n} val), slots ` +
-        dev.slots().map((s) => `${s.name}[${s.shape.join('×')}]`).join(' ') + `, coordinator ${o.coordinator}`,
+        dev.slots().map((s) => `${s.name}[${s.shape.join('×')}]`).join(' ') + `, coordinator ${url}`,
     );
 
     if (io.signals !== false) {
@@ -257,7 +289,17 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
         process.off('SIGTERM', onSignal);
       });
     }
-    dev.on('plan', (p) => io.out(`[${o.device}] plan (session ${p.session}): ${p.pairs.map((x) => `${x.pairId} ${x.role} ${x.slot} r${x.rank} T${x.tCycle} k${x.k}`).join('; ') || 'no pairs'}`));
+    let lastCause: string | undefined;
+    dev.on('plan', (p) => {
+      io.out(`[${o.device}] plan (session ${p.session}): ${p.pairs.map((x) => `${x.pairId} ${x.role} ${x.slot} r${x.rank} T${x.tCycle} k${x.k}`).join('; ') || 'no pairs'}`);
+      // The coordinator says why a pair is missing or waiting (optional `notes` of the plan).
+      for (const note of p.notes ?? []) io.out(`[${o.device}]   ${note}`);
+    });
+    dev.on('unreachable', (f) => {
+      lastCause = f.cause;
+      const limit = o.connectTimeout > 0 && dev.status().connections === 0 ? `; --connect-timeout gives up ${o.connectTimeout / 1000} s after start` : '';
+      errOut(`[${o.device}] cannot reach the coordinator at ${f.url}: ${f.cause}; retrying with backoff (attempt ${f.attempt}${limit})`);
+    });
     dev.on('reject', (r) => io.out(`[${o.device}] rejected ${r.event}: ${r.code}: ${r.reason}`));
     let timer: NodeJS.Timeout | undefined;
     if (o.progressEvery > 0) timer = setInterval(() => io.out(progressLine(dev.status())), o.progressEvery * 1000);
@@ -273,8 +315,18 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
       io.out(`[${o.device}] model saved to ${files.modelJson}`);
     }
     io.out(`[${o.device}] stopped at step ${st.step}: ${st.transfersApplied} transfers applied, ${st.feedbackSent} feedback sent, ${st.connections} connection(s)`);
+    if (st.connections === 0) {
+      // Training ended before any connection: the run was alone, which is worth a loud word.
+      errOut(`error: finished ${st.step} steps without ever reaching the coordinator at ${url}${lastCause ? `: ${lastCause}` : ''}`);
+      if (o.connectTimeout > 0) return EXIT_UNREACHABLE;
+    }
     return 0;
   } catch (err) {
+    if (err instanceof CoordinatorUnreachableError) {
+      errOut(`error: ${err.message}`);
+      log.error({ url: err.url, cause: err.lastFailure?.cause, attempts: err.attempts }, 'coordinator unreachable');
+      return EXIT_UNREACHABLE;
+    }
     if (err instanceof DeviceRefusedError) {
       errOut(`error: ${err.message}`);
       log.error({ code: err.code, reason: err.reason }, 'refused by the coordinator');

@@ -70,6 +70,22 @@ const deviceSchema = z
     }
   });
 
+/** Who may read /status, /metrics and the dashboard: a secret of its own, never a device's. */
+const viewerSchema = z
+  .strictObject({
+    /** shown in logs only */
+    name: z.string().min(1).max(64).optional(),
+    token: z.string().min(1, { error: 'token is empty' }).optional(),
+    tokenEnv: z.string().min(1).optional(),
+    tokenFile: z.string().min(1).optional(),
+  })
+  .superRefine((d, ctx) => {
+    const given = [d.token, d.tokenEnv, d.tokenFile].filter((v) => v !== undefined).length;
+    if (given !== 1) {
+      ctx.addIssue({ code: 'custom', message: `give exactly one of token, tokenEnv, tokenFile (got ${given})` });
+    }
+  });
+
 const pairSchema = z.strictObject({
   id: idSchema.optional(),
   source: endpointSchema,
@@ -95,6 +111,8 @@ const rawConfigSchema = z.strictObject({
   host: z.string().min(1).default('127.0.0.1'),
   port: z.number().int().min(0).max(65535).default(0),
   devices: z.array(deviceSchema).default([]),
+  /** Tokens that may read the HTTP endpoints (/status, /metrics, the dashboard); none: they answer 401. */
+  viewers: z.array(viewerSchema).default([]),
   defaults: z
     .strictObject({
       rank: posInt.default(8),
@@ -154,6 +172,13 @@ export interface DeviceConfig {
   tokenSource: string;
 }
 
+export interface ViewerConfig {
+  name: string;
+  /** The resolved secret. */
+  token: string;
+  tokenSource: string;
+}
+
 export interface PairConfig {
   id: string;
   source: Endpoint;
@@ -182,6 +207,8 @@ export interface CoordinatorConfig {
   host: string;
   port: number;
   devices: DeviceConfig[];
+  /** Readers of the HTTP endpoints (see http-routes.ts). */
+  viewers: ViewerConfig[];
   defaults: {
     rank: number;
     tCycle: number;
@@ -253,28 +280,20 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     const at = `devices[${i}]`;
     if (seen.has(d.id)) issues.push(`${at}.id: duplicate device id "${d.id}"`);
     seen.add(d.id);
-    let token: string | undefined;
-    let tokenSource = '';
-    if (d.token !== undefined) {
-      token = d.token;
-      tokenSource = 'inline';
-    } else if (d.tokenEnv !== undefined) {
-      token = env[d.tokenEnv];
-      tokenSource = `env ${d.tokenEnv}`;
-      if (token === undefined) issues.push(`${at}.tokenEnv: environment variable ${d.tokenEnv} is not set`);
-      else if (token === '') issues.push(`${at}.tokenEnv: environment variable ${d.tokenEnv} is empty`);
-    } else if (d.tokenFile !== undefined) {
-      const path = resolve(baseDir, d.tokenFile);
-      tokenSource = `file ${path}`;
-      try {
-        // A trailing newline is an editor's, not part of the secret.
-        token = readFileSync(path, 'utf8').replace(/\r?\n$/, '');
-        if (token === '') issues.push(`${at}.tokenFile: ${path} is empty`);
-      } catch (err) {
-        issues.push(`${at}.tokenFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      }
-    }
+    const { token, tokenSource } = resolveSecret(d, at, env, baseDir, issues);
     if (token) devices.push({ id: d.id, token, tokenSource });
+  });
+
+  const viewers: ViewerConfig[] = [];
+  const deviceTokens = new Map(devices.map((d) => [d.token, d.id]));
+  raw.viewers.forEach((v, i) => {
+    const at = `viewers[${i}]`;
+    const { token, tokenSource } = resolveSecret(v, at, env, baseDir, issues);
+    if (!token) return;
+    // A device token must never open the dashboard: refuse a config that would make it so.
+    const dev = deviceTokens.get(token);
+    if (dev !== undefined) issues.push(`${at}: the viewer token is the token of device "${dev}"; give viewers a secret of their own`);
+    viewers.push({ name: v.name ?? `viewer-${i}`, token, tokenSource });
   });
 
   const pairs: PairConfig[] = [];
@@ -345,6 +364,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     host: raw.host,
     port: raw.port,
     devices,
+    viewers,
     defaults: { ...raw.defaults, adapter: raw.defaults.adapter as AdapterOverrides, gate: defaultGate! },
     pairs,
     autoPair: raw.autoPair,
@@ -356,6 +376,36 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     },
     statusEveryMs: raw.statusEveryMs,
   };
+}
+
+/** A secret given inline, by environment variable or by file; problems are pushed to `issues`. */
+function resolveSecret(
+  d: { token?: string; tokenEnv?: string; tokenFile?: string },
+  at: string,
+  env: Record<string, string | undefined>,
+  baseDir: string,
+  issues: string[],
+): { token?: string; tokenSource: string } {
+  if (d.token !== undefined) return { token: d.token, tokenSource: 'inline' };
+  if (d.tokenEnv !== undefined) {
+    const token = env[d.tokenEnv];
+    if (token === undefined) issues.push(`${at}.tokenEnv: environment variable ${d.tokenEnv} is not set`);
+    else if (token === '') issues.push(`${at}.tokenEnv: environment variable ${d.tokenEnv} is empty`);
+    return { token, tokenSource: `env ${d.tokenEnv}` };
+  }
+  if (d.tokenFile !== undefined) {
+    const path = resolve(baseDir, d.tokenFile);
+    try {
+      // A trailing newline is an editor's, not part of the secret.
+      const token = readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+      if (token === '') issues.push(`${at}.tokenFile: ${path} is empty`);
+      return { token, tokenSource: `file ${path}` };
+    } catch (err) {
+      issues.push(`${at}.tokenFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      return { tokenSource: `file ${path}` };
+    }
+  }
+  return { tokenSource: '' };
 }
 
 /** Read, parse and validate a YAML config file. Relative paths in it are resolved against its directory. */

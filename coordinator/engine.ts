@@ -3,6 +3,7 @@
 // update), drops, metrics and checkpoints. It takes messages already decoded and schema-checked,
 // checks their semantics (a refusal is a thrown ProtocolError, before any state changes), and
 // sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.
+import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { encodeMessage, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
@@ -15,7 +16,7 @@ import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint
 import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
 import { Pair, type CycleDropReason } from './pair.js';
-import { autoPairConfigs, autoPairRank, planFor } from './plan.js';
+import { autoPairConfigs, autoPairRank, planFor, planNotes } from './plan.js';
 import { Registry, type StoredSlice } from './registry.js';
 import { buildStatus, type StatusSnapshot } from './status.js';
 
@@ -33,6 +34,18 @@ export interface Sender {
   session: string;
   connectionId: string;
   now: number;
+}
+
+/** What restore() found: nothing (no checkpoint.dir, or an empty one), or the checkpoint it resumed. */
+export interface RestoreSummary {
+  resumed: boolean;
+  dir?: string;
+  generation?: number;
+  savedAt?: string;
+  /** adapter updates the checkpoint had counted, over all pairs */
+  updates?: number;
+  /** pairs in the checkpoint */
+  pairs?: number;
 }
 
 function fail(code: ErrorCode, reason: string): never {
@@ -72,17 +85,18 @@ export class CoordinatorEngine {
 
   // ---------------------------------------------------------------- checkpoints, status, disposal
 
-  /** Restore adapters and counters from checkpoint.dir, if it holds a checkpoint. */
-  async restore(): Promise<void> {
+  /** Restore adapters and counters from checkpoint.dir, if it holds a checkpoint; says what it did. */
+  async restore(): Promise<RestoreSummary> {
     if (!this.checkpointer) {
       this.restored = true;
-      return;
+      return { resumed: false };
     }
+    const dir = this.checkpointer.dir;
     const loaded = await this.checkpointer.load();
     if (!loaded) {
-      this.log.info({ dir: this.checkpointer.dir }, 'no checkpoint to restore; starting fresh');
+      this.log.info({ dir }, 'no checkpoint to restore; starting fresh');
       this.restored = true;
-      return;
+      return { resumed: false, dir };
     }
     for (const saved of loaded.pairs) {
       const pair = this.pairs.get(saved.id);
@@ -105,6 +119,7 @@ export class CoordinatorEngine {
       { dir: this.checkpointer.dir, generation: loaded.generation, savedAt: loaded.savedAt, pairs: loaded.pairs.map((p) => ({ id: p.id, step: p.adapterStep })) },
       'restored checkpoint',
     );
+    return { resumed: true, dir, generation: loaded.generation, savedAt: loaded.savedAt, updates: loaded.totals.updates, pairs: loaded.pairs.length };
   }
 
   private restorePair(pair: Pair, saved: CheckpointPair): void {
@@ -332,12 +347,14 @@ export class CoordinatorEngine {
     const d = this.registry.get(deviceId);
     if (!d || !d.connected || !d.registration || !d.session || !d.socketId) return;
     const pairs = planFor(deviceId, this.pairs.values(), this.registry);
-    const key = JSON.stringify(pairs);
+    const notes = planNotes(deviceId, this.pairs.values(), this.registry, this.config.autoPair);
+    const key = JSON.stringify([pairs, notes]);
     if (!force && key === d.lastPlanKey) return;
     const plan: PlanMsg = { deviceId, session: d.session, protocolVersion: PROTOCOL_VERSION, maxMessageBytes: this.config.limits.maxMessageBytes, pairs };
+    if (notes.length) plan.notes = notes;
     if (!this.outbox.send(d.socketId, EVENTS.plan, encodeMessage(plan))) return;
     d.lastPlanKey = key;
-    this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`) }, 'plan sent');
+    this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`), notes }, 'plan sent');
   }
 
   // ---------------------------------------------------------------- slices and cycles
@@ -415,6 +432,7 @@ export class CoordinatorEngine {
     try {
       pair.ensureAdapter();
       const r = pair.rank;
+      const t0 = performance.now();
       const started = pair.startCycle(truncateLowRank(slice, r), truncateLowRank(src, r), {
         session: from.session,
         sliceId: slice.sliceId,
@@ -423,6 +441,7 @@ export class CoordinatorEngine {
         timeoutMs: this.config.timing.cycleTimeoutMs,
       });
       cycleId = started.cycleId;
+      const adapterMs = performance.now() - t0;
       let payload: Buffer;
       try {
         const msg: TransferMsg = {
@@ -441,7 +460,7 @@ export class CoordinatorEngine {
       }
       // The transfer answers the slice, on the connection it came from.
       this.outbox.send(from.connectionId, EVENTS.transfer, payload);
-      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep, gate: started.gate });
+      this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep, gate: started.gate, adapterMs });
     } catch (err) {
       this.log.error({ err, pairId: pair.id, cycleId }, 'could not start a cycle');
       if (pair.inFlight && pair.inFlight.cycleId === cycleId) this.dropCycle(pair, 'internal');
@@ -513,6 +532,7 @@ export class CoordinatorEngine {
     const tA = tf.tensor2d(gA.values, c.outShapes.A, 'float32');
     const tB = tf.tensor2d(gB.values, c.outShapes.B, 'float32');
     let res;
+    const t0 = performance.now();
     try {
       // If the update throws, the cycle ends and the edge answers `internal` (counted once there).
       res = pair.applyFeedback(tA, tB, msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc, sourceGrad: msg.sourceGrad });
@@ -520,6 +540,7 @@ export class CoordinatorEngine {
       tA.dispose();
       tB.dispose();
     }
+    const adapterMs = performance.now() - t0;
     if (msg.branchRatio !== undefined) pair.lastBranchRatio = msg.branchRatio;
     this.registry.setMetrics(from.deviceId, msg.metrics, from.now);
     this.totalUpdates++;
@@ -530,7 +551,7 @@ export class CoordinatorEngine {
     const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: step, updates: pair.counters.updates };
     this.outbox.send(from.connectionId, EVENTS.feedbackAck, encodeMessage(ack));
     this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
-    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta });
+    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
     if (res.gate.decided) this.gateDecided(pair);
     const every = this.config.checkpoint.everyUpdates;
     if (this.checkpointer && this.totalUpdates % every === 0) {

@@ -12,6 +12,8 @@ export interface UpdateEvent {
   /** the adapter's gradient norm (0 where no adapter ran) */
   gradNorm: number;
   clipped: boolean;
+  /** wall time of the pair's update (gate step, and the adapter's VJP and AdamW step where it runs), ms */
+  adapterMs: number;
   /** the trust gate after this update */
   gate: number;
   /** ∂loss/∂θ of this update */
@@ -46,6 +48,8 @@ export interface CycleEvent {
   adapterStep: number;
   /** the gate value the transfer carried */
   gate: number;
+  /** wall time of the start and adapter forward pass that produced the transfer, ms */
+  adapterMs: number;
 }
 
 export interface CoordinatorEvents {

@@ -23,6 +23,42 @@ export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Regis
   return out;
 }
 
+/**
+ * Why a device's plan lacks pairs it might expect, in plain words (the plan's `notes`): each pair
+ * that names the device but is not in its plan, or waits for its peer; or, with no such pair,
+ * that none names it. The device prints them; nothing parses them.
+ */
+export function planNotes(deviceId: string, pairs: Iterable<Pair>, registry: Registry, autoPair: CoordinatorConfig['autoPair']): string[] {
+  const notes: string[] = [];
+  const offered = [...(registry.get(deviceId)?.registration?.slots.keys() ?? [])];
+  let named = 0;
+  for (const p of pairs) {
+    for (const role of ['source', 'target'] as const) {
+      const me = p[role];
+      if (me.device !== deviceId) continue;
+      named++;
+      const peer = role === 'source' ? p.target : p.source;
+      if (!registry.slotShape(deviceId, me.slot)) {
+        notes.push(`pair ${p.id}: names slot "${me.slot}" of this device as its ${role}, but this device offered ${offered.length ? offered.map((x) => `"${x}"`).join(', ') : 'no slots'}`);
+      } else if (!p.active) {
+        notes.push(`pair ${p.id}: inactive: ${p.inactiveReason ?? 'unknown reason'}`);
+      } else if (!registry.get(peer.device)?.registration) {
+        notes.push(`pair ${p.id}: waiting for peer device "${peer.device}" to register (no cycles until it does)`);
+      } else if (!registry.slotShape(peer.device, peer.slot)) {
+        notes.push(`pair ${p.id}: peer device "${peer.device}" did not offer slot "${peer.slot}" (no cycles until it does)`);
+      }
+    }
+  }
+  if (named === 0) {
+    notes.push(
+      autoPair.enabled
+        ? `no pair names device "${deviceId}" yet: autoPair pairs it once another device registers${autoPair.slot === 'first' ? '' : ` (with a slot named "${autoPair.slot}", which this device ${offered.includes(autoPair.slot) ? 'offers' : 'does not offer'})`}`
+        : `no pair in the coordinator config names device "${deviceId}" (add one under pairs:, or enable autoPair)`,
+    );
+  }
+  return notes;
+}
+
 /** The rank autoPair gives its pairs: the default rank, capped by the coordinator's limit. */
 export function autoPairRank(config: CoordinatorConfig): number {
   return Math.min(config.defaults.rank, config.limits.maxRank);

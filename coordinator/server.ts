@@ -1,7 +1,8 @@
 // The coordinator at the socket edge: socket.io wiring, the handshake (checked by auth.ts), and one
 // frame per inbound event: session check, decode, schema, then the transport-free engine
 // (engine.ts), which holds the devices, pairs and cycles. Every refused message gets a `reject` to
-// its sender only, and is counted; nothing a device sends can throw into socket.io.
+// its sender only, and is counted; nothing a device sends can throw into socket.io. The same
+// http server answers plain HTTP (http-routes.ts): health, status, Prometheus metrics, dashboard.
 import { EventEmitter } from 'node:events';
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -15,12 +16,17 @@ import { describeZodError, feedbackSchema, metricsSchema, registerSchema, sliceS
 import { initBackend } from '../shared/tf/backend.js';
 import { checkHandshake } from './auth.js';
 import type { CoordinatorConfig } from './config.js';
-import { CoordinatorEngine, type Sender } from './engine.js';
+import { DashboardFeed } from './dashboard-feed.js';
+import { CoordinatorEngine, type RestoreSummary, type Sender } from './engine.js';
 import type { CoordinatorEvents } from './events.js';
 import { LogLimiter } from './log-limiter.js';
-import { statusLogFields, type StatusSnapshot } from './status.js';
+import { httpRoutes } from './http-routes.js';
+import { CoordinatorMetrics } from './metrics.js';
+import { statusLogFields, type StatusSnapshot, type WireTotals } from './status.js';
+import { ViewerAuth } from './viewer-auth.js';
 
 export type { CoordinatorEvents, CycleEvent, DropEvent, UpdateEvent } from './events.js';
+export type { RestoreSummary } from './engine.js';
 
 /**
  * socket.io's own limit, as a multiple of ours. The transport closes the connection, silently for
@@ -41,6 +47,8 @@ export interface ServeOptions {
    * time past a deadline without waiting for it.
    */
   clock?: () => number;
+  /** How often the dashboard samples the status and pushes it to open pages, ms (default 1000). */
+  dashboardEveryMs?: number;
 }
 
 export interface RunningCoordinator {
@@ -48,6 +56,8 @@ export interface RunningCoordinator {
   readonly url: string;
   readonly port: number;
   readonly config: CoordinatorConfig;
+  /** What start-up found in checkpoint.dir: nothing, or the checkpoint it resumed from. */
+  readonly restored: RestoreSummary;
   status(): StatusSnapshot;
   /** Write a checkpoint now (a no-op without checkpoint.dir). */
   checkpoint(): Promise<void>;
@@ -84,6 +94,10 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   url = '';
   port = 0;
   readonly engine: CoordinatorEngine;
+  restored: RestoreSummary = { resumed: false };
+  private readonly metrics = new CoordinatorMetrics();
+  private readonly feed: DashboardFeed;
+  private readonly wire: WireTotals = { in: {}, out: {} };
   private http?: HttpServer;
   private io?: Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData>;
   private timers: NodeJS.Timeout[] = [];
@@ -95,9 +109,14 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     readonly config: CoordinatorConfig,
     private readonly log: Logger,
     private readonly clock: () => number = Date.now,
+    dashboardEveryMs = 1000,
   ) {
     super();
     this.logBudget = new LogLimiter({ now: clock });
+    this.feed = new DashboardFeed(() => this.status(), dashboardEveryMs);
+    this.on('cycle', (e) => this.metrics.observeAdapter('forward', e.adapterMs));
+    this.on('update', (e) => this.metrics.observeAdapter('update', e.adapterMs));
+    this.on('drop', (d) => this.feed.recordDrop(d));
     const socketOf = (id: string) => this.io?.sockets.sockets.get(id);
     this.engine = new CoordinatorEngine(
       config,
@@ -105,8 +124,10 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
       {
         send: (id, event, payload) => {
           const socket = socketOf(id);
-          socket?.emit(event, payload);
-          return socket !== undefined;
+          if (!socket) return false;
+          socket.emit(event, payload);
+          this.countWire('out', event, payload);
+          return true;
         },
         disconnect: (id) => socketOf(id)?.disconnect(true),
       },
@@ -119,7 +140,16 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
 
   async listen(): Promise<void> {
     const { host, port, limits } = this.config;
-    this.http = createServer();
+    this.http = createServer(
+      httpRoutes({
+        auth: new ViewerAuth(this.config.viewers),
+        metrics: this.metrics,
+        feed: this.feed,
+        status: () => this.status(),
+        outboundQueue: () => this.outboundQueue(),
+        log: this.log,
+      }),
+    );
     this.io = new Server(this.http, {
       maxHttpBufferSize: TRANSPORT_LIMIT_FACTOR * limits.maxMessageBytes,
       serveClient: false,
@@ -140,6 +170,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     // Sweep expired cycles so a dead target's remembered input is freed and counted promptly.
     const sweepMs = Math.min(5000, Math.max(50, Math.floor(this.config.timing.cycleTimeoutMs / 4)));
     this.timers.push(setInterval(() => this.engine.sweep(), sweepMs).unref());
+    this.feed.start();
     if (this.config.statusEveryMs > 0) {
       this.timers.push(setInterval(() => this.log.info(statusLogFields(this.status()), 'status'), this.config.statusEveryMs).unref());
     }
@@ -150,7 +181,24 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   }
 
   status(): StatusSnapshot {
-    return this.engine.status(this.url);
+    const copy = (r: WireTotals['in']) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, { ...v }]));
+    return { ...this.engine.status(this.url), wire: { in: copy(this.wire.in), out: copy(this.wire.out) } };
+  }
+
+  /** Messages queued in the sockets' write buffers (engine.io), waiting to leave. */
+  private outboundQueue(): number {
+    let n = 0;
+    for (const socket of this.io?.sockets.sockets.values() ?? []) {
+      n += (socket.conn as unknown as { writeBuffer?: unknown[] }).writeBuffer?.length ?? 0;
+    }
+    return n;
+  }
+
+  private countWire(dir: 'in' | 'out', event: string, payload: unknown): void {
+    const bytes = payload instanceof Uint8Array ? payload.byteLength : payload instanceof ArrayBuffer ? payload.byteLength : 0;
+    const c = (this.wire[dir][event] ??= { messages: 0, bytes: 0 });
+    c.messages += 1;
+    c.bytes += bytes;
   }
 
   exportAdapterState(pairId: string): Uint8Array | undefined {
@@ -169,6 +217,9 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   private async doClose(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    // Open event streams would keep the http server from closing.
+    this.feed.close();
+    this.metrics.close();
     let checkpointError: unknown;
     try {
       await this.checkpoint();
@@ -278,6 +329,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     if (this.closing) return;
     const { deviceId, session } = socket.data;
     const ctx: Ctx = { socket, deviceId, session, connectionId: socket.id, event, ref: {}, now: this.clock() };
+    this.countWire('in', event, payload);
     try {
       this.engine.admit(ctx);
       // An unknown event is refused by name, whatever its payload.
@@ -305,7 +357,9 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     const budget = log ? this.logBudget.admit(`device:${ctx.deviceId}`) : { log: false as const };
     if (budget.log) this.log.warn({ deviceId: ctx.deviceId, event: ctx.event, code, reason, ref, suppressed: budget.suppressed || undefined }, 'message rejected');
     try {
-      ctx.socket.emit(EVENTS.reject, encodeMessage(msg));
+      const buf = encodeMessage(msg);
+      ctx.socket.emit(EVENTS.reject, buf);
+      this.countWire('out', EVENTS.reject, buf);
     } catch (err) {
       this.log.error({ err }, 'could not send reject');
     }
@@ -320,9 +374,9 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
 export async function serve(config: CoordinatorConfig, opts: ServeOptions = {}): Promise<RunningCoordinator> {
   const log = opts.logger ?? createLogger('coordinator');
   await initBackend(opts.backend, (line) => log.info(line));
-  const c = new Coordinator(config, log, opts.clock);
+  const c = new Coordinator(config, log, opts.clock, opts.dashboardEveryMs);
   try {
-    await c.engine.restore();
+    c.restored = await c.engine.restore();
     await c.listen();
   } catch (err) {
     await c.close().catch(() => undefined);

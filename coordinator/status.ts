@@ -53,6 +53,12 @@ export interface PairStatus
   branchRatio?: number;
 }
 
+/** Payload bytes through the socket edge, by event, since the coordinator started. */
+export interface WireTotals {
+  in: Record<string, { messages: number; bytes: number }>;
+  out: Record<string, { messages: number; bytes: number }>;
+}
+
 export interface StatusSnapshot {
   at: string;
   url: string;
@@ -69,9 +75,13 @@ export interface StatusSnapshot {
     inFlight: number;
     /** every drop: refused messages (including refused handshakes) and abandoned cycles */
     drops: number;
+    /** work waiting in the coordinator's queue, where it has one (absent: none) */
+    queueDepth?: number;
   };
   /** the same drops, by reason (an error code of shared/protocol/errors.ts) */
   drops: Record<string, number>;
+  /** bytes in and out by event (filled by the socket edge, server.ts) */
+  wire?: WireTotals;
 }
 
 function iso(ms: number | undefined): string | undefined {

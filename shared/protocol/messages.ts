@@ -77,6 +77,11 @@ export const planSchema = z.object({
   protocolVersion: z.number().int(),
   maxMessageBytes: posInt,
   pairs: z.array(planPairSchema),
+  /**
+   * Optional, for people: why a pair this device is named in is not in `pairs`, or waits (a slot
+   * it did not offer, a peer not registered yet), or why it has no pair at all. Never parsed.
+   */
+  notes: z.array(z.string().max(1000)).max(64).optional(),
 });
 export type PlanMsg = z.infer<typeof planSchema>;
 
