@@ -25,6 +25,7 @@ export const deviceStatusSchema = z.strictObject({
       step: count,
       loss: z.number(),
       valAcc: z.number().min(0).max(1).optional(),
+      trainAcc: z.number().min(0).max(1).optional(),
       stepsPerSec: z.number().nonnegative().optional(),
       at: isoTime,
     })

@@ -120,8 +120,13 @@ describe('coordinator HTTP endpoints', () => {
       expect(acc).toBeLessThanOrEqual(1);
       expect(sampleValue(after, 'mergenet_device_loss', { device })).toBeGreaterThan(0);
     }
-    // No gate in this coordinator: the gate gauges are declared but carry no sample.
-    expect(after.get('mergenet_pair_gate_value')!.samples).toEqual([]);
+    // Every pair has a trust gate: its gauge matches the status, one sample per pair.
+    const gates = after.get('mergenet_pair_gate_value')!.samples;
+    expect(gates.map((g) => g.labels.pair).sort()).toEqual(['a-to-b', 'b-to-a']);
+    for (const g of gates) {
+      expect(g.value).toBeGreaterThan(0);
+      expect(g.value).toBeLessThan(1);
+    }
 
     const res = await get('/status', VIEWER_TOKEN);
     expect(res.status).toBe(200);
