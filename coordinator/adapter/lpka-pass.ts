@@ -5,6 +5,7 @@ import {
   attentionBackward, attentionForward, geluBackward, geluForward, layerNormBackward, layerNormForward,
   linearBackward, linearForward, transpose32, transpose64,
 } from './lpka-kernels.js';
+import { attentionBackwardSimd, attentionForwardSimd } from './attention-simd.js';
 import type { Workspace } from './workspace.js';
 
 type F32 = Float32Array;
@@ -17,9 +18,10 @@ export const LN_EPS = 1e-5;
 
 /**
  * Keep the attention probabilities for the backward pass when they total at most this many floats
- * (32 MB); above it they are recomputed, which costs one more score product and exp per element.
+ * (64 MB, enough for 784×128 slots at any rank); above it they are recomputed, which costs one more
+ * score product and exp per element.
  */
-const KEEP_PROBS_LIMIT = 8 << 20;
+const KEEP_PROBS_LIMIT = 16 << 20;
 
 export interface LnViews<T> { gain: T; bias: T }
 export interface AttnViews<T> { Wq: T; bq: T; Wk: T; bk: T; Wv: T; bv: T; Wo: T; bo: T }
@@ -63,6 +65,22 @@ export function layerViews<T>(layers: number, get: (name: string) => T): LayerVi
   return out;
 }
 
+/** out[c, ns4] = srcᵀ for src [ns, c]; the pad columns ns … ns4−1 must already be zero. */
+function transposePadded(src: F32, ns: number, c: number, out: F32, ns4: number): void {
+  for (let j = 0; j < ns; j++) {
+    const o = j * c;
+    for (let t = 0; t < c; t++) out[t * ns4 + j] = src[o + t];
+  }
+}
+
+/** out[ns, c] (float64) = the first ns columns of src [c, ns4], transposed. */
+function untransposePadded(src: F32, c: number, ns: number, ns4: number, out: F64): void {
+  for (let t = 0; t < c; t++) {
+    const o = t * ns4;
+    for (let j = 0; j < ns; j++) out[j * c + t] = src[o + j];
+  }
+}
+
 /** The adapter's shape, as the kernels need it. */
 export interface PassShape {
   rank: number;
@@ -79,7 +97,8 @@ export interface Factors {
   n: number;
 }
 
-interface AttnTape { Q: F32; Kt: F32; Vt: F32; O: F32; lse: F32; P: F32 | null }
+/** K and V are kept row-major only on the SIMD path; ns4 is the padded key count there (else ns). */
+interface AttnTape { Q: F32; K: F32 | null; V: F32 | null; Kt: F32; Vt: F32; O: F32; lse: F32; P: F32 | null; ns4: number }
 interface QueryTape {
   xIn: F32; xq: F32; xqHat: F32; xqRstd: F32;
   attn: Record<TokenSet, AttnTape>;
@@ -111,6 +130,8 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   const row = ws.f64(maxS);
   const nq = target.m + target.n;
   const keep = keepProbs && W.length * 2 * heads * nq * (source.m + source.n) <= KEEP_PROBS_LIMIT;
+  // The SIMD path needs head widths in whole 4-lane vectors.
+  const simd = ws.simd !== null && (d / heads) % 4 === 0 ? ws.simd : null;
 
   let x: Record<TokenSet, F32> = { rows: target.A, cols: ws.f32(target.n * r) };
   transpose32(target.B, r, target.n, x.cols);
@@ -142,20 +163,36 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
         const Q = ws.f32(N * d);
         linearForward(xq, N, r, P.Wq, P.bq, d, Q, acc);
         for (let i = 0; i < Q.length; i++) Q[i] *= scale;
-        const K = ws.f32(ns * d);
-        const Kt = ws.f32(d * ns);
-        linearForward(tape.y[ks], ns, r, P.Wk, P.bk, d, K, acc);
-        transpose32(K, ns, d, Kt);
-        const Vt = ws.f32(d * ns);
-        linearForward(tape.y[ks], ns, r, P.Wv, P.bv, d, K, acc); // K's buffer reused for V
-        transpose32(K, ns, d, Vt);
         const O = ws.f32(N * d);
         const lse = ws.f32(N * heads);
-        const probs = keep ? ws.f32(N * heads * ns) : null;
-        attentionForward(Q, Kt, Vt, N, ns, d, heads, O, lse, probs, row);
+        if (simd !== null) {
+          const ns4 = (ns + 3) & ~3;
+          const K = ws.f32(ns * d);
+          const V = ws.f32(ns * d);
+          const Kt = ws.f32(d * ns4, true);
+          const Vt = ws.f32(d * ns4, true);
+          linearForward(tape.y[ks], ns, r, P.Wk, P.bk, d, K, acc);
+          linearForward(tape.y[ks], ns, r, P.Wv, P.bv, d, V, acc);
+          transposePadded(K, ns, d, Kt, ns4);
+          transposePadded(V, ns, d, Vt, ns4);
+          const probs = keep ? ws.f32(heads * N * ns4) : null;
+          const scratch = keep ? ws.f32(0) : ws.f32(N * ns4);
+          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch);
+          attn[ks] = { Q, K, V, Kt, Vt, O, lse, P: probs, ns4 };
+        } else {
+          const K = ws.f32(ns * d);
+          const Kt = ws.f32(d * ns);
+          linearForward(tape.y[ks], ns, r, P.Wk, P.bk, d, K, acc);
+          transpose32(K, ns, d, Kt);
+          const Vt = ws.f32(d * ns);
+          linearForward(tape.y[ks], ns, r, P.Wv, P.bv, d, K, acc); // K's buffer reused for V
+          transpose32(K, ns, d, Vt);
+          const probs = keep ? ws.f32(N * heads * ns) : null;
+          attentionForward(Q, Kt, Vt, N, ns, d, heads, O, lse, probs, row);
+          attn[ks] = { Q, K: null, V: null, Kt, Vt, O, lse, P: probs, ns4: ns };
+        }
         branch[ks] = ws.f32(N * r);
         linearForward(O, N, d, P.Wo, P.bo, r, branch[ks], acc);
-        attn[ks] = { Q, Kt, Vt, O, lse, P: probs };
       }
       const m = ws.f32(N * r);
       const xin = x[qs];
@@ -232,16 +269,36 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
         const dO = ws.f64(N * d, true);
         linearBackward(A.O, N, d, P.Wo, r, dA, dO, GP.Wo, GP.bo);
         const dQ = ws.f64(N * d);
-        const dKt = ws.f64(d * ns, true);
-        const dVt = ws.f64(d * ns, true);
-        attentionBackward(A.Q, A.Kt, A.Vt, A.O, A.lse, A.P, dO, N, ns, d, heads, dQ, dKt, dVt, prow, drow);
+        const dK = ws.f64(ns * d);
+        const dV = ws.f64(ns * d);
+        if (A.K !== null && ws.simd !== null) {
+          const ns4 = A.ns4;
+          const dO32 = ws.f32(N * d);
+          for (let i = 0; i < dO32.length; i++) dO32[i] = dO[i];
+          const dOt = ws.f32(d * N);
+          transpose32(dO32, N, d, dOt);
+          const Qt = ws.f32(d * N);
+          transpose32(A.Q, N, d, Qt);
+          const dQ32 = ws.f32(N * d);
+          const dKt = ws.f32(d * ns4);
+          const dVt = ws.f32(d * ns4);
+          const S = ws.f32(A.P === null ? N * ns4 : 0);
+          const dS = ws.f32(N * ns4);
+          attentionBackwardSimd(ws.simd, A.Q, Qt, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, dOt, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS);
+          for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
+          untransposePadded(dKt, d, ns, ns4, dK);
+          untransposePadded(dVt, d, ns, ns4, dV);
+        } else {
+          const dKt = ws.f64(d * ns, true);
+          const dVt = ws.f64(d * ns, true);
+          attentionBackward(A.Q, A.Kt, A.Vt, A.O, A.lse, A.P, dO, N, ns, d, heads, dQ, dKt, dVt, prow, drow);
+          transpose64(dKt, d, ns, dK);
+          transpose64(dVt, d, ns, dV);
+        }
         for (let i = 0; i < dQ.length; i++) dQ[i] *= scale;
         linearBackward(T.xq, N, r, P.Wq, d, dQ, dxq, GP.Wq, GP.bq);
-        const dK = ws.f64(ns * d);
-        transpose64(dKt, d, ns, dK);
         linearBackward(tape.y[ks], ns, r, P.Wk, d, dK, dy[ks], GP.Wk, GP.bk);
-        transpose64(dVt, d, ns, dK); // dK's buffer reused for dV
-        linearBackward(tape.y[ks], ns, r, P.Wv, d, dK, dy[ks], GP.Wv, GP.bv);
+        linearBackward(tape.y[ks], ns, r, P.Wv, d, dV, dy[ks], GP.Wv, GP.bv);
       }
       const dIn = ws.f64(N * r);
       dIn.set(dMid);

@@ -193,13 +193,14 @@ export class LpkaAdapter {
     const r = this.config.rank;
     checkArrays('target', target, r);
     checkArrays('source', source, r);
-    ws.reset();
-    const fw = forwardPass(this.config, this.views, target, source, ws, false);
-    const A = Float32Array.from(fw.rows);
-    const B = new Float32Array(r * target.n);
-    // B′ = (final column tokens)ᵀ
-    for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) B[k * target.n + j] = fw.cols[j * r + k];
-    return { A, B, m: target.m, n: target.n };
+    return ws.run(() => {
+      const fw = forwardPass(this.config, this.views, target, source, ws, false);
+      const A = Float32Array.from(fw.rows);
+      const B = new Float32Array(r * target.n);
+      // B′ = (final column tokens)ᵀ
+      for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) B[k * target.n + j] = fw.cols[j * r + k];
+      return { A, B, m: target.m, n: target.n };
+    });
   }
 
   /**
@@ -212,14 +213,15 @@ export class LpkaAdapter {
     checkArrays('target', target, r);
     checkArrays('source', source, r);
     if (gA.length !== target.m * r || gB.length !== r * target.n) throw new Error('LPKA: upstream gradients do not match the target factors');
-    ws.reset();
-    const fw = forwardPass(this.config, this.views, target, source, ws, true);
-    const dRows = ws.f64(target.m * r);
-    for (let i = 0; i < dRows.length; i++) dRows[i] = gA[i];
-    const dCols = ws.f64(target.n * r);
-    for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) dCols[j * r + k] = gB[k * target.n + j];
-    this.grads.fill(0);
-    backwardPass(this.config, this.views, this.gradViews, fw, dRows, dCols, ws);
+    ws.run(() => {
+      const fw = forwardPass(this.config, this.views, target, source, ws, true);
+      const dRows = ws.f64(target.m * r);
+      for (let i = 0; i < dRows.length; i++) dRows[i] = gA[i];
+      const dCols = ws.f64(target.n * r);
+      for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) dCols[j * r + k] = gB[k * target.n + j];
+      this.grads.fill(0);
+      backwardPass(this.config, this.views, this.gradViews, fw, dRows, dCols, ws);
+    });
     return this.gradByName;
   }
 
