@@ -1,14 +1,14 @@
 // The Float32Array LPKA kernels against the tfjs implementation they replaced
-// (coordinator/adapter/reference/lpka-tfjs.ts): forward outputs and every parameter gradient agree
+// (coordinator/adapter/lpka-tfjs.ts): forward outputs and every parameter gradient agree
 // within 1e-5 relative, over several shapes, head counts and token counts; and the backward pass
 // gives the same gradients whether it kept the attention probabilities or recomputed them.
 import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { defaultAdapterConfig, type AdapterConfig } from '../coordinator/adapter/config.js';
-import { LpkaAdapter } from '../coordinator/adapter/lpka.js';
+import { LpkaAdapter, lpkaEngineFor, setLpkaEngine } from '../coordinator/adapter/lpka.js';
 import { backwardPass, forwardPass, layerViews } from '../coordinator/adapter/lpka-pass.js';
-import { TfjsReferenceLpka } from '../coordinator/adapter/reference/lpka-tfjs.js';
+import { TfjsReferenceLpka } from '../coordinator/adapter/lpka-tfjs.js';
 import { Workspace } from '../coordinator/adapter/workspace.js';
 import { adapterVjp } from '../coordinator/adapter/update.js';
 import { initBackend } from '../shared/tf/backend.js';
@@ -87,6 +87,37 @@ describe('LPKA kernels match the tfjs reference', () => {
       adapter.dispose();
     });
   }
+
+  it('runs either engine through the same API, with the same results', () => {
+    const rng = seedrandom('engines');
+    const cfg = defaultAdapterConfig(8, { seed: 6, initScale: 1 });
+    const adapter = perturbedAdapter(cfg, rng);
+    const target = randnFactors(rng, 40, 8, 12);
+    const source = randnFactors(rng, 30, 8, 20);
+    const gA = randn(rng, [40, 8]);
+    const gB = randn(rng, [8, 12]);
+    const run = (engine: 'kernels' | 'tfjs') => {
+      setLpkaEngine(engine);
+      expect(lpkaEngineFor(52, 50)).toBe(engine);
+      const out = adapter.forward(target, source);
+      const vjp = adapterVjp(adapter, { target, source }, { gA, gB });
+      const res = { A: out.A.dataSync().slice(), grads: new Map([...vjp].map(([n, g]) => [n, g.dataSync().slice()])) };
+      tf.dispose([out.A, out.B, ...vjp.values()]);
+      return res;
+    };
+    try {
+      const k = run('kernels');
+      const t = run('tfjs');
+      expect(relErr(k.A, t.A)).toBeLessThan(1e-5);
+      for (const [name, g] of k.grads) if (!name.endsWith('/bk')) expect(relErr(g, t.grads.get(name)!), name).toBeLessThan(1e-5);
+    } finally {
+      setLpkaEngine('auto');
+    }
+    expect(lpkaEngineFor(74, 138)).toBe('kernels'); // small slots
+    expect(lpkaEngineFor(912, 928)).toBe('tfjs'); // 784×128 / 800×128
+    tf.dispose([target.A, target.B, source.A, source.B, gA, gB]);
+    adapter.dispose();
+  });
 
   it('gives the same gradients whether the backward pass keeps or recomputes the probabilities', () => {
     const rng = seedrandom('keep');

@@ -20,6 +20,7 @@ import seedrandom from 'seedrandom';
 import type { LowRank } from '../../shared/math/low-rank.js';
 import { type AdapterConfig, parseAdapterConfig } from './config.js';
 import { backwardPass, type Factors, forwardPass, type LayerViews, layerViews, SETS, type TokenSet } from './lpka-pass.js';
+import { TfjsReferenceLpka } from './lpka-tfjs.js';
 import { sharedWorkspace, type Workspace } from './workspace.js';
 
 export type { Factors, TokenSet };
@@ -104,6 +105,34 @@ function checkArrays(what: string, f: Factors, r: number): void {
   }
 }
 
+/**
+ * Which implementation runs a forward or VJP: the Float32Array/wasm-SIMD kernels, or tfjs ops
+ * (lpka-tfjs.ts). 'auto' (the default; env MERGENET_ADAPTER_ENGINE overrides) takes the kernels
+ * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE: per-op dispatch dominates small pairs,
+ * while on large ones tfjs-wasm's XNNPACK products are faster than the kernels' (measured by
+ * `npm run bench`, same process, interleaved). Both compute the same function (tested within 1e-5).
+ */
+export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
+const TFJS_ABOVE = 250_000;
+let engineSetting: LpkaEngine = parseEngine(process.env.MERGENET_ADAPTER_ENGINE);
+
+function parseEngine(v: string | undefined): LpkaEngine {
+  if (v === undefined || v === '') return 'auto';
+  if (v === 'auto' || v === 'kernels' || v === 'tfjs') return v;
+  throw new Error(`MERGENET_ADAPTER_ENGINE must be auto, kernels or tfjs, got ${JSON.stringify(v)}`);
+}
+
+/** Set the engine for every adapter of this thread (tests and benchmarks). */
+export function setLpkaEngine(engine: LpkaEngine): void {
+  engineSetting = parseEngine(engine);
+}
+
+/** The engine a call with these token counts runs on. */
+export function lpkaEngineFor(queryTokens: number, sourceTokens: number): 'kernels' | 'tfjs' {
+  if (engineSetting !== 'auto') return engineSetting;
+  return queryTokens * sourceTokens > TFJS_ABOVE ? 'tfjs' : 'kernels';
+}
+
 /** Float32 copy of a tensor's values (dataSync may return the backend's own array). */
 function valuesOf(t: tf.Tensor): Float32Array {
   return Float32Array.from(t.dataSync() as Float32Array);
@@ -180,6 +209,14 @@ export class LpkaAdapter {
     const r = this.config.rank;
     const t = checkFactors('target', target, r);
     const s = checkFactors('source', source, r);
+    if (lpkaEngineFor(t.m + t.n, s.m + s.n) === 'tfjs') {
+      const tfjs = this.tfjsEngine();
+      try {
+        return tfjs.forward(target, source);
+      } finally {
+        tfjs.dispose();
+      }
+    }
     const out = this.forwardFactors(
       { A: valuesOf(target.A), B: valuesOf(target.B), m: t.m, n: t.n },
       { A: valuesOf(source.A), B: valuesOf(source.B), m: s.m, n: s.n },
@@ -193,6 +230,15 @@ export class LpkaAdapter {
     const r = this.config.rank;
     checkArrays('target', target, r);
     checkArrays('source', source, r);
+    if (lpkaEngineFor(target.m + target.n, source.m + source.n) === 'tfjs') {
+      const out = this.forward(
+        { A: tf.tensor2d(target.A, [target.m, r]), B: tf.tensor2d(target.B, [r, target.n]) },
+        { A: tf.tensor2d(source.A, [source.m, r]), B: tf.tensor2d(source.B, [r, source.n]) },
+      );
+      const res = { A: valuesOf(out.A), B: valuesOf(out.B), m: target.m, n: target.n };
+      tf.dispose([out.A, out.B]);
+      return res;
+    }
     return ws.run(() => {
       const fw = forwardPass(this.config, this.views, target, source, ws, false);
       const A = Float32Array.from(fw.rows);
@@ -213,6 +259,22 @@ export class LpkaAdapter {
     checkArrays('target', target, r);
     checkArrays('source', source, r);
     if (gA.length !== target.m * r || gB.length !== r * target.n) throw new Error('LPKA: upstream gradients do not match the target factors');
+    if (lpkaEngineFor(target.m + target.n, source.m + source.n) === 'tfjs') {
+      const tfjs = this.tfjsEngine();
+      const ins = [
+        tf.tensor2d(target.A, [target.m, r]), tf.tensor2d(target.B, [r, target.n]),
+        tf.tensor2d(source.A, [source.m, r]), tf.tensor2d(source.B, [r, source.n]),
+        tf.tensor2d(gA, [target.m, r]), tf.tensor2d(gB, [r, target.n]),
+      ] as tf.Tensor2D[];
+      try {
+        const grads = tfjs.vjp({ A: ins[0], B: ins[1] }, { A: ins[2], B: ins[3] }, ins[4], ins[5]);
+        for (const [name, g] of grads) this.gradByName.get(name)!.set(g);
+      } finally {
+        tf.dispose(ins);
+        tfjs.dispose();
+      }
+      return this.gradByName;
+    }
     ws.run(() => {
       const fw = forwardPass(this.config, this.views, target, source, ws, true);
       const dRows = ws.f64(target.m * r);
@@ -223,6 +285,11 @@ export class LpkaAdapter {
       backwardPass(this.config, this.views, this.gradViews, fw, dRows, dCols, ws);
     });
     return this.gradByName;
+  }
+
+  /** A tfjs copy of the current weights, for one call; the caller disposes it. */
+  private tfjsEngine(): TfjsReferenceLpka {
+    return new TfjsReferenceLpka(this.config, this.params, (name) => this.shapes.get(name)!);
   }
 
   /** Copy every weight (name → values); a snapshot, e.g. for tests and checkpoints. */

@@ -1,10 +1,13 @@
-// The LPKA adapter as it was first written, in tfjs ops with autodiff: kept as the reference that
-// the hand-written Float32Array kernels (../lpka-kernels.ts) are tested against. Not used at run time.
-// Same math as ../lpka.ts: pre-LN, four cross-attentions per layer, GELU (tanh) FFN.
+// The LPKA adapter in tfjs ops with autodiff, as it was first written. Two uses:
+// - the reference that the Float32Array/wasm-SIMD kernels (lpka-kernels.ts, attention-simd.ts) are
+//   tested against;
+// - the engine LpkaAdapter picks for large token counts, where tfjs-wasm's XNNPACK products beat
+//   the hand-written kernels (see `lpkaEngineFor` in lpka.ts and the README's Performance section).
+// Same math as lpka.ts: pre-LN, four cross-attentions per layer, GELU (tanh) FFN.
 import * as tf from '@tensorflow/tfjs';
-import type { LowRank } from '../../../shared/math/low-rank.js';
-import type { AdapterConfig } from '../config.js';
-import type { TokenSet } from '../lpka.js';
+import type { LowRank } from '../../shared/math/low-rank.js';
+import type { AdapterConfig } from './config.js';
+import type { TokenSet } from './lpka.js';
 
 const SETS: readonly TokenSet[] = ['rows', 'cols'];
 const LN_EPS = 1e-5;
