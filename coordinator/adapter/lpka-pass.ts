@@ -6,6 +6,7 @@ import {
   linearBackward, linearForward, transpose32, transpose64,
 } from './lpka-kernels.js';
 import { attentionBackwardSimd, attentionForwardSimd } from './attention-simd.js';
+import { linearBackwardSimd, linearForwardSimd, simdLinearFits } from './linear-simd.js';
 import type { Workspace } from './workspace.js';
 
 type F32 = Float32Array;
@@ -81,6 +82,11 @@ function untransposePadded(src: F32, c: number, ns: number, ns4: number, out: F6
   }
 }
 
+/** Whether the parameters are views into the gemm's memory (then the linear layers can use it). */
+function paramsInGemmMemory(W: readonly LayerViews<F32>[], ws: Workspace): boolean {
+  return ws.simd !== null && W.length > 0 && W[0].lnQuery.rows.gain.buffer === ws.simd.memory.buffer;
+}
+
 /** The adapter's shape, as the kernels need it. */
 export interface PassShape {
   rank: number;
@@ -133,9 +139,23 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   // The SIMD path needs head widths in whole 4-lane vectors.
   const simd = ws.simd !== null && (d / heads) % 4 === 0 ? ws.simd : null;
 
-  let x: Record<TokenSet, F32> = { rows: target.A, cols: ws.f32(target.n * r) };
+  // The linear layers run on the gemm when the parameters live in its memory (LpkaAdapter puts them
+  // there); then the inputs are copied in too, so every activation is a gemm operand.
+  const gemmLinear = paramsInGemmMemory(W, ws);
+  const lin = (x: F32, n: number, inDim: number, Wm: F32, b: F32, outDim: number, y: F32): void => {
+    if (gemmLinear && simdLinearFits(inDim, outDim)) linearForwardSimd(ws.simd!, x, n, inDim, Wm, b, outDim, y);
+    else linearForward(x, n, inDim, Wm, b, outDim, y, acc);
+  };
+  const inRows = (a: F32): F32 => {
+    if (!gemmLinear) return a;
+    const copy = ws.f32(a.length);
+    copy.set(a);
+    return copy;
+  };
+
+  let x: Record<TokenSet, F32> = { rows: inRows(target.A), cols: ws.f32(target.n * r) };
   transpose32(target.B, r, target.n, x.cols);
-  const src: Record<TokenSet, F32> = { rows: source.A, cols: ws.f32(source.n * r) };
+  const src: Record<TokenSet, F32> = { rows: inRows(source.A), cols: ws.f32(source.n * r) };
   transpose32(source.B, r, source.n, src.cols);
 
   const tapes: LayerTape[] = [];
@@ -161,7 +181,7 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
         const P = L.attn[qs][ks];
         const ns = count.source[ks];
         const Q = ws.f32(N * d);
-        linearForward(xq, N, r, P.Wq, P.bq, d, Q, acc);
+        lin(xq, N, r, P.Wq, P.bq, d, Q);
         for (let i = 0; i < Q.length; i++) Q[i] *= scale;
         const O = ws.f32(N * d);
         const lse = ws.f32(N * heads);
@@ -171,8 +191,8 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
           const V = ws.f32(ns * d);
           const Kt = ws.f32(d * ns4, true);
           const Vt = ws.f32(d * ns4, true);
-          linearForward(tape.y[ks], ns, r, P.Wk, P.bk, d, K, acc);
-          linearForward(tape.y[ks], ns, r, P.Wv, P.bv, d, V, acc);
+          lin(tape.y[ks], ns, r, P.Wk, P.bk, d, K);
+          lin(tape.y[ks], ns, r, P.Wv, P.bv, d, V);
           transposePadded(K, ns, d, Kt, ns4);
           transposePadded(V, ns, d, Vt, ns4);
           const probs = keep ? ws.f32(heads * N * ns4) : null;
@@ -182,17 +202,17 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
         } else {
           const K = ws.f32(ns * d);
           const Kt = ws.f32(d * ns);
-          linearForward(tape.y[ks], ns, r, P.Wk, P.bk, d, K, acc);
+          lin(tape.y[ks], ns, r, P.Wk, P.bk, d, K);
           transpose32(K, ns, d, Kt);
           const Vt = ws.f32(d * ns);
-          linearForward(tape.y[ks], ns, r, P.Wv, P.bv, d, K, acc); // K's buffer reused for V
+          lin(tape.y[ks], ns, r, P.Wv, P.bv, d, K); // K's buffer reused for V
           transpose32(K, ns, d, Vt);
           const probs = keep ? ws.f32(N * heads * ns) : null;
           attentionForward(Q, Kt, Vt, N, ns, d, heads, O, lse, probs, row);
           attn[ks] = { Q, K: null, V: null, Kt, Vt, O, lse, P: probs, ns4: ns };
         }
         branch[ks] = ws.f32(N * r);
-        linearForward(O, N, d, P.Wo, P.bo, r, branch[ks], acc);
+        lin(O, N, d, P.Wo, P.bo, r, branch[ks]);
       }
       const m = ws.f32(N * r);
       const xin = x[qs];
@@ -210,11 +230,11 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
       T.zRstd = ws.f32(N);
       layerNormForward(mid[qs], N, r, L.lnFfn[qs].gain, L.lnFfn[qs].bias, LN_EPS, T.z, T.zHat, T.zRstd);
       T.h1 = ws.f32(N * f);
-      linearForward(T.z, N, r, F.W1, F.b1, f, T.h1, acc);
+      lin(T.z, N, r, F.W1, F.b1, f, T.h1);
       T.g = ws.f32(N * f);
       geluForward(T.h1, N * f, T.g);
       const out = ws.f32(N * r);
-      linearForward(T.g, N, f, F.W2, F.b2, r, out, acc);
+      lin(T.g, N, f, F.W2, F.b2, r, out);
       const mq = mid[qs];
       for (let i = 0; i < out.length; i++) out[i] = mq[i] + out[i];
       next[qs] = out;
@@ -237,6 +257,11 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
   const prow = ws.f64(maxS);
   const drow = ws.f64(maxS);
   let dx: Record<TokenSet, F64> = { rows: dRows, cols: dCols };
+  const gemmLinear = paramsInGemmMemory(W, ws);
+  const linB = (x: F32, n: number, inDim: number, Wm: F32, outDim: number, dy: F64, dxo: F64 | null, dW: F64, db: F64): void => {
+    if (gemmLinear && simdLinearFits(inDim, outDim)) linearBackwardSimd(ws.simd!, ws, x, n, inDim, Wm, outDim, dy, dxo, dW, db);
+    else linearBackward(x, n, inDim, Wm, outDim, dy, dxo, dW, db);
+  };
   for (let l = W.length - 1; l >= 0; l--) {
     const L = W[l];
     const GL = G[l];
@@ -249,11 +274,11 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
       const dOut = dx[qs];
       // FFN branch: out = mid + W2·gelu(W1·LN(mid) + b1) + b2
       const dg = ws.f64(N * f, true);
-      linearBackward(T.g, N, f, L.ffn[qs].W2, r, dOut, dg, GL.ffn[qs].W2, GL.ffn[qs].b2);
+      linB(T.g, N, f, L.ffn[qs].W2, r, dOut, dg, GL.ffn[qs].W2, GL.ffn[qs].b2);
       const dh1 = ws.f64(N * f);
       geluBackward(T.h1, dg, N * f, dh1);
       const dz = ws.f64(N * r, true);
-      linearBackward(T.z, N, r, L.ffn[qs].W1, f, dh1, dz, GL.ffn[qs].W1, GL.ffn[qs].b1);
+      linB(T.z, N, r, L.ffn[qs].W1, f, dh1, dz, GL.ffn[qs].W1, GL.ffn[qs].b1);
       const dMid = ws.f64(N * r);
       dMid.set(dOut);
       layerNormBackward(dz, N, r, L.lnFfn[qs].gain, T.zHat, T.zRstd, dMid, GL.lnFfn[qs].gain, GL.lnFfn[qs].bias);
@@ -267,7 +292,7 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
         const A = T.attn[ks];
         const ns = nSource[ks];
         const dO = ws.f64(N * d, true);
-        linearBackward(A.O, N, d, P.Wo, r, dA, dO, GP.Wo, GP.bo);
+        linB(A.O, N, d, P.Wo, r, dA, dO, GP.Wo, GP.bo);
         const dQ = ws.f64(N * d);
         const dK = ws.f64(ns * d);
         const dV = ws.f64(ns * d);
@@ -296,9 +321,9 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           transpose64(dVt, d, ns, dV);
         }
         for (let i = 0; i < dQ.length; i++) dQ[i] *= scale;
-        linearBackward(T.xq, N, r, P.Wq, d, dQ, dxq, GP.Wq, GP.bq);
-        linearBackward(tape.y[ks], ns, r, P.Wk, d, dK, dy[ks], GP.Wk, GP.bk);
-        linearBackward(tape.y[ks], ns, r, P.Wv, d, dV, dy[ks], GP.Wv, GP.bv);
+        linB(T.xq, N, r, P.Wq, d, dQ, dxq, GP.Wq, GP.bq);
+        linB(tape.y[ks], ns, r, P.Wk, d, dK, dy[ks], GP.Wk, GP.bk);
+        linB(tape.y[ks], ns, r, P.Wv, d, dV, dy[ks], GP.Wv, GP.bv);
       }
       const dIn = ws.f64(N * r);
       dIn.set(dMid);

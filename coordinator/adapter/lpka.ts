@@ -149,6 +149,8 @@ export class LpkaAdapter {
   private readonly gradByName: Map<string, Float64Array>;
   private readonly views: LayerViews<Float32Array>[];
   private readonly gradViews: LayerViews<Float64Array>[];
+  /** name → [offset, length] in `values` */
+  private readonly offsets = new Map<string, [number, number]>();
   private disposed = false;
 
   constructor(config: AdapterConfig) {
@@ -176,10 +178,26 @@ export class LpkaAdapter {
       this.params.set(spec.name, values);
       this.gradByName.set(spec.name, this.grads.subarray(offset, offset + n));
       this.shapes.set(spec.name, spec.shape);
+      this.offsets.set(spec.name, [offset, n]);
       offset += n;
     }
     this.views = layerViews(cfg.layers, (name) => this.params.get(name)!);
     this.gradViews = layerViews(cfg.layers, (name) => this.gradByName.get(name)!);
+  }
+
+  /**
+   * Parameter views for one pass in `ws`: with the SIMD gemm, a copy of the parameters in its memory
+   * (so the linear layers run on it; ~10⁴–10⁵ floats, negligible next to the pass), else the
+   * parameters themselves.
+   */
+  private viewsFor(ws: Workspace): LayerViews<Float32Array>[] {
+    if (ws.simd === null) return this.views;
+    const copy = ws.f32(this.values.length);
+    copy.set(this.values);
+    return layerViews(this.config.layers, (name) => {
+      const [o, n] = this.offsets.get(name)!;
+      return copy.subarray(o, o + n);
+    });
   }
 
   /** Parameters as an ordered list of {name, shape, values}. */
@@ -240,7 +258,7 @@ export class LpkaAdapter {
       return res;
     }
     return ws.run(() => {
-      const fw = forwardPass(this.config, this.views, target, source, ws, false);
+      const fw = forwardPass(this.config, this.viewsFor(ws), target, source, ws, false);
       const A = Float32Array.from(fw.rows);
       const B = new Float32Array(r * target.n);
       // B′ = (final column tokens)ᵀ
@@ -276,13 +294,14 @@ export class LpkaAdapter {
       return this.gradByName;
     }
     ws.run(() => {
-      const fw = forwardPass(this.config, this.views, target, source, ws, true);
+      const W = this.viewsFor(ws);
+      const fw = forwardPass(this.config, W, target, source, ws, true);
       const dRows = ws.f64(target.m * r);
       for (let i = 0; i < dRows.length; i++) dRows[i] = gA[i];
       const dCols = ws.f64(target.n * r);
       for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) dCols[j * r + k] = gB[k * target.n + j];
       this.grads.fill(0);
-      backwardPass(this.config, this.views, this.gradViews, fw, dRows, dCols, ws);
+      backwardPass(this.config, W, this.gradViews, fw, dRows, dCols, ws);
     });
     return this.gradByName;
   }
