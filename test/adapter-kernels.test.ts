@@ -114,7 +114,8 @@ describe('LPKA kernels match the tfjs reference', () => {
       setLpkaEngine('auto');
     }
     expect(lpkaEngineFor(74, 138)).toBe('kernels'); // small slots
-    expect(lpkaEngineFor(912, 928)).toBe('tfjs'); // 784×128 / 800×128
+    expect(lpkaEngineFor(912, 928)).toBe('kernels'); // 784×128 / 800×128
+    expect(lpkaEngineFor(1120, 2148)).toBe('tfjs'); // 960×160 / 2048×100
     tf.dispose([target.A, target.B, source.A, source.B, gA, gB]);
     adapter.dispose();
   });

@@ -1,8 +1,8 @@
 // The LPKA adapter in tfjs ops with autodiff, as it was first written. Two uses:
 // - the reference that the Float32Array/wasm-SIMD kernels (lpka-kernels.ts, attention-simd.ts) are
 //   tested against;
-// - the engine LpkaAdapter picks for large token counts, where tfjs-wasm's XNNPACK products beat
-//   the hand-written kernels (see `lpkaEngineFor` in lpka.ts and the README's Performance section).
+// - the engine LpkaAdapter picks for the largest token counts, where tfjs-wasm's XNNPACK products
+//   catch up with the hand-written kernels (`lpkaEngineFor` in lpka.ts; README, Performance).
 // Same math as lpka.ts: pre-LN, four cross-attentions per layer, GELU (tanh) FFN.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../../shared/math/low-rank.js';

@@ -109,11 +109,12 @@ function checkArrays(what: string, f: Factors, r: number): void {
  * Which implementation runs a forward or VJP: the Float32Array/wasm-SIMD kernels, or tfjs ops
  * (lpka-tfjs.ts). 'auto' (the default; env MERGENET_ADAPTER_ENGINE overrides) takes the kernels
  * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE: per-op dispatch dominates small pairs,
- * while on large ones tfjs-wasm's XNNPACK products are faster than the kernels' (measured by
- * `npm run bench`, same process, interleaved). Both compute the same function (tested within 1e-5).
+ * and only around 1000×2000 tokens do tfjs-wasm's XNNPACK products catch up with the kernels
+ * (`npm run bench`, same process, interleaved: 960×160 / 2048×100 is a tie at r 8 and ~5 % for tfjs
+ * at r 32). Both compute the same function (tested within 1e-5).
  */
 export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
-const TFJS_ABOVE = 250_000;
+const TFJS_ABOVE = 2_000_000;
 let engineSetting: LpkaEngine = parseEngine(process.env.MERGENET_ADAPTER_ENGINE);
 
 function parseEngine(v: string | undefined): LpkaEngine {
