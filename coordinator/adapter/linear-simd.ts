@@ -2,6 +2,7 @@
 // On small slots the projections, not the attention, were most of a cycle in scalar JS. Same
 // contract as linearForward/linearBackward in lpka-kernels.ts, which remain the fallback; here x
 // and W must live in the gemm's memory (Workspace.f32 blocks), and the widths must be multiples of 4.
+import { transpose32 } from './lpka-kernels.js';
 import type { SimdGemm } from './simd-gemm.js';
 import type { Workspace } from './workspace.js';
 
@@ -32,20 +33,14 @@ export function linearBackwardSimd(
   }
   // dW += xᵀ·dy
   const xt = ws.f32(inDim * n);
-  for (let i = 0; i < n; i++) {
-    const o = i * inDim;
-    for (let k = 0; k < inDim; k++) xt[k * n + i] = x[o + k];
-  }
+  transpose32(x, n, inDim, xt);
   const dW32 = ws.f32(inDim * outDim);
   simd.gemm(inDim, outDim, n, xt.byteOffset, n, dy32.byteOffset, outDim, dW32.byteOffset, outDim, 0);
   for (let i = 0; i < dW32.length; i++) dW[i] += dW32[i];
   if (dx === null) return;
   // dx += dy·Wᵀ
   const wt = ws.f32(outDim * inDim);
-  for (let k = 0; k < inDim; k++) {
-    const o = k * outDim;
-    for (let j = 0; j < outDim; j++) wt[j * inDim + k] = W[o + j];
-  }
+  transpose32(W, inDim, outDim, wt);
   const dx32 = ws.f32(n * inDim);
   simd.gemm(n, inDim, outDim, dy32.byteOffset, outDim, wt.byteOffset, inDim, dx32.byteOffset, inDim, 0);
   for (let i = 0; i < dx32.length; i++) dx[i] += dx32[i];
