@@ -1,20 +1,40 @@
-// `npm run bench`: adapter forward+update time and slice time for representative slot shapes, on
-// every backend that loads here, as JSON on stdout (medians over repeated runs).
+// `npm run bench`: adapter forward and forward+update times for representative slot shapes, the
+// slice times, and the device's per-cycle overhead, as JSON on stdout.
+//
+// The adapter is timed twice in the same process, interleaved repeat by repeat: the Float32Array /
+// wasm-SIMD kernels that run in the coordinator, and the tfjs implementation they replaced
+// (coordinator/adapter/lpka-tfjs.ts, updated through the same AdamW as before). On
+// machines whose cores are shared, absolute times swing with the load, but the two columns
+// see the same load, so their ratio holds. Medians and minima are both reported.
+//
+// Env: BENCH_REPEATS, BENCH_WARMUP, BENCH_BACKENDS=wasm,cpu, BENCH_SHAPES=0,1 (indices into
+// SHAPES), BENCH_RANKS=8, BENCH_REFERENCE=0 (skip the tfjs reference), BENCH_DEVICE=0 (skip the
+// device overhead).
 import * as tf from '@tensorflow/tfjs';
 import { availableBackends, initBackend } from '../shared/tf/backend.js';
+import { AdamW } from '../coordinator/adapter/adamw.js';
 import { AdapterWithOptimizer } from '../coordinator/adapter/update.js';
 import { defaultAdapterConfig } from '../coordinator/adapter/config.js';
+import { lpkaEngineFor, setLpkaEngine } from '../coordinator/adapter/lpka.js';
+import { TfjsReferenceLpka } from '../coordinator/adapter/lpka-tfjs.js';
 import { lowRankSlice } from '../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { measureDeviceOverhead } from './device-overhead.js';
 
 const SHAPES: { target: [number, number]; source: [number, number] }[] = [
   { target: [64, 10], source: [128, 10] },
   { target: [784, 128], source: [800, 128] },
   { target: [960, 160], source: [2048, 100] },
 ];
-const RANKS = [8, 32];
+/** PyTorch, one thread, same LPKA, forward+update at r 8 (issue 9): the bar to meet. */
+const PYTORCH_R8_MS = [2.7, 37, 86];
+const list = (v: string | undefined) => v?.split(',').map((x) => x.trim()).filter(Boolean);
+const RANKS = (list(process.env.BENCH_RANKS) ?? ['8', '32']).map(Number);
+const SHAPE_IDS = (list(process.env.BENCH_SHAPES) ?? ['0', '1', '2']).map(Number);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 7);
+const WITH_REFERENCE = process.env.BENCH_REFERENCE !== '0';
+const WITH_DEVICE = process.env.BENCH_DEVICE !== '0';
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -22,16 +42,24 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-/** Time fn over WARMUP+REPEATS calls; fn must force its result (dataSync) so async backends finish. */
-function timeIt(fn: () => void): { medianMs: number; minMs: number; runs: number } {
-  for (let i = 0; i < WARMUP; i++) fn();
-  const ts: number[] = [];
+interface Timing {
+  medianMs: number;
+  minMs: number;
+}
+
+/** Run every named fn WARMUP times, then REPEATS rounds of one call each, interleaved. */
+function timeInterleaved(fns: Record<string, () => void>): Record<string, Timing> {
+  const names = Object.keys(fns);
+  for (let i = 0; i < WARMUP; i++) for (const n of names) fns[n]();
+  const ts: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
   for (let i = 0; i < REPEATS; i++) {
-    const t0 = performance.now();
-    fn();
-    ts.push(performance.now() - t0);
+    for (const n of names) {
+      const t0 = performance.now();
+      fns[n]();
+      ts[n].push(performance.now() - t0);
+    }
   }
-  return { medianMs: +median(ts).toFixed(3), minMs: +Math.min(...ts).toFixed(3), runs: REPEATS };
+  return Object.fromEntries(names.map((n) => [n, { medianMs: +median(ts[n]).toFixed(3), minMs: +Math.min(...ts[n]).toFixed(3) }]));
 }
 
 /** A matrix with a decaying spectrum, like a trained weight. */
@@ -46,61 +74,108 @@ function decayingMatrix(m: number, n: number, seed: number): tf.Tensor2D {
 }
 
 async function main(): Promise<void> {
-  // BENCH_BACKENDS=wasm,cpu limits the run (the cpu backend takes minutes on the large shapes)
-  const only = process.env.BENCH_BACKENDS?.split(',').map((b) => b.trim()).filter(Boolean);
+  const only = list(process.env.BENCH_BACKENDS);
   const backends = (await availableBackends()).filter((b) => !only || only.includes(b));
   const results: unknown[] = [];
+  let deviceOverhead: unknown;
+  // Time the kernels themselves; the row says which engine 'auto' would pick for the shape.
+  setLpkaEngine('kernels');
   for (const backend of backends) {
     await initBackend(backend, () => {});
-    for (const { target, source } of SHAPES) {
+    for (const shapeId of SHAPE_IDS) {
+      const { target, source } = SHAPES[shapeId];
       for (const requested of RANKS) {
         const rank = Math.min(requested, ...target, ...source);
         const Wt = decayingMatrix(target[0], target[1], 1);
         const Ws = decayingMatrix(source[0], source[1], 2);
-        const sliceTarget = timeIt(() => {
-          const f = lowRankSlice(Wt, rank);
-          f.B.dataSync();
-          disposeLowRank(f);
-        });
-        const sliceSource = timeIt(() => {
-          const f = lowRankSlice(Ws, rank);
-          f.B.dataSync();
-          disposeLowRank(f);
+        const slices = timeInterleaved({
+          target: () => {
+            const f = lowRankSlice(Wt, rank);
+            f.B.dataSync();
+            disposeLowRank(f);
+          },
+          source: () => {
+            const f = lowRankSlice(Ws, rank);
+            f.B.dataSync();
+            disposeLowRank(f);
+          },
         });
         const t = lowRankSlice(Wt, rank);
         const s = lowRankSlice(Ws, rank);
-        const pair = AdapterWithOptimizer.create(defaultAdapterConfig(rank, { seed: 1 }));
+        // initScale 1: non-zero output projections, as in a trained adapter
+        const cfg = defaultAdapterConfig(rank, { seed: 1, initScale: 1 });
+        const pair = AdapterWithOptimizer.create(cfg);
+        const ref = WITH_REFERENCE ? new TfjsReferenceLpka(cfg, pair.adapter.exportWeights(), (n) => pair.adapter.paramShape(n)!) : undefined;
+        const refOpt = ref ? new AdamW([...ref.params].map(([name, variable]) => ({ name, variable })), cfg) : undefined;
         const gA = tf.randomNormal(t.A.shape, 0, 1e-2, 'float32', 3) as tf.Tensor2D;
         const gB = tf.randomNormal(t.B.shape, 0, 1e-2, 'float32', 4) as tf.Tensor2D;
-        const forward = timeIt(() => {
-          const out: LowRank = pair.forward(t, s);
-          out.B.dataSync();
-          disposeLowRank(out);
-        });
-        const forwardUpdate = timeIt(() => {
-          const out: LowRank = pair.forward(t, s);
-          out.B.dataSync();
-          disposeLowRank(out);
-          pair.update({ target: t, source: s }, { gA, gB });
-        });
-        results.push({
+        const fns: Record<string, () => void> = {
+          forward: () => {
+            const out: LowRank = pair.forward(t, s);
+            out.B.dataSync();
+            disposeLowRank(out);
+          },
+          forwardUpdate: () => {
+            const out: LowRank = pair.forward(t, s);
+            out.B.dataSync();
+            disposeLowRank(out);
+            pair.update({ target: t, source: s }, { gA, gB });
+          },
+        };
+        if (ref && refOpt) {
+          fns.referenceForward = () => {
+            const out = ref.forward(t, s);
+            out.B.dataSync();
+            disposeLowRank(out);
+          };
+          fns.referenceForwardUpdate = () => {
+            const out = ref.forward(t, s);
+            out.B.dataSync();
+            disposeLowRank(out);
+            refOpt.step(ref.vjp(t, s, gA, gB));
+          };
+        }
+        const times = timeInterleaved(fns);
+        const autoEngine = (setLpkaEngine('auto'), lpkaEngineFor(target[0] + target[1], source[0] + source[1]));
+        setLpkaEngine('kernels');
+        const row = {
           backend, target, source, rankRequested: requested, rank,
           adapterParams: pair.adapter.numParams(),
-          forwardMs: forward.medianMs,
-          forwardUpdateMs: forwardUpdate.medianMs,
-          sliceTargetMs: sliceTarget.medianMs,
-          sliceSourceMs: sliceSource.medianMs,
+          autoEngine,
+          forwardMs: times.forward.medianMs,
+          forwardUpdateMs: times.forwardUpdate.medianMs,
+          forwardUpdateMinMs: times.forwardUpdate.minMs,
+          ...(ref ? {
+            referenceForwardMs: times.referenceForward.medianMs,
+            referenceForwardUpdateMs: times.referenceForwardUpdate.medianMs,
+            referenceForwardUpdateMinMs: times.referenceForwardUpdate.minMs,
+            speedup: +(times.referenceForwardUpdate.medianMs / times.forwardUpdate.medianMs).toFixed(2),
+          } : {}),
+          ...(requested === 8 ? { pytorchForwardUpdateMs: PYTORCH_R8_MS[shapeId] } : {}),
+          sliceTargetMs: slices.target.medianMs,
+          sliceSourceMs: slices.source.medianMs,
           repeats: REPEATS,
-        });
-        process.stderr.write(`bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward+update ${forwardUpdate.medianMs} ms, slices ${sliceTarget.medianMs}/${sliceSource.medianMs} ms\n`);
+        };
+        results.push(row);
+        process.stderr.write(
+          `bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward+update ${times.forwardUpdate.medianMs} ms (min ${times.forwardUpdate.minMs})` +
+            (ref ? `, tfjs reference ${times.referenceForwardUpdate.medianMs} ms (min ${times.referenceForwardUpdate.minMs})` : '') +
+            `, slices ${slices.target.medianMs}/${slices.source.medianMs} ms\n`,
+        );
         pair.dispose();
+        ref?.dispose();
         tf.dispose([Wt, Ws, gA, gB]);
         disposeLowRank(t);
         disposeLowRank(s);
       }
     }
+    if (WITH_DEVICE && deviceOverhead === undefined) {
+      deviceOverhead = measureDeviceOverhead({ tCycle: 2, rank: 8, batchSize: 32, warmup: WARMUP, repeats: REPEATS });
+      process.stderr.write(`bench ${backend} device overhead: ${JSON.stringify(deviceOverhead)}\n`);
+      deviceOverhead = { backend, ...(deviceOverhead as object) };
+    }
   }
-  process.stdout.write(JSON.stringify({ date: new Date().toISOString(), node: process.version, warmup: WARMUP, repeats: REPEATS, results }, null, 2) + '\n');
+  process.stdout.write(JSON.stringify({ date: new Date().toISOString(), node: process.version, warmup: WARMUP, repeats: REPEATS, results, deviceOverhead }, null, 2) + '\n');
 }
 
 main().catch((err) => {

@@ -13,6 +13,7 @@ import { EVENTS } from '../shared/protocol/events.js';
 import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
+import { CoalescingWriter } from './checkpoint-coalescer.js';
 import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
 import { Pair, type CycleDropReason } from './pair.js';
@@ -140,16 +141,27 @@ export class CoordinatorEngine {
     }
   }
 
-  /** Write a checkpoint now (a no-op without checkpoint.dir, or before restore() succeeded). */
+  /** One checkpoint write in flight; requests during it merge into one next write (checkpoint-coalescer.ts). */
+  private readonly checkpointWrites = new CoalescingWriter(() => this.writeCheckpoint());
+
+  /**
+   * Write a checkpoint (a no-op without checkpoint.dir, or before restore() succeeded). Resolves once
+   * a checkpoint holding the state of this call's instant, or a later one, is durable.
+   */
   async checkpoint(): Promise<void> {
     if (!this.checkpointer || !this.restored) return;
+    await this.checkpointWrites.request();
+  }
+
+  private async writeCheckpoint(): Promise<void> {
+    const checkpointer = this.checkpointer!;
     // Serialize every adapter now, synchronously, so the checkpoint is one consistent instant.
     const pairs = [...this.pairs.values()].map((p) => p.snapshot());
     for (const saved of this.pendingRestore.values()) pairs.push(saved);
     const updates = this.totalUpdates;
     const cyclesStarted = [...this.pairs.values()].reduce((a, p) => a + p.counters.cyclesStarted, 0);
-    const generation = await this.checkpointer.save({ totals: { updates, cyclesStarted }, pairs });
-    this.log.info({ dir: this.checkpointer.dir, generation, updates }, 'checkpoint written');
+    const generation = await checkpointer.save({ totals: { updates, cyclesStarted }, pairs });
+    this.log.info({ dir: checkpointer.dir, generation, updates }, 'checkpoint written');
     this.notify('checkpoint', { generation, updates });
   }
 

@@ -63,8 +63,10 @@ describe('coordinator checkpoints', () => {
     for (let i = 1; i <= 12; i++) ({ transfer: lastTransfer } = await completeCycle(coord, tgt, { ...T, rank: R, sliceId: i, step: i }));
     // The reverse pair ("back": tgt → src) makes 2 updates too, so both adapters carry state.
     for (let i = 1; i <= 2; i++) await completeCycle(coord, src, { ...S, rank: R, sliceId: 100 + i, step: 100 + i });
-    if (checkpoints.length < 2) await waitForEvent(coord, 'checkpoint', (c) => c.updates === 10);
-    expect(checkpoints.slice(0, 2)).toEqual([5, 10]);
+    if (!checkpoints.some((u) => u >= 10)) await waitForEvent(coord, 'checkpoint', (c) => c.updates >= 10);
+    // The request at update 10 is merged into a later write if the first is still running then.
+    expect(checkpoints[0]).toBe(5);
+    expect(checkpoints[1]).toBeGreaterThanOrEqual(10);
     const st = coord.status();
     expect(st.pairs.find((p) => p.id === 'p')!.adapterStep).toBe(12);
     expect(st.pairs.find((p) => p.id === 'back')!.adapterStep).toBe(2);

@@ -10,6 +10,7 @@
 //
 // The step runs in plain JS over Float32Arrays (moments live in JS): the adapter has ~100 small
 // parameters, and ~10 backend ops per parameter cost far more in dispatch than the arithmetic.
+// Parameters are either plain arrays updated in place (the adapter's) or tfjs variables.
 import * as tf from '@tensorflow/tfjs';
 
 export interface AdamWConfig {
@@ -29,6 +30,16 @@ export interface NamedVariable {
   variable: tf.Variable;
 }
 
+/** A parameter held as a plain array, updated in place. */
+export interface NamedArray {
+  name: string;
+  shape: number[];
+  values: Float32Array;
+}
+
+/** A gradient: a tensor, or a plain array of the parameter's size. */
+export type GradValues = tf.Tensor | Float32Array | Float64Array;
+
 export interface StepResult {
   /** Global L2 norm of the gradients before clipping. */
   gradNorm: number;
@@ -47,7 +58,10 @@ export interface AdamWState {
 
 interface Slot {
   name: string;
-  variable: tf.Variable;
+  shape: number[];
+  size: number;
+  values?: Float32Array;
+  variable?: tf.Variable;
   m: Float32Array;
   v: Float32Array;
 }
@@ -77,12 +91,21 @@ export class AdamW {
   private disposed = false;
 
   /** `params` in a stable order; names must be unique. The optimiser does not own the variables. */
-  constructor(params: readonly NamedVariable[], config: AdamWConfig) {
+  constructor(params: readonly (NamedVariable | NamedArray)[], config: AdamWConfig) {
     this.config = checkConfig(config);
-    for (const { name, variable } of params) {
+    for (const p of params) {
+      const { name } = p;
       if (this.byName.has(name)) throw new Error(`AdamW: duplicate parameter name ${name}`);
-      if (variable.dtype !== 'float32') throw new Error(`AdamW: parameter ${name} must be float32`);
-      const slot: Slot = { name, variable, m: new Float32Array(variable.size), v: new Float32Array(variable.size) };
+      let slot: Slot;
+      if ('variable' in p) {
+        if (p.variable.dtype !== 'float32') throw new Error(`AdamW: parameter ${name} must be float32`);
+        const size = p.variable.size;
+        slot = { name, shape: p.variable.shape, size, variable: p.variable, m: new Float32Array(size), v: new Float32Array(size) };
+      } else {
+        if (!(p.values instanceof Float32Array)) throw new Error(`AdamW: parameter ${name} must be float32`);
+        const size = p.values.length;
+        slot = { name, shape: [...p.shape], size, values: p.values, m: new Float32Array(size), v: new Float32Array(size) };
+      }
       this.slots.push(slot);
       this.byName.set(name, slot);
     }
@@ -101,16 +124,23 @@ export class AdamW {
    * and disposes them). A parameter absent from `grads` counts as having a zero gradient. A
    * non-finite gradient norm throws before any state changes.
    */
-  step(grads: Map<string, tf.Tensor>): StepResult {
+  step(grads: Map<string, GradValues>): StepResult {
     if (this.disposed) throw new Error('AdamW: optimiser has been disposed');
     for (const [name, g] of grads) {
       const slot = this.byName.get(name);
       if (!slot) throw new Error(`AdamW: gradient for unknown parameter ${name}`);
-      if (!sameShape(g.shape, slot.variable.shape)) {
-        throw new Error(`AdamW: gradient for ${name} has shape [${g.shape.join(', ')}], the parameter has [${slot.variable.shape.join(', ')}]`);
+      if (g instanceof tf.Tensor) {
+        if (!sameShape(g.shape, slot.shape)) {
+          throw new Error(`AdamW: gradient for ${name} has shape [${g.shape.join(', ')}], the parameter has [${slot.shape.join(', ')}]`);
+        }
+      } else if (g.length !== slot.size) {
+        throw new Error(`AdamW: gradient for ${name} has ${g.length} values, the parameter has ${slot.size}`);
       }
     }
-    const gradValues = this.slots.map((s) => grads.get(s.name)?.dataSync() as Float32Array | undefined);
+    const gradValues = this.slots.map((s) => {
+      const g = grads.get(s.name);
+      return g instanceof tf.Tensor ? (g.dataSync() as Float32Array) : g;
+    });
     // Total sum of squares in float64.
     let sumSq = 0;
     for (const g of gradValues) if (g) for (let i = 0; i < g.length; i++) sumSq += g[i] * g[i];
@@ -128,7 +158,8 @@ export class AdamW {
     this.slots.forEach((slot, k) => {
       const g = gradValues[k];
       const { m, v } = slot;
-      const p = Float32Array.from(slot.variable.dataSync() as Float32Array);
+      // Plain-array parameters are updated in place; variables through a copy and an assign.
+      const p = slot.values ?? Float32Array.from(slot.variable!.dataSync() as Float32Array);
       for (let i = 0; i < p.length; i++) {
         const gi = g ? g[i] * scale : 0;
         m[i] = beta1 * m[i] + (1 - beta1) * gi;
@@ -136,9 +167,11 @@ export class AdamW {
         const denom = Math.sqrt(v[i]) / sqrtBc2 + eps;
         p[i] = p[i] * decay - (m[i] / denom) * stepSize;
       }
-      const next = tf.tensor(p, slot.variable.shape, 'float32');
-      slot.variable.assign(next);
-      next.dispose();
+      if (slot.variable) {
+        const next = tf.tensor(p, slot.shape, 'float32');
+        slot.variable.assign(next);
+        next.dispose();
+      }
     });
     return { gradNorm, clipped, step: this.t };
   }
@@ -168,8 +201,8 @@ export class AdamW {
       for (const s of this.slots) {
         const values = map.get(s.name);
         if (!values) throw new Error(`AdamW: state.${which} lacks parameter ${s.name}`);
-        if (values.length !== s.variable.size) {
-          throw new Error(`AdamW: state.${which}[${s.name}] has ${values.length} values, the parameter has ${s.variable.size}`);
+        if (values.length !== s.size) {
+          throw new Error(`AdamW: state.${which}[${s.name}] has ${values.length} values, the parameter has ${s.size}`);
         }
       }
     }

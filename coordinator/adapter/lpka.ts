@@ -11,23 +11,25 @@
 // never updated, so only the queries evolve. The output projection of every residual branch (each
 // MHA's Wo/bo and each FFN's second layer) starts at zero, so a fresh adapter is exactly the identity.
 //
-// Speed: the big tensors are the score matrices [m_t, m_s], one per head. On wasm only an
-// untransposed 2-D matMul takes the fast XNNPACK path (batched or transposed-flag products are
-// 10–30× slower), so attention runs head by head with a custom gradient built from such products.
+// Speed: the math runs in hand-written Float32Array kernels (lpka-kernels.ts, composed in
+// lpka-pass.ts), not tfjs ops: at these sizes tfjs spent most of a cycle dispatching ~500 small ops.
+// The parameters live in one flat Float32Array; `params` gives a view per name. The tfjs version
+// this replaced is kept in reference/lpka-tfjs.ts, and the tests check the kernels against it.
 import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import type { LowRank } from '../../shared/math/low-rank.js';
 import { type AdapterConfig, parseAdapterConfig } from './config.js';
+import { backwardPass, type Factors, forwardPass, type LayerViews, layerViews, SETS, type TokenSet } from './lpka-pass.js';
+import { TfjsReferenceLpka } from './lpka-tfjs.js';
+import { sharedWorkspace, type Workspace } from './workspace.js';
 
-export type TokenSet = 'rows' | 'cols';
-const SETS: readonly TokenSet[] = ['rows', 'cols'];
+export type { Factors, TokenSet };
 
-/** LayerNorm epsilon inside the adapter (not configurable: it is part of the function). */
-const LN_EPS = 1e-5;
-
+/** One parameter: its name, shape and values (a view into the adapter's flat buffer). */
 export interface NamedParam {
   name: string;
-  variable: tf.Variable;
+  shape: number[];
+  values: Float32Array;
 }
 
 interface ParamSpec {
@@ -81,57 +83,6 @@ function numelOf(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/**
- * softmax(Q·Kᵀ)·V for one head. q: [m, dh] (already scaled by 1/√dh), kt: [dh, s], v: [s, dh].
- * Returns [m, dh]. Heads run one at a time as 2-D products because on wasm only an untransposed
- * 2-D matMul takes the fast (XNNPACK) path: a batched [h, m, dh]×[h, dh, s] product ran ~30× slower.
- * The gradient is hand-written so that every product is such an untransposed 2-D product with the
- * thin operand on the right: the right operand is repacked on every call, so a big right operand
- * (e.g. Qᵀ·dS) costs far more than transposing the big matrix and putting it on the left.
- */
-const attentionCore = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [q, kt, v, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
-  const p = tf.softmax(tf.matMul(q, kt)) as tf.Tensor2D;
-  save([q, kt, v, p]);
-  return {
-    value: tf.matMul(p, v),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sq, skt, sv, sp] = saved as tf.Tensor2D[];
-      const dO = dy as tf.Tensor2D;
-      const dP = tf.matMul(dO, tf.transpose(sv));
-      const dV = tf.matMul(tf.transpose(sp), dO);
-      // softmax backward: dS = P ⊙ (dP − Σ_j dP⊙P)
-      const dS = tf.mul(sp, tf.sub(dP, tf.sum(tf.mul(dP, sp), -1, true)));
-      const dQ = tf.matMul(dS, tf.transpose(skt));
-      const dK = tf.matMul(tf.transpose(dS), sq);
-      return [dQ, tf.transpose(dK), dV];
-    },
-  };
-});
-
-/**
- * x·w with a gradient made of untransposed products (dx = dy·wᵀ, dw = xᵀ·dy, transposes explicit):
- * tfjs's own matMul gradient uses the transpose flags, which miss the wasm fast path (3–20× slower).
- */
-const linear = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-  const [x, w, save] = args as [tf.Tensor2D, tf.Tensor2D, tf.GradSaveFunc];
-  save([x, w]);
-  return {
-    value: tf.matMul(x, w),
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-      const [sx, sw] = saved as tf.Tensor2D[];
-      return [tf.matMul(dy as tf.Tensor2D, tf.transpose(sw)), tf.matMul(tf.transpose(sx), dy as tf.Tensor2D)];
-    },
-  };
-}) as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor2D;
-
-/** GELU, tanh approximation (smooth, so the finite-difference check has no kinks to trip on). */
-function gelu(x: tf.Tensor): tf.Tensor {
-  const c = Math.sqrt(2 / Math.PI);
-  const inner = tf.mul(c, tf.add(x, tf.mul(0.044715, tf.mul(x, tf.square(x)))));
-  return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner)));
-}
-
 function checkFactors(what: string, f: LowRank, r: number): { m: number; n: number } {
   if (!f || !f.A || !f.B) throw new Error(`LPKA: ${what} must have factors A and B`);
   const a = f.A.shape;
@@ -146,11 +97,61 @@ function checkFactors(what: string, f: LowRank, r: number): { m: number; n: numb
   return { m: a[0], n: b[1] };
 }
 
+function checkArrays(what: string, f: Factors, r: number): void {
+  if (!f || !(f.A instanceof Float32Array) || !(f.B instanceof Float32Array)) throw new Error(`LPKA: ${what} must have Float32Array factors A and B`);
+  if (!(Number.isInteger(f.m) && f.m >= 1 && Number.isInteger(f.n) && f.n >= 1)) throw new Error(`LPKA: ${what} must have token counts m, n ≥ 1`);
+  if (f.A.length !== f.m * r || f.B.length !== r * f.n) {
+    throw new Error(`LPKA: ${what} factors must have rank ${r} (A ${f.m}×${r}, B ${r}×${f.n}), got ${f.A.length} and ${f.B.length} values`);
+  }
+}
+
+/**
+ * Which implementation runs a forward or VJP: the Float32Array/wasm-SIMD kernels, or tfjs ops
+ * (lpka-tfjs.ts). 'auto' (the default; env MERGENET_ADAPTER_ENGINE overrides) takes the kernels
+ * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE: per-op dispatch dominates small pairs,
+ * and only around 1000×2000 tokens do tfjs-wasm's XNNPACK products catch up with the kernels
+ * (`npm run bench`, same process, interleaved: 960×160 / 2048×100 is a tie at r 8 and ~5 % for tfjs
+ * at r 32). Both compute the same function (tested within 1e-5).
+ */
+export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
+const TFJS_ABOVE = 2_000_000;
+let engineSetting: LpkaEngine = parseEngine(process.env.MERGENET_ADAPTER_ENGINE);
+
+function parseEngine(v: string | undefined): LpkaEngine {
+  if (v === undefined || v === '') return 'auto';
+  if (v === 'auto' || v === 'kernels' || v === 'tfjs') return v;
+  throw new Error(`MERGENET_ADAPTER_ENGINE must be auto, kernels or tfjs, got ${JSON.stringify(v)}`);
+}
+
+/** Set the engine for every adapter of this thread (tests and benchmarks). */
+export function setLpkaEngine(engine: LpkaEngine): void {
+  engineSetting = parseEngine(engine);
+}
+
+/** The engine a call with these token counts runs on. */
+export function lpkaEngineFor(queryTokens: number, sourceTokens: number): 'kernels' | 'tfjs' {
+  if (engineSetting !== 'auto') return engineSetting;
+  return queryTokens * sourceTokens > TFJS_ABOVE ? 'tfjs' : 'kernels';
+}
+
+/** Float32 copy of a tensor's values (dataSync may return the backend's own array). */
+function valuesOf(t: tf.Tensor): Float32Array {
+  return Float32Array.from(t.dataSync() as Float32Array);
+}
+
 export class LpkaAdapter {
   readonly config: AdapterConfig;
-  /** Every trainable parameter, by name, in a stable order (see lpkaParamSpecs). */
-  readonly params: Map<string, tf.Variable>;
+  /** Every parameter, in lpkaParamSpecs order, in one buffer (what checkpoints and workers move). */
+  readonly values: Float32Array;
+  /** Every trainable parameter by name, in a stable order: views into `values` (writes change the adapter). */
+  readonly params: Map<string, Float32Array>;
   private readonly shapes = new Map<string, number[]>();
+  private readonly grads: Float64Array;
+  private readonly gradByName: Map<string, Float64Array>;
+  private readonly views: LayerViews<Float32Array>[];
+  private readonly gradViews: LayerViews<Float64Array>[];
+  /** name → [offset, length] in `values` */
+  private readonly offsets = new Map<string, [number, number]>();
   private disposed = false;
 
   constructor(config: AdapterConfig) {
@@ -158,28 +159,51 @@ export class LpkaAdapter {
     const cfg = this.config;
     const rng = seedrandom(`lpka:${cfg.seed}`);
     const outScale = cfg.initScale ?? 0;
+    const specs = lpkaParamSpecs(cfg);
+    const total = specs.reduce((s, p) => s + numelOf(p.shape), 0);
+    this.values = new Float32Array(total);
+    this.grads = new Float64Array(total);
     this.params = new Map();
-    for (const spec of lpkaParamSpecs(cfg)) {
+    this.gradByName = new Map();
+    let offset = 0;
+    for (const spec of specs) {
       const n = numelOf(spec.shape);
-      const values = new Float32Array(n);
+      const values = this.values.subarray(offset, offset + n);
+      // The same draws, in the same order, as the tfjs version: seeds keep their meaning.
       if (spec.init === 'ones') values.fill(1);
       else if (spec.init === 'glorot' || (spec.init === 'output' && outScale > 0)) {
         const scale = spec.init === 'output' ? outScale : 1;
         const limit = scale * Math.sqrt(6 / (spec.fanIn! + spec.fanOut!));
         for (let i = 0; i < n; i++) values[i] = (2 * rng() - 1) * limit;
       }
-      // tfjs variable names are global to the engine; let it pick unique ones so that many adapters
-      // (one per pair) can live in one process. Our names live in the map.
-      const initial = tf.tensor(values, spec.shape, 'float32');
-      this.params.set(spec.name, tf.variable(initial, true));
-      initial.dispose(); // the variable holds its own reference to the data
+      this.params.set(spec.name, values);
+      this.gradByName.set(spec.name, this.grads.subarray(offset, offset + n));
       this.shapes.set(spec.name, spec.shape);
+      this.offsets.set(spec.name, [offset, n]);
+      offset += n;
     }
+    this.views = layerViews(cfg.layers, (name) => this.params.get(name)!);
+    this.gradViews = layerViews(cfg.layers, (name) => this.gradByName.get(name)!);
   }
 
-  /** Parameters as an ordered list of {name, variable}. */
+  /**
+   * Parameter views for one pass in `ws`: with the SIMD gemm, a copy of the parameters in its memory
+   * (so the linear layers run on it; ~10⁴–10⁵ floats, negligible next to the pass), else the
+   * parameters themselves.
+   */
+  private viewsFor(ws: Workspace): LayerViews<Float32Array>[] {
+    if (ws.simd === null) return this.views;
+    const copy = ws.f32(this.values.length);
+    copy.set(this.values);
+    return layerViews(this.config.layers, (name) => {
+      const [o, n] = this.offsets.get(name)!;
+      return copy.subarray(o, o + n);
+    });
+  }
+
+  /** Parameters as an ordered list of {name, shape, values}. */
   namedParams(): NamedParam[] {
-    return [...this.params].map(([name, variable]) => ({ name, variable }));
+    return [...this.params].map(([name, values]) => ({ name, shape: [...this.shapes.get(name)!], values }));
   }
 
   paramShape(name: string): number[] | undefined {
@@ -188,45 +212,11 @@ export class LpkaAdapter {
   }
 
   numParams(): number {
-    let n = 0;
-    for (const v of this.params.values()) n += v.size;
-    return n;
+    return this.values.length;
   }
 
-  private p(name: string): tf.Variable {
-    const v = this.params.get(name);
-    if (!v) throw new Error(`LPKA: no parameter named ${name}`);
-    return v;
-  }
-
-  private layerNorm(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    const mu = tf.mean(x, -1, true);
-    const xc = tf.sub(x, mu);
-    const variance = tf.mean(tf.square(xc), -1, true);
-    const xn = tf.mul(xc, tf.rsqrt(tf.add(variance, LN_EPS)));
-    return tf.add(tf.mul(xn, this.p(`${prefix}/gain`)), this.p(`${prefix}/bias`)) as tf.Tensor2D;
-  }
-
-  /** One attention module: queries xq [m, r] (normalised) against keys/values y [s, r] (normalised). */
-  private attention(prefix: string, xq: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
-    const { heads, attnDim } = this.config;
-    const dh = attnDim / heads;
-    const q = tf.mul(tf.add(linear(xq, this.p(`${prefix}/Wq`)), this.p(`${prefix}/bq`)), 1 / Math.sqrt(dh));
-    const k = tf.add(linear(y, this.p(`${prefix}/Wk`)), this.p(`${prefix}/bk`));
-    const v = tf.add(linear(y, this.p(`${prefix}/Wv`)), this.p(`${prefix}/bv`));
-    // Per-head operands are column blocks of q and v and row blocks of kᵀ (see attentionCore). One
-    // split per operand rather than a slice per head: its gradient is a single concat.
-    const qs = tf.split(q, heads, 1);
-    const kts = tf.split(tf.transpose(k), heads, 0);
-    const vs = tf.split(v, heads, 1);
-    const outs = qs.map((qh, h) => attentionCore(qh, kts[h], vs[h]) as tf.Tensor2D);
-    const o = heads === 1 ? outs[0] : tf.concat(outs, 1);
-    return tf.add(linear(o, this.p(`${prefix}/Wo`)), this.p(`${prefix}/bo`)) as tf.Tensor2D;
-  }
-
-  private ffn(prefix: string, x: tf.Tensor2D): tf.Tensor2D {
-    const h = gelu(tf.add(linear(x, this.p(`${prefix}/W1`)), this.p(`${prefix}/b1`)));
-    return tf.add(linear(h, this.p(`${prefix}/W2`)), this.p(`${prefix}/b2`)) as tf.Tensor2D;
+  private checkAlive(): void {
+    if (this.disposed) throw new Error('LPKA: adapter has been disposed');
   }
 
   /**
@@ -234,40 +224,98 @@ export class LpkaAdapter {
    * rank `config.rank`. The caller owns the returned tensors (and keeps ownership of the inputs).
    */
   forward(target: LowRank, source: LowRank): LowRank {
-    if (this.disposed) throw new Error('LPKA: adapter has been disposed');
+    this.checkAlive();
     const r = this.config.rank;
-    checkFactors('target', target, r);
-    checkFactors('source', source, r);
-    return tf.tidy(() => {
-      const x: Record<TokenSet, tf.Tensor2D> = { rows: target.A, cols: tf.transpose(target.B) };
-      const src: Record<TokenSet, tf.Tensor2D> = { rows: source.A, cols: tf.transpose(source.B) };
-      for (let l = 0; l < this.config.layers; l++) {
-        const p = `layer${l}`;
-        const ys: Record<TokenSet, tf.Tensor2D> = {
-          rows: this.layerNorm(src.rows, `${p}/ln_source_rows`),
-          cols: this.layerNorm(src.cols, `${p}/ln_source_cols`),
-        };
-        const next = {} as Record<TokenSet, tf.Tensor2D>;
-        for (const qs of SETS) {
-          const xq = this.layerNorm(x[qs], `${p}/ln_query_${qs}`);
-          const sumAttn = tf.add(this.attention(`${p}/attn_${qs}_rows`, xq, ys.rows), this.attention(`${p}/attn_${qs}_cols`, xq, ys.cols));
-          next[qs] = tf.add(x[qs], tf.mul(0.5, sumAttn));
-        }
-        for (const qs of SETS) {
-          next[qs] = tf.add(next[qs], this.ffn(`${p}/ffn_${qs}`, this.layerNorm(next[qs], `${p}/ln_ffn_${qs}`)));
-        }
-        x.rows = next.rows;
-        x.cols = next.cols;
+    const t = checkFactors('target', target, r);
+    const s = checkFactors('source', source, r);
+    if (lpkaEngineFor(t.m + t.n, s.m + s.n) === 'tfjs') {
+      const tfjs = this.tfjsEngine();
+      try {
+        return tfjs.forward(target, source);
+      } finally {
+        tfjs.dispose();
       }
-      return { A: x.rows, B: tf.transpose(x.cols) };
+    }
+    const out = this.forwardFactors(
+      { A: valuesOf(target.A), B: valuesOf(target.B), m: t.m, n: t.n },
+      { A: valuesOf(source.A), B: valuesOf(source.B), m: s.m, n: s.n },
+    );
+    return { A: tf.tensor2d(out.A, [t.m, r], 'float32'), B: tf.tensor2d(out.B, [r, t.n], 'float32') };
+  }
+
+  /** forward on plain arrays; the result is freshly allocated and owned by the caller. */
+  forwardFactors(target: Factors, source: Factors, ws: Workspace = sharedWorkspace): Factors {
+    this.checkAlive();
+    const r = this.config.rank;
+    checkArrays('target', target, r);
+    checkArrays('source', source, r);
+    if (lpkaEngineFor(target.m + target.n, source.m + source.n) === 'tfjs') {
+      const out = this.forward(
+        { A: tf.tensor2d(target.A, [target.m, r]), B: tf.tensor2d(target.B, [r, target.n]) },
+        { A: tf.tensor2d(source.A, [source.m, r]), B: tf.tensor2d(source.B, [r, source.n]) },
+      );
+      const res = { A: valuesOf(out.A), B: valuesOf(out.B), m: target.m, n: target.n };
+      tf.dispose([out.A, out.B]);
+      return res;
+    }
+    return ws.run(() => {
+      const fw = forwardPass(this.config, this.viewsFor(ws), target, source, ws, false);
+      const A = Float32Array.from(fw.rows);
+      const B = new Float32Array(r * target.n);
+      // B′ = (final column tokens)ᵀ
+      for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) B[k * target.n + j] = fw.cols[j * r + k];
+      return { A, B, m: target.m, n: target.n };
     });
   }
 
-  /** Copy every weight (name → values); a snapshot, e.g. for tests and checkpoints. Copies, because
-   * the cpu backend's dataSync returns its internal array. */
+  /**
+   * Gradients of ⟨A′, gA⟩ + ⟨B′, gB⟩ with respect to every parameter (gA [m, r], gB [r, n] row-major),
+   * by name. The arrays are views into a buffer of this adapter, valid until its next VJP.
+   */
+  vjpFactors(target: Factors, source: Factors, gA: Float32Array, gB: Float32Array, ws: Workspace = sharedWorkspace): Map<string, Float64Array> {
+    this.checkAlive();
+    const r = this.config.rank;
+    checkArrays('target', target, r);
+    checkArrays('source', source, r);
+    if (gA.length !== target.m * r || gB.length !== r * target.n) throw new Error('LPKA: upstream gradients do not match the target factors');
+    if (lpkaEngineFor(target.m + target.n, source.m + source.n) === 'tfjs') {
+      const tfjs = this.tfjsEngine();
+      const ins = [
+        tf.tensor2d(target.A, [target.m, r]), tf.tensor2d(target.B, [r, target.n]),
+        tf.tensor2d(source.A, [source.m, r]), tf.tensor2d(source.B, [r, source.n]),
+        tf.tensor2d(gA, [target.m, r]), tf.tensor2d(gB, [r, target.n]),
+      ] as tf.Tensor2D[];
+      try {
+        const grads = tfjs.vjp({ A: ins[0], B: ins[1] }, { A: ins[2], B: ins[3] }, ins[4], ins[5]);
+        for (const [name, g] of grads) this.gradByName.get(name)!.set(g);
+      } finally {
+        tf.dispose(ins);
+        tfjs.dispose();
+      }
+      return this.gradByName;
+    }
+    ws.run(() => {
+      const W = this.viewsFor(ws);
+      const fw = forwardPass(this.config, W, target, source, ws, true);
+      const dRows = ws.f64(target.m * r);
+      for (let i = 0; i < dRows.length; i++) dRows[i] = gA[i];
+      const dCols = ws.f64(target.n * r);
+      for (let j = 0; j < target.n; j++) for (let k = 0; k < r; k++) dCols[j * r + k] = gB[k * target.n + j];
+      this.grads.fill(0);
+      backwardPass(this.config, W, this.gradViews, fw, dRows, dCols, ws);
+    });
+    return this.gradByName;
+  }
+
+  /** A tfjs copy of the current weights, for one call; the caller disposes it. */
+  private tfjsEngine(): TfjsReferenceLpka {
+    return new TfjsReferenceLpka(this.config, this.params, (name) => this.shapes.get(name)!);
+  }
+
+  /** Copy every weight (name → values); a snapshot, e.g. for tests and checkpoints. */
   exportWeights(): Map<string, Float32Array> {
     const out = new Map<string, Float32Array>();
-    for (const [name, v] of this.params) out.set(name, Float32Array.from(v.dataSync() as Float32Array));
+    for (const [name, v] of this.params) out.set(name, Float32Array.from(v));
     return out;
   }
 
@@ -275,9 +323,8 @@ export class LpkaAdapter {
     return this.disposed;
   }
 
+  /** Marks the adapter unusable (it holds no tfjs tensors; kept so owners dispose uniformly). */
   dispose(): void {
-    if (this.disposed) return;
     this.disposed = true;
-    for (const v of this.params.values()) v.dispose();
   }
 }

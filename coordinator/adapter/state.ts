@@ -1,7 +1,6 @@
 // Checkpoint of one adapter and its optimiser: format version, config, every weight, the AdamW
 // moments and step count, as one MessagePack message of float32 wire tensors (bit-exact).
 // Loading validates everything before it allocates a tensor, and every failure names the field.
-import * as tf from '@tensorflow/tfjs';
 import { CodecError, decodeMessage, encodeMessage, tensorToWire, wireToFloat32, type SizeLimit } from '../../shared/codec/tensor-codec.js';
 import { AdamW } from './adamw.js';
 import { type AdapterConfig, parseAdapterConfig } from './config.js';
@@ -89,11 +88,7 @@ export function deserializeAdapterState(bytes: Uint8Array, limit: SizeLimit = {}
   const adapter = new LpkaAdapter(config);
   let opt: AdamW | undefined;
   try {
-    for (const [name, values] of weights) {
-      const t = tf.tensor(values, adapter.paramShape(name)!, 'float32');
-      adapter.params.get(name)!.assign(t);
-      t.dispose(); // the variable keeps its own reference to the data
-    }
+    for (const [name, values] of weights) adapter.params.get(name)!.set(values);
     opt = new AdamW(adapter.namedParams(), config);
     opt.importState({ step: o.step, m, v });
     return { adapter, opt };

@@ -5,7 +5,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../../shared/math/low-rank.js';
 import { AdamW, type StepResult } from './adamw.js';
 import { type AdapterConfig, parseAdapterConfig } from './config.js';
-import { LpkaAdapter } from './lpka.js';
+import { type Factors, LpkaAdapter } from './lpka.js';
 
 export interface AdapterInput {
   target: LowRank;
@@ -25,15 +25,9 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-/**
- * Gradients of ⟨A′, gA⟩ + ⟨B′, gB⟩ with respect to every adapter parameter, where A′, B′ =
- * adapter.forward(input). That is the VJP of the adapter's output with the upstream gradients.
- * The caller owns the returned tensors.
- */
-export function adapterVjp(adapter: LpkaAdapter, input: AdapterInput, upstream: UpstreamGrads): Map<string, tf.Tensor> {
-  const { target, source } = input;
-  const wantA = target.A.shape;
-  const wantB = target.B.shape;
+function checkUpstream(input: AdapterInput, upstream: UpstreamGrads): void {
+  const wantA = input.target.A.shape;
+  const wantB = input.target.B.shape;
   if (!upstream || !upstream.gA || !upstream.gB) throw new Error('adapter update: upstream gradients gA and gB are required');
   // A′ has the target A's shape and B′ the target B's: the adapter maps tokens to tokens.
   if (!sameShape(upstream.gA.shape, wantA)) {
@@ -42,22 +36,29 @@ export function adapterVjp(adapter: LpkaAdapter, input: AdapterInput, upstream: 
   if (!sameShape(upstream.gB.shape, wantB)) {
     throw new Error(`adapter update: gB has shape ${shapeStr(upstream.gB.shape)}, but B′ has shape ${shapeStr(wantB)}`);
   }
-  const named = adapter.namedParams();
-  const byTfName = new Map(named.map((p) => [p.variable.name, p.name]));
-  const { value, grads } = tf.variableGrads(() => {
-    const out = adapter.forward(target, source);
-    return tf.add(tf.sum(tf.mul(out.A, upstream.gA)), tf.sum(tf.mul(out.B, upstream.gB))) as tf.Scalar;
-  }, named.map((p) => p.variable));
-  value.dispose();
+}
+
+function factorsOf(f: LowRank): Factors {
+  if (f.A.shape.length !== 2 || f.B.shape.length !== 2) throw new Error('adapter update: factors must be 2-D');
+  return { A: f.A.dataSync() as Float32Array, B: f.B.dataSync() as Float32Array, m: f.A.shape[0], n: f.B.shape[1] };
+}
+
+/** Parameter gradients as plain arrays (views into the adapter, valid until its next VJP). */
+function vjpArrays(adapter: LpkaAdapter, input: AdapterInput, upstream: UpstreamGrads): Map<string, Float64Array> {
+  checkUpstream(input, upstream);
+  // dataSync views are only read, before any other tfjs call, so no copy is needed.
+  return adapter.vjpFactors(factorsOf(input.target), factorsOf(input.source), upstream.gA.dataSync() as Float32Array, upstream.gB.dataSync() as Float32Array);
+}
+
+/**
+ * Gradients of ⟨A′, gA⟩ + ⟨B′, gB⟩ with respect to every adapter parameter, where A′, B′ =
+ * adapter.forward(input). That is the VJP of the adapter's output with the upstream gradients.
+ * The caller owns the returned tensors.
+ */
+export function adapterVjp(adapter: LpkaAdapter, input: AdapterInput, upstream: UpstreamGrads): Map<string, tf.Tensor> {
+  const grads = vjpArrays(adapter, input, upstream);
   const out = new Map<string, tf.Tensor>();
-  for (const [tfName, g] of Object.entries(grads)) {
-    const name = byTfName.get(tfName);
-    if (name === undefined) {
-      g?.dispose();
-      continue;
-    }
-    if (g) out.set(name, g);
-  }
+  for (const [name, g] of grads) out.set(name, tf.tensor(Float32Array.from(g), adapter.paramShape(name)!, 'float32'));
   return out;
 }
 
@@ -66,12 +67,12 @@ export function adapterVjp(adapter: LpkaAdapter, input: AdapterInput, upstream: 
  * Inputs and upstream gradients stay owned by the caller; nothing else survives the call.
  */
 export function adapterUpdate(adapter: LpkaAdapter, opt: AdamW, input: AdapterInput, upstream: UpstreamGrads): StepResult {
-  const grads = adapterVjp(adapter, input, upstream);
-  try {
-    return opt.step(grads);
-  } finally {
-    for (const g of grads.values()) g.dispose();
-  }
+  return opt.step(vjpArrays(adapter, input, upstream));
+}
+
+/** The same update on plain arrays (gA [m, r], gB [r, n] row-major): what a worker thread runs. */
+export function adapterUpdateFactors(adapter: LpkaAdapter, opt: AdamW, target: Factors, source: Factors, gA: Float32Array, gB: Float32Array): StepResult {
+  return opt.step(adapter.vjpFactors(target, source, gA, gB));
 }
 
 /** An adapter and its optimiser, created and disposed together: what the coordinator holds per pair. */

@@ -1,0 +1,93 @@
+// The device's own cost of taking part in MergeNet, per cycle of one target pair: take a slice of
+// the slot, apply a transfer as a knowledge branch, project the accumulated gradient into feedback,
+// as a share of the local training those T_cycle steps cost. Measured on the zoo's MNIST MLP and CNN
+// with their default sizes, on the slot dense_0 (the largest of both), from random batches.
+import * as tf from '@tensorflow/tfjs';
+import { projectFeedback } from '../client/feedback.js';
+import { KnowledgeBranches } from '../client/knowledge-branch.js';
+import { buildModel, type ModelSpec } from '../client/models/mnist-models.js';
+import { CNN_DEFAULTS, MLP_DEFAULT_HIDDEN } from '../client/models/registry.js';
+import { readSlot } from '../client/slot.js';
+import { Trainer } from '../client/trainer.js';
+import { lowRankSlice } from '../shared/math/slice.js';
+import { disposeLowRank } from '../shared/math/low-rank.js';
+
+export interface OverheadOptions {
+  tCycle: number;
+  rank: number;
+  batchSize: number;
+  warmup: number;
+  repeats: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** Median ms of fn over `repeats` runs after `warmup`; interleaving is the caller's business. */
+function timeMs(fn: () => void, warmup: number, repeats: number): number {
+  for (let i = 0; i < warmup; i++) fn();
+  const ts: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  return +median(ts).toFixed(3);
+}
+
+function measureModel(name: string, spec: ModelSpec, o: OverheadOptions) {
+  const layer = 'dense_0';
+  const model = buildModel(spec, 1);
+  const trainer = new Trainer(model, { optimizer: 'adam', lr: 1e-3 });
+  const inputSize = spec.inputShape.reduce((a, b) => a * b, 1);
+  const xs = tf.randomUniform([o.batchSize, ...spec.inputShape], 0, 1, 'float32', 1);
+  const ys = tf.oneHot(tf.randomUniform([o.batchSize], 0, spec.classes, 'int32', 2) as tf.Tensor1D, spec.classes);
+  const stepMs = timeMs(() => void trainer.step(xs, ys), o.warmup, o.repeats);
+
+  const branches = new KnowledgeBranches(model);
+  const W = readSlot(model, layer);
+  const [m, n] = W.shape;
+  const current = lowRankSlice(W, o.rank);
+  const sliceMs = timeMs(() => {
+    const w = readSlot(model, layer);
+    const f = lowRankSlice(w, o.rank);
+    f.B.dataSync();
+    w.dispose();
+    disposeLowRank(f);
+  }, o.warmup, o.repeats);
+  // A transfer: the adapter's output, here the slice slightly moved.
+  const generated = tf.tidy(() => ({ A: tf.add(current.A, tf.randomNormal(current.A.shape, 0, 1e-2, 'float32', 3)) as tf.Tensor2D, B: tf.clone(current.B) }));
+  const applyMs = timeMs(() => {
+    branches.set('p', layer, generated, current, 0.5);
+    tf.tidy(() => readSlot(model, layer).dataSync()); // force the kernel update
+  }, o.warmup, o.repeats);
+  const G = tf.randomNormal([m, n], 0, 1e-3, 'float32', 4) as tf.Tensor2D;
+  const feedbackMs = timeMs(() => {
+    const fb = projectFeedback(G, generated, 0.9);
+    fb.gB.dataSync();
+    fb.gA.dispose();
+    fb.gB.dispose();
+  }, o.warmup, o.repeats);
+  const perCycleMs = sliceMs + applyMs + feedbackMs;
+  const trainingMs = o.tCycle * stepMs;
+  tf.dispose([xs, ys, W, G, generated.A, generated.B]);
+  disposeLowRank(current);
+  trainer.dispose?.();
+  model.dispose();
+  return {
+    model: name, slot: layer, slotShape: [m, n], inputSize, rank: o.rank, batchSize: o.batchSize, tCycle: o.tCycle,
+    stepMs, sliceMs, applyMs, feedbackMs, perCycleMs: +perCycleMs.toFixed(3),
+    shareOfTraining: +(perCycleMs / trainingMs).toFixed(3),
+  };
+}
+
+/** Device overhead at T_cycle = o.tCycle for the zoo's MNIST MLP and CNN (default sizes). */
+export function measureDeviceOverhead(o: OverheadOptions) {
+  return [
+    measureModel('mlp', { kind: 'mlp', inputShape: [784], hidden: MLP_DEFAULT_HIDDEN, classes: 10 }, o),
+    measureModel('cnn', { kind: 'cnn', inputShape: [28, 28, 1], ...CNN_DEFAULTS, classes: 10 }, o),
+  ];
+}

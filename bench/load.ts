@@ -1,0 +1,140 @@
+// `npm run bench:load`: one coordinator process under N simulated devices (a benchmark, not a test).
+// The coordinator runs in this process, with checkpoints on (a temp dir) and event-loop delay
+// monitored here; the devices run in a child process (bench/load-devices.ts) over real socket.io
+// connections on 127.0.0.1. Device 2i is the source and 2i+1 the target of pair i (tCycle 1, k 1),
+// so N devices offer N/2 pair-cycles per slice period. Prints a JSON report and a summary line.
+//
+//   npm run bench:load -- --devices 1000 --duration 60 --slots small
+import { fork } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { Command, InvalidArgumentError } from 'commander';
+import { parseCoordinatorConfig } from '../coordinator/config.js';
+import { serve } from '../coordinator/server.js';
+import { createLogger } from '../shared/log.js';
+import type { LoadDeviceSpec, LoadDevicesJob, LoadDevicesReport } from './load-devices.js';
+
+const SLOT_SETS: Record<string, { source: [number, number]; target: [number, number] }> = {
+  small: { source: [128, 10], target: [64, 10] },
+  large: { source: [800, 128], target: [784, 128] },
+};
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+function percentile(sorted: number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+const mb = (bytes: number) => Math.round(bytes / (1 << 20));
+
+async function main(): Promise<void> {
+  const o = new Command('bench:load')
+    .option('--devices <n>', 'simulated devices (an even number: one pair per two)', positiveInt, 100)
+    .option('--duration <s>', 'seconds of load after registration', positiveInt, 30)
+    .option('--slots <set>', `slot shapes: ${Object.keys(SLOT_SETS).join(' or ')}`, 'small')
+    .option('--rank <r>', 'pair rank', positiveInt, 8)
+    .option('--slice-ms <ms>', 'each device sends a slice this often', positiveInt, 1000)
+    .option('--late <n>', 'late devices that register during the load', positiveInt, 5)
+    .option('--checkpoint-every <n>', 'checkpoint every n adapter updates (0: off)', (v) => Number(v), 50)
+    .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
+    .parse(process.argv)
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number }>();
+  const shapes = SLOT_SETS[o.slots];
+  if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
+  const pairs = Math.floor(o.devices / 2);
+
+  const spec = (id: string, role: 'source' | 'target'): LoadDeviceSpec => ({ id, token: `${id}-token`, slot: role === 'source' ? 's' : 't', shape: role === 'source' ? shapes.source : shapes.target });
+  const devices: LoadDeviceSpec[] = [];
+  for (let i = 0; i < pairs; i++) devices.push(spec(`d${2 * i}`, 'source'), spec(`d${2 * i + 1}`, 'target'));
+  const late = Array.from({ length: o.late }, (_, i) => spec(`late${i}`, 'target'));
+  const dir = o.checkpointEvery > 0 ? await mkdtemp(join(tmpdir(), 'mergenet-load-')) : undefined;
+  const config = parseCoordinatorConfig({
+    devices: [...devices, ...late].map((d) => ({ id: d.id, token: d.token })),
+    defaults: { rank: o.rank, tCycle: 1, k: 1 },
+    pairs: Array.from({ length: pairs }, (_, i) => ({ id: `p${i}`, source: { device: `d${2 * i}`, slot: 's' }, target: { device: `d${2 * i + 1}`, slot: 't' } })),
+    checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery } : {},
+    statusEveryMs: 0,
+  });
+
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
+  const coord = await serve(config, { logger: createLogger('coordinator', process.env.MERGENET_LOG_LEVEL ?? 'warn') });
+  let updates = 0;
+  coord.on('update', () => updates++);
+  const rss: { t: number; mb: number }[] = [];
+  const t0 = performance.now();
+  const sampler = setInterval(() => rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(process.memoryUsage().rss) }), 5000);
+
+  const here = dirname(fileURLToPath(import.meta.url));
+  const child = fork(join(here, 'load-devices.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const job: LoadDevicesJob = {
+    url: coord.url, rank: o.rank, devices, late, sliceMs: o.sliceMs, durationMs: o.duration * 1000,
+    connectConcurrency: o.connectConcurrency, connectTimeoutMs: 15_000,
+  };
+  let updatesAtLoadStart = 0;
+  let loadStartedAt = 0;
+  const report = await new Promise<LoadDevicesReport>((resolve, reject) => {
+    child.on('message', (m: { kind: string; report?: LoadDevicesReport }) => {
+      if (m.kind === 'registered') {
+        // measure the load phase only
+        updatesAtLoadStart = updates;
+        loadStartedAt = performance.now();
+        lag.reset();
+      } else if (m.kind === 'report') resolve(m.report!);
+    });
+    child.once('exit', (code) => (code === 0 ? undefined : reject(new Error(`load devices exited with code ${code}`))));
+    child.send(job);
+  });
+  const loadSeconds = (performance.now() - loadStartedAt) / 1000;
+  lag.disable();
+  clearInterval(sampler);
+  const status = coord.status();
+  await coord.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+
+  const loadUpdates = updates - updatesAtLoadStart;
+  const lat = report.latencyMs;
+  const lateOk = report.lateRegisterMs.filter((x): x is number => x !== null).sort((a, b) => a - b);
+  const result = {
+    date: new Date().toISOString(),
+    node: process.version,
+    options: { ...o, pairs },
+    registered: report.registered,
+    failedToRegister: report.failedToRegister,
+    registerAllMs: report.registerAllMs,
+    loadSeconds: +loadSeconds.toFixed(1),
+    offeredCyclesPerSec: +(pairs * (1000 / o.sliceMs)).toFixed(1),
+    pairCyclesPerSec: +(report.transfers / (report.loadMs / 1000)).toFixed(1),
+    adapterUpdatesPerSec: +(loadUpdates / loadSeconds).toFixed(1),
+    sliceToTransferMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), n: lat.length },
+    eventLoopLagMs: { p50: +(lag.percentile(50) / 1e6).toFixed(1), p99: +(lag.percentile(99) / 1e6).toFixed(1), max: +(lag.max / 1e6).toFixed(1) },
+    lateRegisterMs: { each: report.lateRegisterMs, max: lateOk.length ? lateOk[lateOk.length - 1] : null, timedOut: report.lateRegisterMs.filter((x) => x === null).length },
+    rssMb: rss,
+    drops: status.drops,
+    rejects: report.rejects,
+    device: { slicesSent: report.slicesSent, transfers: report.transfers, feedbackSent: report.feedbackSent, disconnects: report.disconnects },
+  };
+  process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+  const rssFirst = rss[0]?.mb;
+  const rssLast = rss[rss.length - 1]?.mb;
+  process.stdout.write(
+    `bench:load ${o.devices} devices (${o.slots} slots, r ${o.rank}): registered ${report.registered} in ${report.registerAllMs} ms; ` +
+      `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered, ${result.adapterUpdatesPerSec} updates/s; ` +
+      `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
+      `loop lag p99 ${result.eventLoopLagMs.p99} ms; late register max ${result.lateRegisterMs.max} ms (${result.lateRegisterMs.timedOut} timed out); ` +
+      `RSS ${rssFirst} → ${rssLast} MB; drops ${JSON.stringify(status.drops)}; rejects ${JSON.stringify(report.rejects)}\n`,
+  );
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench:load: ${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,308 @@
+// A float32 matrix product and softmax row helpers in WebAssembly SIMD, for the attention score
+// products and their exps, where scalar JS loops run several times slower than 4-wide vector code. The module is assembled here, byte by
+// byte, from the listing below: no toolchain, no binary blob in the repository. It works on a
+// WebAssembly.Memory that the caller's buffers live in (see Workspace).
+//
+//   gemm(M, N, K, A, lda, B, ldb, C, ldc, acc):  C[M, N] (+)= A[M, K] · B[K, N]
+//   row-major; A, B, C are byte offsets, lda/ldb/ldc strides in elements; N a multiple of 4;
+//   acc = 0 overwrites C, else adds to it. Per row of C, blocks of 16, 8 then 4 columns are
+//   accumulated in registers over the whole k loop (4 lanes per vector).
+//   rowMax(p, n4) → max of the n4 floats at p (n4 a multiple of 4)
+//   expRow(p, n4, shift) → x ← exp(x − shift) in place; returns the sum. Polynomial exp: 2^n·e^t,
+//     n = nearest((x − shift)·log2 e) ≥ −127 (2^−127 is built as 0, so −1e30 pads give exactly 0),
+//     |t| ≤ ln2/2, degree-6 Taylor polynomial in float32 (≈1e-6 relative, from rounding x·log2 e)
+//   scaleRow(p, n4, s): x ← x·s
+//   softmaxGradRow(p, ds, n4, D): ds ← p⊙(ds − D)   (the softmax backward, one row)
+
+const OP = {
+  block: 0x02, loop: 0x03, if: 0x04, end: 0x0b, br: 0x0c, brIf: 0x0d, void: 0x40,
+  localGet: 0x20, localSet: 0x21, localTee: 0x22, i32Const: 0x41, f32Load: 0x2a,
+  i32Eqz: 0x45, i32GeS: 0x4e, i32Add: 0x6a, i32Mul: 0x6c, i32Shl: 0x74, f32Add: 0x92, f32Max: 0x97,
+  simd: 0xfd,
+};
+// SIMD opcodes (after the 0xfd prefix, LEB128-encoded)
+const SIMD = {
+  load: 0x00, store: 0x0b, const: 0x0c, f32x4Splat: 0x13, f32x4ExtractLane: 0x1f, f32x4Nearest: 0x6a,
+  i32x4Shl: 0xab, i32x4Add: 0xae, f32x4Add: 0xe4, f32x4Sub: 0xe5, f32x4Mul: 0xe6, f32x4Max: 0xe9,
+  i32x4TruncSatF32x4S: 0xf8,
+};
+
+function uleb(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) b |= 0x80;
+    out.push(b);
+  } while (n !== 0);
+  return out;
+}
+
+function sleb(n: number): number[] {
+  const out: number[] = [];
+  for (;;) {
+    const b = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && (b & 0x40) === 0) || (n === -1 && (b & 0x40) !== 0)) {
+      out.push(b);
+      return out;
+    }
+    out.push(b | 0x80);
+  }
+}
+
+function section(id: number, body: number[]): number[] {
+  return [id, ...uleb(body.length), ...body];
+}
+
+function str(s: string): number[] {
+  return [...uleb(s.length), ...[...s].map((c) => c.charCodeAt(0))];
+}
+
+// gemm parameter and local indices
+const [M, N, K, A, LDA, B, LDB, C, LDC, ACC] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+const [I, KK, J, CROW, AROW, NBYTES, APTR, BPTR, LDB4, JEND] = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
+const AV = 20; // v128: the splatted A element
+const CV = [21, 22, 23, 24]; // v128: accumulators of one row block of C
+
+const get = (i: number) => [OP.localGet, i];
+const set = (i: number) => [OP.localSet, i];
+const simd = (op: number) => [OP.simd, ...uleb(op)];
+const memarg = [2, 0]; // alignment hint 4 bytes, offset 0
+const memargAt = (offset: number) => [2, ...uleb(offset)];
+/** local = local + k */
+const inc = (i: number, k: number) => [...get(i), OP.i32Const, ...sleb(k), OP.i32Add, ...set(i)];
+/** local = local + other */
+const incBy = (i: number, other: number) => [...get(i), ...get(other), OP.i32Add, ...set(i)];
+/** out = base + (row·ld << 2) */
+const rowPtr = (out: number, base: number, row: number, ld: number) => [
+  ...get(base), ...get(row), ...get(ld), OP.i32Mul, OP.i32Const, 2, OP.i32Shl, OP.i32Add, ...set(out),
+];
+/** `while (a < b) { body }` as block/loop; the body sits two labels deep. */
+const whileLt = (a: number, b: number, body: number[]) => [
+  OP.block, OP.void, OP.loop, OP.void,
+  ...get(a), ...get(b), OP.i32GeS, OP.brIf, 1,
+  ...body,
+  OP.br, 0, OP.end, OP.end,
+];
+/** `while (a <= b) { body }` */
+const whileLe = (a: number, b: number, body: number[]) => [
+  OP.block, OP.void, OP.loop, OP.void,
+  ...get(a), ...get(b), 0x4a /* i32.gt_s */, OP.brIf, 1,
+  ...body,
+  OP.br, 0, OP.end, OP.end,
+];
+
+/**
+ * One pass over the columns of C row i in blocks of nv vectors (4·nv floats), starting at J: each
+ * block's accumulators stay in registers over the whole k loop, so C is read and written once.
+ */
+function columnBlocks(nv: number): number[] {
+  const width = 16 * nv;
+  const init: number[] = [];
+  for (let v = 0; v < nv; v++) {
+    init.push(
+      ...get(ACC), OP.if, 0x7b, // if (acc) load C else 0, as a v128
+      ...get(CROW), ...get(J), OP.i32Add, ...simd(SIMD.load), ...memargAt(16 * v),
+      0x05, // else
+      ...f32x4Const(0),
+      OP.end, ...set(CV[v]),
+    );
+  }
+  const fma: number[] = [];
+  for (let v = 0; v < nv; v++) {
+    fma.push(...get(CV[v]), ...get(AV), ...get(BPTR), ...simd(SIMD.load), ...memargAt(16 * v), ...simd(SIMD.f32x4Mul), ...simd(SIMD.f32x4Add), ...set(CV[v]));
+  }
+  const store: number[] = [];
+  for (let v = 0; v < nv; v++) store.push(...get(CROW), ...get(J), OP.i32Add, ...get(CV[v]), ...simd(SIMD.store), ...memargAt(16 * v));
+  return [
+    ...get(NBYTES), OP.i32Const, ...sleb(width), 0x6b /* i32.sub */, ...set(JEND),
+    ...whileLe(J, JEND, [
+      ...init,
+      OP.i32Const, 0, ...set(KK),
+      ...get(AROW), ...set(APTR),
+      ...get(B), ...get(J), OP.i32Add, ...set(BPTR),
+      ...whileLt(KK, K, [
+        ...get(APTR), OP.f32Load, 2, 0, ...simd(SIMD.f32x4Splat), ...set(AV),
+        ...fma,
+        ...inc(APTR, 4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
+      ]),
+      ...store,
+      ...inc(J, width),
+    ]),
+  ];
+}
+
+function gemmBody(): number[] {
+  const code = [
+    ...get(N), OP.i32Const, 2, OP.i32Shl, ...set(NBYTES),
+    ...get(LDB), OP.i32Const, 2, OP.i32Shl, ...set(LDB4),
+    OP.i32Const, 0, ...set(I),
+    ...whileLt(I, M, [
+      ...rowPtr(CROW, C, I, LDC),
+      ...rowPtr(AROW, A, I, LDA),
+      OP.i32Const, 0, ...set(J),
+      ...columnBlocks(4),
+      ...columnBlocks(2),
+      ...columnBlocks(1),
+      ...inc(I, 1),
+    ]),
+    OP.end,
+  ];
+  const locals = [2, 10, 0x7f, 5, 0x7b]; // 10 i32, 5 v128
+  const body = [...locals, ...code];
+  return [...uleb(body.length), ...body];
+}
+
+/** v128.const of four equal float32 lanes. */
+function f32x4Const(x: number): number[] {
+  const b = new Uint8Array(new Float32Array([x, x, x, x]).buffer);
+  return [...simd(SIMD.const), ...b];
+}
+
+/** Sum or max of the four lanes of the v128 in local `v`, as an f32 on the stack. */
+function horizontal(v: number, op: number): number[] {
+  const lane = (l: number) => [...get(v), ...simd(SIMD.f32x4ExtractLane), l];
+  return [...lane(0), ...lane(1), op, ...lane(2), op, ...lane(3), op];
+}
+
+function body(locals: number[], code: number[]): number[] {
+  const b = [...locals, ...code, OP.end];
+  return [...uleb(b.length), ...b];
+}
+
+// rowMax(p, n4) → f32; locals: 2 j, 3 nbytes, 4 acc (v128)
+function rowMaxBody(): number[] {
+  const [P, N4, Jm, NB, ACCV] = [0, 1, 2, 3, 4];
+  return body([2, 2, 0x7f, 1, 0x7b], [
+    ...get(N4), OP.i32Const, 2, OP.i32Shl, ...set(NB),
+    ...f32x4Const(-Infinity), ...set(ACCV),
+    ...whileLt(Jm, NB, [
+      ...get(ACCV), ...get(P), ...get(Jm), OP.i32Add, ...simd(SIMD.load), ...memarg, ...simd(SIMD.f32x4Max), ...set(ACCV),
+      ...inc(Jm, 16),
+    ]),
+    ...horizontal(ACCV, OP.f32Max),
+  ]);
+}
+
+// expRow(p, n4, shift) → f32 sum; locals: 3 j, 4 nbytes, 5 acc, 6 shift4, 7 y, 8 n, 9 t, 10 r (v128)
+function expRowBody(): number[] {
+  const [P, N4, SHIFT, Je, NB, ACCV, SH, Y, NV, TV, RV] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  const coeffs = [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1];
+  const horner: number[] = [...f32x4Const(coeffs[0])];
+  for (const c of coeffs.slice(1)) horner.push(...get(TV), ...simd(SIMD.f32x4Mul), ...f32x4Const(c), ...simd(SIMD.f32x4Add));
+  return body([2, 2, 0x7f, 6, 0x7b], [
+    ...get(N4), OP.i32Const, 2, OP.i32Shl, ...set(NB),
+    ...f32x4Const(0), ...set(ACCV),
+    ...get(SHIFT), ...simd(SIMD.f32x4Splat), ...set(SH),
+    ...whileLt(Je, NB, [
+      // y = max((x − shift)·log2 e, −127); n = nearest(y); t = (y − n)·ln 2
+      ...get(P), ...get(Je), OP.i32Add, ...simd(SIMD.load), ...memarg, ...get(SH), ...simd(SIMD.f32x4Sub),
+      ...f32x4Const(Math.LOG2E), ...simd(SIMD.f32x4Mul), ...f32x4Const(-127), ...simd(SIMD.f32x4Max), ...set(Y),
+      ...get(Y), ...simd(SIMD.f32x4Nearest), ...set(NV),
+      ...get(Y), ...get(NV), ...simd(SIMD.f32x4Sub), ...f32x4Const(Math.LN2), ...simd(SIMD.f32x4Mul), ...set(TV),
+      // r = poly(t) · 2^n, 2^n from the exponent bits (n + 127) << 23
+      ...horner,
+      ...get(NV), ...simd(SIMD.i32x4TruncSatF32x4S), OP.i32Const, ...sleb(127), ...simd(0x11), ...simd(SIMD.i32x4Add),
+      OP.i32Const, 23, ...simd(SIMD.i32x4Shl),
+      ...simd(SIMD.f32x4Mul), ...set(RV),
+      ...get(P), ...get(Je), OP.i32Add, ...get(RV), ...simd(SIMD.store), ...memarg,
+      ...get(ACCV), ...get(RV), ...simd(SIMD.f32x4Add), ...set(ACCV),
+      ...inc(Je, 16),
+    ]),
+    ...horizontal(ACCV, OP.f32Add),
+  ]);
+}
+
+// scaleRow(p, n4, s); locals: 3 j, 4 nbytes, 5 s4 (v128)
+function scaleRowBody(): number[] {
+  const [P, N4, S, Js, NB, S4] = [0, 1, 2, 3, 4, 5];
+  return body([2, 2, 0x7f, 1, 0x7b], [
+    ...get(N4), OP.i32Const, 2, OP.i32Shl, ...set(NB),
+    ...get(S), ...simd(SIMD.f32x4Splat), ...set(S4),
+    ...whileLt(Js, NB, [
+      ...get(P), ...get(Js), OP.i32Add,
+      ...get(P), ...get(Js), OP.i32Add, ...simd(SIMD.load), ...memarg, ...get(S4), ...simd(SIMD.f32x4Mul),
+      ...simd(SIMD.store), ...memarg,
+      ...inc(Js, 16),
+    ]),
+  ]);
+}
+
+// softmaxGradRow(p, ds, n4, D); locals: 4 j, 5 nbytes, 6 D4 (v128)
+function softmaxGradRowBody(): number[] {
+  const [P, DS, N4, D, Jg, NB, D4] = [0, 1, 2, 3, 4, 5, 6];
+  return body([2, 2, 0x7f, 1, 0x7b], [
+    ...get(N4), OP.i32Const, 2, OP.i32Shl, ...set(NB),
+    ...get(D), ...simd(SIMD.f32x4Splat), ...set(D4),
+    ...whileLt(Jg, NB, [
+      ...get(DS), ...get(Jg), OP.i32Add,
+      ...get(P), ...get(Jg), OP.i32Add, ...simd(SIMD.load), ...memarg,
+      ...get(DS), ...get(Jg), OP.i32Add, ...simd(SIMD.load), ...memarg, ...get(D4), ...simd(SIMD.f32x4Sub),
+      ...simd(SIMD.f32x4Mul), ...simd(SIMD.store), ...memarg,
+      ...inc(Jg, 16),
+    ]),
+  ]);
+}
+
+function moduleBytes(): Uint8Array {
+  const I32 = 0x7f;
+  const F32 = 0x7d;
+  const type = section(1, [
+    5,
+    0x60, 10, ...new Array(10).fill(I32), 0, // gemm
+    0x60, 2, I32, I32, 1, F32, // rowMax
+    0x60, 3, I32, I32, F32, 1, F32, // expRow
+    0x60, 3, I32, I32, F32, 0, // scaleRow
+    0x60, 4, I32, I32, I32, F32, 0, // softmaxGradRow
+  ]);
+  const imports = section(2, [1, ...str('env'), ...str('mem'), 0x02, 0x00, 1]);
+  const funcs = section(3, [5, 0, 1, 2, 3, 4]);
+  const exports = section(7, [
+    5, ...str('gemm'), 0x00, 0, ...str('rowMax'), 0x00, 1, ...str('expRow'), 0x00, 2, ...str('scaleRow'), 0x00, 3,
+    ...str('softmaxGradRow'), 0x00, 4,
+  ]);
+  const code = section(10, [5, ...gemmBody(), ...rowMaxBody(), ...expRowBody(), ...scaleRowBody(), ...softmaxGradRowBody()]);
+  return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
+}
+
+export type GemmFn = (m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, c: number, ldc: number, acc: number) => void;
+
+/** The part of a WebAssembly.Memory used here (the project's TS lib has no WebAssembly types). */
+export interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+
+interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Module: new (bytes: Uint8Array) => object;
+  Memory: new (d: { initial: number }) => WasmMemory;
+  Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
+}
+
+export interface SimdGemm {
+  memory: WasmMemory;
+  gemm: GemmFn;
+  rowMax: (p: number, n4: number) => number;
+  expRow: (p: number, n4: number, shift: number) => number;
+  scaleRow: (p: number, n4: number, s: number) => void;
+  softmaxGradRow: (p: number, ds: number, n4: number, D: number) => void;
+}
+
+let compiled: object | null | undefined;
+
+/** A gemm instance on a fresh memory, or null where WebAssembly SIMD is unavailable. */
+export function createSimdGemm(initialPages = 16): SimdGemm | null {
+  const wasm = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
+  if (!wasm) return null;
+  if (compiled === undefined) {
+    const bytes = moduleBytes();
+    compiled = wasm.validate(bytes) ? new wasm.Module(bytes) : null;
+  }
+  if (compiled === null) return null;
+  const memory = new wasm.Memory({ initial: initialPages });
+  const instance = new wasm.Instance(compiled, { env: { mem: memory } });
+  const e = instance.exports as unknown as Omit<SimdGemm, 'memory'>;
+  return { memory, gemm: e.gemm, rowMax: e.rowMax, expRow: e.expRow, scaleRow: e.scaleRow, softmaxGradRow: e.softmaxGradRow };
+}
