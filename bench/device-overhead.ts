@@ -3,7 +3,7 @@
 // as a share of the local training those T_cycle steps cost. Measured on the zoo's MNIST MLP and CNN
 // with their default sizes, on the slot dense_0 (the largest of both), from random batches.
 import * as tf from '@tensorflow/tfjs';
-import { projectFeedback } from '../client/feedback.js';
+import { projectFeedback } from '../client/target/feedback.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
 import { buildModel, type ModelSpec } from '../client/models/mnist-models.js';
 import { CNN_DEFAULTS, MLP_DEFAULT_HIDDEN } from '../client/models/registry.js';

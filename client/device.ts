@@ -9,7 +9,8 @@
 // The parts, each free of the others' concerns:
 // - device-link.ts: the socket.io edge (connection, backoff, decoding, encoding, byte counts);
 // - local-training-loop.ts: the steps on local data, slowdown and evaluation;
-// - cycle-state.ts, transfer-apply.ts, heldout-feedback.ts: the pairs' cycles, without sockets.
+// - target/: the target side of its pairs' cycles (transfers, branches, windows, feedback) and
+//   slice-schedule.ts (when slices are due), without sockets.
 // This class composes them and owns what ties them together: the current plan and session.
 import type * as tf from '@tensorflow/tfjs';
 import { EventEmitter } from 'node:events';
@@ -33,16 +34,15 @@ import {
   type TransferMsg,
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
-import { FeedbackWindows, SliceMemory, SliceSchedule, TransferQueue, type ClosedWindow, type SliceMemoryLimits } from './cycle-state.js';
+import { SliceSchedule } from './slice-schedule.js';
+import { FeedbackWindows, HeldoutFeedback, SliceMemory, TransferApplier, TransferQueue, windowFeedback, type ClosedWindow, type SliceMemoryLimits } from './target/index.js';
 import type { DeviceData } from './data/dataset.js';
 import type { DeviceEvents, DeviceStatus, EvalEvent, IgnoredEvent } from './device-events.js';
 import { normalizeCoordinatorUrl } from './coordinator-url.js';
 import { CoordinatorUnreachableError, DeviceLink, DeviceRefusedError, type ConnectAttemptFailure, type ReconnectOptions } from './device-link.js';
-import { HeldoutFeedback } from './heldout-feedback.js';
 import { KnowledgeBranches } from './knowledge-branch.js';
 import { LocalTrainingLoop } from './local-training-loop.js';
 import { listSlots, slotInfo } from './slot.js';
-import { TransferApplier, windowFeedback } from './transfer-apply.js';
 import type { OptimizerName } from './trainer.js';
 
 export type {

@@ -20,7 +20,7 @@ export interface UpdateEvent {
   gateGrad: number;
 }
 
-/** The gate's guard decided (docs/DESIGN.md §5). */
+/** The gate's guard decided (docs/DESIGN.md §6). */
 export interface GateEvent {
   pairId: string;
   decision: 'accepted' | 'refused';

@@ -71,7 +71,7 @@ export class Pair {
   nextCycleId = 0;
   inFlight?: InFlightCycle;
   readonly counters: PairCounters = { cyclesStarted: 0, updates: 0, drops: {}, skips: {} };
-  /** The pair's trust gate (docs/DESIGN.md §5). */
+  /** The pair's trust gate (docs/DESIGN.md §6). */
   gate: TrustGate;
   /** Where the adapter's output starts; fixed once both slot shapes are known. */
   alignment?: Alignment;

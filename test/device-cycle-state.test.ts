@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { FeedbackWindows, SliceMemory, SliceSchedule, TransferQueue, type GradientAccumulator } from '../client/cycle-state.js';
+import { FeedbackWindows, SliceMemory, TransferQueue, type GradientAccumulator } from '../client/target/index.js';
+import { SliceSchedule } from '../client/slice-schedule.js';
 import type { PlanPair } from '../shared/protocol/messages.js';
 import { initBackend } from '../shared/tf/backend.js';
 

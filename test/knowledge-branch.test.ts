@@ -4,7 +4,7 @@ import { initBackend } from '../shared/tf/backend.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
 import { Trainer } from '../client/trainer.js';
-import { projectFeedback } from '../client/feedback.js';
+import { projectFeedback } from '../client/target/feedback.js';
 import { bitDiff, disposeBatch, kernelValues, randomBatch, seededMlp, weightsOf } from './helpers/tensors.js';
 
 // ---- helpers ----

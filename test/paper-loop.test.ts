@@ -8,7 +8,7 @@ import { mnistSplits } from '../client/data/mnist.js';
 import { buildModel, type ModelSpec } from '../client/models/mnist-models.js';
 import { Trainer } from '../client/trainer.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
-import { projectFeedback } from '../client/feedback.js';
+import { projectFeedback } from '../client/target/feedback.js';
 import { readSlot } from '../client/slot.js';
 import { splitTensors, type Batch } from '../client/data/dataset.js';
 import { lowRankSlice } from '../shared/math/slice.js';

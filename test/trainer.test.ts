@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../shared/tf/backend.js';
 import { Trainer, type OptimizerName } from '../client/trainer.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
-import { projectFeedback } from '../client/feedback.js';
+import { projectFeedback } from '../client/target/feedback.js';
 import { bitDiff, disposeBatch, randomBatch, seededMlp, weightsOf, type Batch } from './helpers/tensors.js';
 
 // ---- helpers (deterministic data and models) ----

@@ -4,8 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { binomialUpperTail, sigmoid, TrustGate } from '../coordinator/gate/trust-gate.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
-import { windowFeedback } from '../client/transfer-apply.js';
-import type { ClosedWindow } from '../client/cycle-state.js';
+import { windowFeedback, type ClosedWindow } from '../client/target/index.js';
 import { slotVariable } from '../client/slot.js';
 import { initBackend } from '../shared/tf/backend.js';
 

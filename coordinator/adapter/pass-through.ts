@@ -1,4 +1,4 @@
-// Where the adapter's output starts (docs/DESIGN.md §5 "Source-aligned start"). The LPKA is exactly
+// Where the adapter's output starts (docs/DESIGN.md §6 "Source-aligned start"). The LPKA is exactly
 // the identity on its query factors when fresh, so what it is given as queries is what it outputs
 // before it has learned anything. Giving it the target's own slice (the original design) makes the
 // transfer carry no source knowledge at all until the adapter has learned a map, which the weak

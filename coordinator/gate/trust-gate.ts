@@ -1,4 +1,4 @@
-// The trust gate of one pair (docs/DESIGN.md §5): a single scalar g = sigmoid(θ) that scales the
+// The trust gate of one pair (docs/DESIGN.md §6): a single scalar g = sigmoid(θ) that scales the
 // pair's knowledge branch, K = s·g·(A′B′ − AB), trained on the coordinator from the target's
 // held-out feedback, with a go/no-go guard that shuts a useless source for good.
 //

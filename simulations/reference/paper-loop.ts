@@ -11,7 +11,7 @@ import { AdapterWithOptimizer } from '../../coordinator/adapter/update.js';
 import { defaultAdapterConfig, type AdapterConfig } from '../../coordinator/adapter/config.js';
 import { noiseLikeLowRank, noiseSeed } from '../../coordinator/noise.js';
 import { batchIterator, evaluateAccuracy, type DeviceData, type Batch } from '../../client/data/dataset.js';
-import { projectFeedback } from '../../client/feedback.js';
+import { projectFeedback } from '../../client/target/feedback.js';
 import { KnowledgeBranches } from '../../client/knowledge-branch.js';
 import { readSlot, slotInfo } from '../../client/slot.js';
 import { Trainer, type OptimizerName } from '../../client/trainer.js';

@@ -4,8 +4,8 @@
 // the branch in) is added to every open held-out window of that slot. No training step is taken
 // on val data. Transport-free: the sums are handed to the feedback of the window they belong to.
 import * as tf from '@tensorflow/tfjs';
-import { batchIterator, type Batch, type Split } from './data/dataset.js';
-import type { Trainer } from './trainer.js';
+import { batchIterator, type Batch, type Split } from '../data/dataset.js';
+import type { Trainer } from '../trainer.js';
 
 export interface HeldoutSum {
   layer: string;

@@ -3,7 +3,7 @@
 // s held constant, ∂loss/∂A′ = s·G·B′ᵀ and ∂loss/∂B′ = s·A′ᵀ·G — low-rank sized, so the full G
 // never leaves the device.
 import * as tf from '@tensorflow/tfjs';
-import type { LowRank } from '../shared/math/low-rank.js';
+import type { LowRank } from '../../shared/math/low-rank.js';
 
 export interface Feedback {
   /** s·G·B′ᵀ, m×r. */

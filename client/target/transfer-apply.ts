@@ -4,15 +4,17 @@
 // - closing that window into the feedback message: G (training or held-out) projected onto the
 //   generated factors, checked finite before it may leave.
 import * as tf from '@tensorflow/tfjs';
-import type { Logger } from '../shared/log.js';
-import { disposeLowRank, truncateLowRank, type LowRank } from '../shared/math/low-rank.js';
-import { tensorToWire } from '../shared/codec/tensor-codec.js';
-import { feedbackSchema, type FeedbackMsg, type Metrics, type PlanMsg, type PlanPair } from '../shared/protocol/messages.js';
-import type { ClosedWindow, FeedbackWindows, QueuedTransfer, SliceMemory } from './cycle-state.js';
-import type { IgnoredEvent, TransferEvent } from './device-events.js';
+import type { Logger } from '../../shared/log.js';
+import { disposeLowRank, truncateLowRank, type LowRank } from '../../shared/math/low-rank.js';
+import { tensorToWire } from '../../shared/codec/tensor-codec.js';
+import { feedbackSchema, type FeedbackMsg, type Metrics, type PlanMsg, type PlanPair } from '../../shared/protocol/messages.js';
+import type { ClosedWindow, FeedbackWindows } from './feedback-windows.js';
+import type { SliceMemory } from './slice-memory.js';
+import type { QueuedTransfer } from './transfer-queue.js';
+import type { IgnoredEvent, TransferEvent } from '../device-events.js';
 import { projectFeedback } from './feedback.js';
 import type { HeldoutFeedback, HeldoutSum } from './heldout-feedback.js';
-import type { KnowledgeBranches } from './knowledge-branch.js';
+import type { KnowledgeBranches } from '../knowledge-branch.js';
 
 function norm(values: Float32Array): number {
   let s = 0;
