@@ -1,4 +1,4 @@
-// `npm run demo`: the README's main command. A small cross-architecture fleet
+// `npm run demo`: the README's main command. A small heterogeneous fleet in which knowledge moves
 // (simulations/scenarios/demo.yaml): the real coordinator in this process and 3 devices as child
 // processes on loopback, each condition over 3 seeds. Prints the summary table and the report's path.
 import { resolve } from 'node:path';
@@ -10,7 +10,7 @@ export const DEMO_FILE = fileURLToPath(new URL('./scenarios/demo.yaml', import.m
 
 /** Run the demo; resolves with the number of failed runs. */
 export async function runDemo(o: { out?: string; progress?: boolean } = {}): Promise<number> {
-  process.stderr.write('mergenet-fed demo: a CNN and two MLPs on MNIST digits, the real coordinator, devices as processes\n');
+  process.stderr.write('mergenet-fed demo: two MLP sources and an MLP target with 100 labels on MNIST digits, the real coordinator, devices as processes\n');
   const res = await simulate(DEMO_FILE, { mode: 'process', out: o.out, progress: o.progress });
   return res.failures.length;
 }

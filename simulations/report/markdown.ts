@@ -9,6 +9,26 @@ function cell(s: string): string {
 }
 
 /** A Markdown table with columns padded to equal width. `align` per column: 'l' or 'r'. */
+/** What each "other metric" column means (shown under the table). */
+export const METRIC_NOTES: Record<string, string> = {
+  gate: "the trust gate g of the target's pairs at the end of the run (mean over pairs); 0 once its guard refused the source",
+  refused: "pairs whose trust gate's guard refused the source (of the target's pairs; 0 if it accepted or had not decided)",
+  branchRatio: '‖K‖/‖W‖ of the applied transfers, mean over transfers: how large the knowledge branch was relative to the slot',
+  capBound: 'fraction of transfers where the cap (‖K‖ ≤ τ‖W‖) bound, s < 1',
+  cycles: "cycles the coordinator started for the target's pairs",
+  cycleCoverage: 'cycles started / cycles T_cycle allows over the target\'s steps (1 = every cycle happened)',
+  skippedInFlight: "target slices that started no cycle because the previous cycle's feedback had not come",
+  updates: 'accepted feedback (each one gate step, and an adapter step where an adapter runs)',
+  drops: 'cycles abandoned and feedback refused by the coordinator',
+  transfersApplied: 'transfers the target applied',
+  feedbackSent: 'feedback messages the target sent',
+  fleetWallS: 'wall time of the whole fleet run, including process start-up and source warm-up (s)',
+  sourceAcc: "the copy source's own final test accuracy",
+  sourceMs: "the copy source's training time (ms)",
+  targetMs: "the target's training time after the copy (ms)",
+  rank: 'rank of the copied part of the slot',
+};
+
 export function markdownTable(header: string[], rows: string[][], align?: ('l' | 'r')[]): string {
   const all = [header, ...rows].map((r) => r.map(cell));
   const widths = header.map((_, i) => Math.max(3, ...all.map((r) => (r[i] ?? '').length)));
@@ -95,6 +115,8 @@ export function renderMarkdown(result: ExperimentResult, summary: Summary = summ
   if (ex) {
     out.push('## Other metrics (mean over seeds)', '');
     out.push(markdownTable(ex.header, ex.rows, ex.align), '');
+    const known = ex.header.filter((h) => METRIC_NOTES[h]);
+    if (known.length) out.push(...known.map((h) => `- \`${h}\`: ${METRIC_NOTES[h]}`), '');
   }
 
   out.push('## Devices', '');
