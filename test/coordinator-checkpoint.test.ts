@@ -43,6 +43,7 @@ describe('coordinator checkpoints', () => {
   let dir: string;
   let savedBytes: { p: Uint8Array; back: Uint8Array };
   let lastTransfer: DecodedTransfer;
+  let savedGate: { theta: number; value: number; updates: number };
 
   beforeAll(async () => {
     await initBackend();
@@ -71,6 +72,11 @@ describe('coordinator checkpoints', () => {
     expect(st.pairs.find((p) => p.id === 'p')!.adapterStep).toBe(12);
     expect(st.pairs.find((p) => p.id === 'back')!.adapterStep).toBe(2);
     savedBytes = { p: coord.exportAdapterState('p')!, back: coord.exportAdapterState('back')! };
+    const gate = st.pairs.find((p) => p.id === 'p')!.gate;
+    savedGate = { theta: gate.theta, value: gate.value, updates: gate.updates };
+    // 12 gate steps moved θ away from its start.
+    expect(savedGate.updates).toBe(12);
+    expect(savedGate.theta).not.toBe(-3);
     src.close();
     tgt.close();
     await coord.close();
@@ -79,6 +85,7 @@ describe('coordinator checkpoints', () => {
     expect(manifest.totals.updates).toBe(14);
     const p = manifest.pairs.find((x: { id: string }) => x.id === 'p');
     expect(p).toMatchObject({ adapterStep: 12, nextCycleId: 12, rank: R, counters: { updates: 12, cyclesStarted: 12 } });
+    expect(p.gate).toMatchObject({ theta: savedGate.theta, t: 12, decision: 'pending' });
     // Only the files of the last generation remain, and no temp files.
     const files = (await readdir(dir)).sort();
     expect(files).toEqual([MANIFEST_NAME, ...manifest.pairs.map((x: { state: { file: string } }) => x.state.file)].sort());
@@ -93,6 +100,8 @@ describe('coordinator checkpoints', () => {
       expect(st.pairs.find((p) => p.id === 'back')).toMatchObject({ adapterStep: 2, rank: 3 });
       expect(Buffer.from(coord.exportAdapterState('p')!).equals(Buffer.from(savedBytes.p))).toBe(true);
       expect(Buffer.from(coord.exportAdapterState('back')!).equals(Buffer.from(savedBytes.back))).toBe(true);
+      // The trust gate resumes exactly where it was.
+      expect(st.pairs.find((p) => p.id === 'p')!.gate).toMatchObject(savedGate);
 
       const { src, tgt } = await connectPair(coord);
       // Feedback of a cycle from before the restart is stale, never applied.
@@ -105,6 +114,8 @@ describe('coordinator checkpoints', () => {
       expect(transfer.cycleId).toBe(12);
       expect(transfer.adapterStep).toBe(12);
       expect(update.step).toBe(13);
+      expect(transfer.gate).toBe(savedGate.value);
+      expect(coord.status().pairs.find((p) => p.id === 'p')!.gate.updates).toBe(13);
       src.close();
       tgt.close();
     } finally {

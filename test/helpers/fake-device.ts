@@ -296,12 +296,13 @@ export async function completeCycle(
   target: FakeDevice,
   s: TargetScript,
   timeoutMs = 10_000,
+  feedback: Partial<FeedbackMsg> = {},
 ): Promise<{ transfer: DecodedTransfer; update: UpdateEvent }> {
   const transferP = target.next('transfer', (t) => t.slot === s.slot && t.sliceId === s.sliceId, timeoutMs);
   target.sendSlice(s);
   const transfer = await transferP;
   const updateP = waitForEvent(coord, 'update', (u) => u.pairId === transfer.pairId && u.cycleId === transfer.cycleId, timeoutMs);
-  target.sendFeedback(transfer);
+  target.sendFeedback(transfer, feedback);
   const update = await updateP;
   return { transfer, update };
 }

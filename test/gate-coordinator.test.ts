@@ -1,0 +1,113 @@
+// The trust gate through the real coordinator: an aligned pair starts as a pass-through of the
+// source with the gate's start value; the guard's decision is logged as an event, a refused pair
+// leaves both plans for good, an accepted one keeps cycling.
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseCoordinatorConfig } from '../coordinator/config.js';
+import { serve, type RunningCoordinator } from '../coordinator/server.js';
+import { sigmoid } from '../coordinator/gate/trust-gate.js';
+import type { GateEvent } from '../coordinator/events.js';
+import { silentLogger } from '../shared/log.js';
+import { initBackend } from '../shared/tf/backend.js';
+import { completeCycle, FakeDevice, pseudoRandom, waitForEvent } from './helpers/fake-device.js';
+
+const R = 3;
+const SHAPE = { m: 12, n: 5 };
+
+function config() {
+  return parseCoordinatorConfig({
+    devices: [
+      { id: 'src', token: 'src-secret' },
+      { id: 'tgt', token: 'tgt-secret' },
+    ],
+    defaults: { rank: R, tCycle: 1, k: 1, gate: { decideAfter: 8 } },
+    pairs: [{ id: 'p', source: { device: 'src', slot: 'w' }, target: { device: 'tgt', slot: 'w' } }],
+    statusEveryMs: 0,
+  });
+}
+
+describe('trust gate in the coordinator', () => {
+  let coord: RunningCoordinator | undefined;
+  const devices: FakeDevice[] = [];
+
+  beforeAll(async () => {
+    await initBackend();
+  });
+  afterEach(async () => {
+    for (const d of devices.splice(0)) d.close();
+    await coord?.close();
+    coord = undefined;
+  });
+
+  async function start(): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
+    const c = await serve(config(), { logger: silentLogger() });
+    coord = c;
+    const src = await FakeDevice.connect({ url: c.url, deviceId: 'src', token: 'src-secret' });
+    const tgt = await FakeDevice.connect({ url: c.url, deviceId: 'tgt', token: 'tgt-secret' });
+    devices.push(src, tgt);
+    await src.register([{ name: 'w', shape: [SHAPE.m, SHAPE.n] }]);
+    await tgt.register([{ name: 'w', shape: [SHAPE.m, SHAPE.n] }]);
+    src.sendSlice({ slot: 'w', ...SHAPE, rank: R, sliceId: 0, step: 0 });
+    await src.barrier();
+    return { src, tgt, c };
+  }
+
+  it('same-shape slots: the transfer is the source slice itself, gated at sigmoid(θ₀), and no adapter runs', async () => {
+    const { tgt, c } = await start();
+    const { transfer } = await completeCycle(c, tgt, { slot: 'w', ...SHAPE, rank: R, sliceId: 1, step: 1 }, undefined);
+    // The source's slice 0 was pseudoRandom(seed = 0*7919+17) for A (see FakeDevice.sendSlice).
+    const A = pseudoRandom(SHAPE.m * R, 0 * 7919 + 17);
+    expect(Array.from(transfer.A.values)).toEqual(Array.from(A));
+    expect(transfer.gate).toBeCloseTo(sigmoid(-3), 12);
+    const st = c.status().pairs[0];
+    expect(st.alignment).toBe('both');
+    expect(st.hasAdapter).toBe(false);
+    expect(st.gate.updates).toBe(1);
+  });
+
+  it('refuses a source whose slice keeps raising the held-out loss: the pair leaves both plans for good', async () => {
+    const { src, tgt, c } = await start();
+    const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
+    const replan = tgt.next('plan', (p) => p.pairs.length === 0);
+    const srcReplan = src.next('plan', (p) => p.pairs.length === 0);
+    for (let i = 1; i <= 8 && c.status().pairs[0].active; i++) {
+      const t = tgt.next('transfer', (x) => x.sliceId === i);
+      tgt.sendSlice({ slot: 'w', ...SHAPE, rank: R, sliceId: i, step: i });
+      const transfer = await t;
+      const u = waitForEvent(c, 'update', (e) => e.cycleId === transfer.cycleId);
+      tgt.sendFeedback(transfer, { gateGrad: 0.5, sourceGrad: 0.5 });
+      await u;
+    }
+    const ev = await decided;
+    expect(ev.decision).toBe('refused');
+    expect(ev.reason).toMatch(/raises the held-out loss/);
+    expect(ev.gate).toBe(0);
+    await replan;
+    await srcReplan;
+    const st = c.status().pairs[0];
+    expect(st.active).toBe(false);
+    expect(st.inactiveReason).toMatch(/refused by its trust gate/);
+    expect(st.gate).toMatchObject({ decision: 'refused', value: 0 });
+    // A later target slice starts nothing: the pair is out of the plan.
+    const before = st.cyclesStarted;
+    tgt.sendSlice({ slot: 'w', ...SHAPE, rank: R, sliceId: 50, step: 50 });
+    await tgt.barrier();
+    expect(c.status().pairs[0].cyclesStarted).toBe(before);
+  });
+
+  it('accepts a source whose slice keeps lowering the held-out loss, and the pair goes on', async () => {
+    const { tgt, c } = await start();
+    const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
+    let last = 0;
+    for (let i = 1; i <= 8; i++) {
+      const { transfer } = await completeCycle(c, tgt, { slot: 'w', ...SHAPE, rank: R, sliceId: i, step: i }, undefined, { gateGrad: -0.5, sourceGrad: -0.5 });
+      expect(transfer.gate).toBeGreaterThanOrEqual(last);
+      last = transfer.gate;
+    }
+    const ev = await decided;
+    expect(ev.decision).toBe('accepted');
+    expect(ev.reason).toMatch(/7 of 7 held-out gradients favoured the source/);
+    const st = c.status().pairs[0];
+    expect(st.active).toBe(true);
+    expect(st.gate.value).toBeGreaterThan(sigmoid(-3));
+  });
+});
