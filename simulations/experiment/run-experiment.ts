@@ -175,6 +175,7 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
     bytesFullWeights: bytes.full,
     wallMs: t.wallMs,
     extra,
+    gates: pairs.map((p) => ({ pairId: p.id, decision: p.gate.decision, reason: p.gate.reason, trace: p.gateTrace })),
   };
 }
 

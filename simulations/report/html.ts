@@ -122,6 +122,27 @@ export function renderHtml(result: ExperimentResult, summary: Summary = summariz
         })
       : '';
 
+  // The trust gates over their updates: one line per (condition, seed, pair), so a refused source
+  // (the line drops to 0) and an accepted one (rising) can be told apart at a glance.
+  const gateRuns = result.runs.filter((r) => r.gates && r.gates.some((g) => g.trace.length > 1));
+  const gateSvg = gateRuns.length
+    ? lineChartSvg({
+        title: 'Trust gate g of the target\'s pairs',
+        xLabel: 'gate update (one per accepted feedback)',
+        yLabel: 'g',
+        yDomain: [0, 1],
+        width: 1060,
+        height: 320,
+        series: gateRuns.flatMap((r) =>
+          r.gates!.map((g) => ({
+            name: `${r.condition} s${r.seed}${r.gates!.length > 1 ? ` ${g.pairId}` : ''}: ${g.decision}`,
+            color: colors.get(r.condition),
+            points: g.trace.map((t) => ({ x: t.update, mean: t.gate })),
+          })),
+        ),
+      })
+    : '';
+
   // Paired differences.
   const diffRows = summary.rows
     .filter((r) => r.diffVsAlone)
@@ -210,6 +231,15 @@ export function renderHtml(result: ExperimentResult, summary: Summary = summariz
     h.push(diffSvg);
     h.push(
       '<figcaption>Each dot is one seed: the condition’s final accuracy minus <i>alone</i>’s on that seed. The diamond is the mean, the bar its 95 % confidence interval. A bar that crosses the dashed zero line is no significant difference.</figcaption>',
+    );
+    h.push('</figure></section>');
+  }
+
+  if (gateSvg) {
+    h.push('<section class="card"><figure>');
+    h.push(gateSvg);
+    h.push(
+      '<figcaption>Each line is one pair in one run: the gate g = sigmoid(θ) after each update. The legend gives the guard\'s decision; a refused source\'s gate is 0 from then on and its pair stops.</figcaption>',
     );
     h.push('</figure></section>');
   }

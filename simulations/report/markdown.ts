@@ -111,6 +111,21 @@ export function renderMarkdown(result: ExperimentResult, summary: Summary = summ
   out.push('## Final accuracy per seed (%)', '');
   out.push(markdownTable(ps.header, ps.rows, ps.align), '');
 
+  const gated = result.runs.filter((r) => r.gates && r.gates.length > 0);
+  if (gated.length) {
+    out.push('## Trust gate decisions', '');
+    out.push(
+      markdownTable(
+        ['condition', 'seed', 'pair', 'decision', 'final g', 'updates', 'reason'],
+        gated.flatMap((r) =>
+          r.gates!.map((g) => [r.condition, String(r.seed), g.pairId, g.decision, (g.trace.at(-1)?.gate ?? NaN).toFixed(3), String(g.trace.at(-1)?.update ?? 0), g.reason ?? '']),
+        ),
+        ['l', 'r', 'l', 'l', 'r', 'r', 'l'],
+      ),
+      '',
+    );
+  }
+
   const ex = extraTableRows(summary);
   if (ex) {
     out.push('## Other metrics (mean over seeds)', '');
