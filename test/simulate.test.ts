@@ -53,8 +53,11 @@ describe('process mode', () => {
     const [alone, mergenet] = res.result.runs;
     expect(mergenet.condition).toBe('mergenet');
     expect(mergenet.curve.map((p) => p.step)).toEqual([20, 40, 60]);
-    // Same data, init and batches in the child as here: the first point precedes any adapter update.
-    expect(mergenet.curve[0]).toEqual(alone.curve[0]);
+    // Same data and test split as here (the curves differ from step 1 on: the gate starts open a little).
+    expect(mergenet.curve.map((p) => p.step)).toEqual(alone.curve.map((p) => p.step));
+    // The target's pair reports its trust gate, one point per accepted feedback.
+    expect(mergenet.gates).toHaveLength(1);
+    expect(mergenet.gates![0].trace.length).toBe(mergenet.extra!.updates);
     expect(mergenet.extra!.cycles).toBeGreaterThanOrEqual(1);
     for (const p of Object.values(res.paths!)) expect(existsSync(p)).toBe(true);
     const json = JSON.parse(readFileSync(res.paths!.json, 'utf8'));
