@@ -15,6 +15,8 @@ export interface DeviceStatus {
   slicesSent: number;
   transfersReceived: number;
   transfersApplied: number;
+  /** target pairs whose join-time transfer was kept (written into W once) */
+  joined: string[];
   /** inbound messages ignored (transfers not applied, bad plans), by reason */
   ignored: Record<string, number>;
   feedbackSent: number;

@@ -248,6 +248,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       slicesSent: this.slicesSent,
       transfersReceived: this.link.transfersReceived,
       transfersApplied: this.applier.count,
+      joined: [...this.applier.joined],
       ignored: { ...this.ignored },
       feedbackSent: this.feedbackSent,
       feedbackAcked: this.feedbackAcked,

@@ -142,6 +142,28 @@ export class KnowledgeBranches {
     return { scale, gate, deltaNorm: dNorm, branchNorm, weightNorm: wNorm, delta };
   }
 
+  /**
+   * Add `delta` (a 2-D slot matrix) to the trained weight W of `layer` itself: the one place a
+   * transfer may write W, the join-time transfer (docs/DESIGN.md §6). Returns `undo`, which puts the
+   * kernel back bit for bit, and `keep`, which frees the saved copy; call exactly one of them.
+   */
+  writeWeight(layer: string, delta: tf.Tensor2D): { undo(): void; keep(): void } {
+    const variable = slotVariable(this.model, layer);
+    const [m, n] = slotShapeOf(variable.shape);
+    if (delta.shape[0] !== m || delta.shape[1] !== n) throw new Error(`writeWeight: delta [${delta.shape}] does not fit slot "${layer}" [${m}, ${n}]`);
+    const saved = tf.clone(variable);
+    tf.tidy(() => {
+      variable.assign(tf.add(variable, tf.reshape(delta, variable.shape)));
+    });
+    return {
+      undo: () => {
+        variable.assign(saved);
+        saved.dispose();
+      },
+      keep: () => saved.dispose(),
+    };
+  }
+
   /** Take pair `pairId`'s branch out of its kernel. Returns false if the pair had none. */
   remove(pairId: string): boolean {
     const b = this.branches.get(pairId);

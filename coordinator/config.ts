@@ -105,6 +105,8 @@ const pairSchema = z.strictObject({
   refineLr: z.number().nonnegative().finite().optional(),
   /** The pair's trust gate (merged over defaults.gate). */
   gate: gateOverridesSchema.optional(),
+  /** Join-time transfer (default defaults.join; 'auto': on where only one axis is shared). */
+  join: z.enum(['auto', 'on', 'off']).optional(),
 });
 
 const rawConfigSchema = z.strictObject({
@@ -124,6 +126,7 @@ const rawConfigSchema = z.strictObject({
       align: alignSchema.default('auto'),
       refineLr: z.number().nonnegative().finite().default(0),
       gate: gateOverridesSchema.default({}),
+      join: z.enum(['auto', 'on', 'off']).default('auto'),
     })
     .prefault({}),
   pairs: z.array(pairSchema).default([]),
@@ -197,6 +200,8 @@ export interface PairConfig {
   refineLr: number;
   /** The trust gate, fully resolved. */
   gate: GateConfig;
+  /** Join-time transfer: 'auto' is on for a pass-through start that shares one axis only. */
+  join: 'auto' | 'on' | 'off';
   /** defaults.adapter merged with the pair's own overrides. */
   adapter: AdapterOverrides;
   /** Created by autoPair rather than listed in the config. */
@@ -219,6 +224,7 @@ export interface CoordinatorConfig {
     align: AlignSetting;
     refineLr: number;
     gate: GateConfig;
+    join: 'auto' | 'on' | 'off';
   };
   pairs: PairConfig[];
   autoPair: { enabled: boolean; slot: 'first' | string; sourceMode: SourceMode };
@@ -340,6 +346,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
       align: p.align ?? raw.defaults.align,
       refineLr: p.refineLr ?? raw.defaults.refineLr,
       gate: gate ?? gateConfigSchema.parse({}),
+      join: p.join ?? raw.defaults.join,
       adapter,
       auto: false,
     });

@@ -16,7 +16,10 @@ export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Regis
       if (me.device !== deviceId || !registry.slotShape(deviceId, me.slot)) continue;
       const entry: PlanPair = { pairId: p.id, role, slot: me.slot, peerDevice: peer.device, peerSlot: peer.slot, rank: p.rank, tCycle: p.config.tCycle, k: p.config.k, tau: p.config.tau };
       // Only the target computes G.
-      if (role === 'target') entry.feedback = p.config.feedback;
+      if (role === 'target') {
+        entry.feedback = p.config.feedback;
+        if (p.joinEnabled) entry.join = true;
+      }
       out.push(entry);
     }
   }
@@ -112,6 +115,7 @@ export function autoPairConfigs(config: CoordinatorConfig, devices: readonly Dev
         align: d.align,
         refineLr: d.refineLr,
         gate: { ...d.gate },
+        join: d.join,
         adapter: { ...d.adapter },
         auto: true,
       });

@@ -170,3 +170,44 @@ describe('the gate gradient the device sends', () => {
     model.dispose();
   });
 });
+
+describe('the join-time transfer', () => {
+  it('keeps the swap in W when the held-out loss falls, and undoes it bit for bit when it does not', async () => {
+    const { tryJoin } = await import('../client/target/join-transfer.js');
+    const { HeldoutFeedback } = await import('../client/target/heldout-feedback.js');
+    const { Trainer } = await import('../client/trainer.js');
+    const before = tf.memory().numTensors;
+    // A linear softmax model on 2 classes whose held-out data is separated along x0.
+    const model = tf.sequential({ layers: [tf.layers.dense({ units: 2, inputShape: [3], useBias: false, activation: 'softmax', kernelInitializer: 'zeros' })] });
+    const layer = model.layers[0].name;
+    const trainer = new Trainer(model, { optimizer: 'sgd', lr: 0.1 });
+    const x = new Float32Array([1, 0, 0, -1, 0, 0, 2, 0, 0, -2, 0, 0]);
+    const y = new Int32Array([0, 1, 0, 1]);
+    const val = { x, y, n: 4, inputShape: [3], numClasses: 2 };
+    const heldout = new HeldoutFeedback(trainer, val, 4, 1);
+    const branches = new KnowledgeBranches(model);
+    const kernel = slotVariable(model, layer);
+    const zero = { A: tf.zeros([3, 1]) as tf.Tensor2D, B: tf.zeros([1, 2]) as tf.Tensor2D };
+    // A slice that separates the classes along x0: class 0 for x0 > 0.
+    const good = { A: tf.tensor2d([[1], [0], [0]]), B: tf.tensor2d([[1, -1]]) };
+    const bad = { A: tf.tensor2d([[1], [0], [0]]), B: tf.tensor2d([[-1, 1]]) };
+    const r1 = tryJoin(branches, heldout, 'p', layer, bad, zero)!;
+    expect(r1.joined).toBe(false);
+    expect(r1.after).toBeGreaterThan(r1.before);
+    expect(Array.from(kernel.dataSync())).toEqual([0, 0, 0, 0, 0, 0]);
+    const r2 = tryJoin(branches, heldout, 'p', layer, good, zero)!;
+    expect(r2.joined).toBe(true);
+    expect(r2.after).toBeLessThan(r2.before);
+    expect(Array.from(kernel.dataSync())).toEqual([1, -1, 0, 0, 0, 0]);
+    // W itself moved (no branch holds it).
+    const W = branches.weight(layer);
+    expect(Array.from(W.dataSync())).toEqual([1, -1, 0, 0, 0, 0]);
+    W.dispose();
+    tf.dispose([zero.A, zero.B, good.A, good.B, bad.A, bad.B]);
+    heldout.dropAll();
+    branches.dispose();
+    trainer.dispose();
+    model.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});

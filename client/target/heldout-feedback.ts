@@ -4,7 +4,7 @@
 // the branch in) is added to every open held-out window of that slot. No training step is taken
 // on val data. Transport-free: the sums are handed to the feedback of the window they belong to.
 import * as tf from '@tensorflow/tfjs';
-import { batchIterator, type Batch, type Split } from '../data/dataset.js';
+import { batchIterator, splitTensors, type Batch, type Split } from '../data/dataset.js';
 import type { Trainer } from '../trainer.js';
 
 export interface HeldoutSum {
@@ -25,6 +25,14 @@ export class HeldoutFeedback {
     private readonly batchSize: number,
     private readonly seed: number,
   ) {}
+
+  private whole: Batch | undefined;
+
+  /** The loss on the whole held-out split at the current weights (inference mode, no step). */
+  loss(): number {
+    this.whole ??= splitTensors(this.val);
+    return this.trainer.evaluate(this.whole.xs, this.whole.ys).loss;
+  }
 
   /** Without val examples there is nothing to take G on. */
   get available(): boolean {
@@ -51,6 +59,8 @@ export class HeldoutFeedback {
 
   dropAll(): void {
     for (const id of [...this.sums.keys()]) this.drop(id);
+    if (this.whole) tf.dispose([this.whole.xs, this.whole.ys]);
+    this.whole = undefined;
   }
 
   /** One val batch's gradient into every open sum; sums of windows no longer open go first. */

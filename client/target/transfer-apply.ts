@@ -14,6 +14,7 @@ import type { QueuedTransfer } from './transfer-queue.js';
 import type { IgnoredEvent, TransferEvent } from '../device-events.js';
 import { projectFeedback } from './feedback.js';
 import type { HeldoutFeedback, HeldoutSum } from './heldout-feedback.js';
+import { tryJoin } from './join-transfer.js';
 import type { KnowledgeBranches } from '../knowledge-branch.js';
 
 function norm(values: Float32Array): number {
@@ -37,6 +38,10 @@ export class TransferApplier {
   count = 0;
   /** pairId → the sliceId its latest applied transfer referred to (this session) */
   private readonly lastTransferSlice = new Map<string, number>();
+  /** pairs that have had their join-time try (once per device lifetime) */
+  private readonly joinTried = new Set<string>();
+  /** join-time transfers kept, by pair */
+  readonly joined = new Set<string>();
 
   constructor(private readonly d: TransferApplierDeps) {}
 
@@ -84,9 +89,29 @@ export class TransferApplier {
       // The coordinator used the first r columns of A and rows of B (a rank-r slice of the same W,
       // since the factors are ordered by singular value); so must the branch.
       const current = slice.rank === pair.rank ? slice.factors : truncateLowRank(slice.factors, pair.rank);
+      // Join-time transfer: once, at the pair's first transfer to a device that has barely started.
+      let gate = t.gate;
+      let joinedNow = false;
+      if (pair.join && !this.joinTried.has(t.pairId) && step <= 2 * pair.tCycle) {
+        this.joinTried.add(t.pairId);
+        try {
+          const j = tryJoin(branches, heldout, t.pairId, t.slot, generated, current);
+          if (j) {
+            this.d.log.info({ pairId: t.pairId, step, ...j }, j.joined ? 'join-time transfer kept' : 'join-time transfer refused by the held-out loss');
+            if (j.joined) {
+              this.joined.add(t.pairId);
+              joinedNow = true;
+              // The swap is in W now and the slice AB is stale: no live branch from this transfer.
+              gate = 0;
+            }
+          }
+        } catch (err) {
+          this.d.log.warn({ pairId: t.pairId, err: (err as Error).message }, 'join-time transfer failed; the live gate goes on');
+        }
+      }
       let upd;
       try {
-        upd = branches.set(t.pairId, t.slot, generated, current, pair.tau, t.gate, { keepDelta: true });
+        upd = branches.set(t.pairId, t.slot, generated, current, pair.tau, gate, { keepDelta: !joinedNow });
       } catch (err) {
         disposeLowRank(generated);
         if (current !== slice.factors) disposeLowRank(current);

@@ -67,6 +67,12 @@ export const planPairSchema = z.object({
    * held-out (val) split at the same weights, with no training step on them.
    */
   feedback: z.enum(['train', 'heldout']).optional(),
+  /**
+   * Target pairs only (protocol 2): a join-time transfer. At the pair's first transfer, a device
+   * that has barely started training (≤ 2·tCycle steps) swaps the transfer's full A′B′ in for its
+   * own AB into its trained weight, once, if that lowers its held-out loss (docs/DESIGN.md §6).
+   */
+  join: z.boolean().optional(),
 });
 export type PlanPair = z.infer<typeof planPairSchema>;
 

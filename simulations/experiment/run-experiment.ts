@@ -157,6 +157,7 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
     fleetWallS: run.wallMs / 1000,
   };
   if (t.branchRatio !== undefined) extra.branchRatio = t.branchRatio;
+  if (pairs.some((p) => p.gate !== undefined) && t.joined !== undefined) extra.joined = t.joined.length;
   if (t.capBound !== undefined) extra.capBound = t.capBound;
   // The trust gate at the end of the run (mean over the target's pairs), and how many of them its
   // guard refused.

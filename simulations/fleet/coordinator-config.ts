@@ -47,6 +47,7 @@ export function fleetCoordinatorConfig(
       align: p.align,
       refineLr: p.refineLr,
       gate: p.gate,
+      join: p.join,
     })),
     limits: { maxRank },
     timing: FLEET_TIMING,

@@ -162,6 +162,7 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
           slicesSent: st.slicesSent,
           transfersReceived: st.transfersReceived,
           transfersApplied: st.transfersApplied,
+          joined: st.joined,
           feedbackSent: st.feedbackSent,
           windowsAbandoned: st.windowsAbandoned,
           connections: st.connections,

@@ -55,6 +55,8 @@ export interface DeviceReport {
   slicesSent: number;
   transfersReceived: number;
   transfersApplied: number;
+  /** target pairs whose join-time transfer was kept */
+  joined?: string[];
   feedbackSent: number;
   windowsAbandoned: number;
   connections: number;
