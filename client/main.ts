@@ -25,6 +25,8 @@ export interface ClientCliOptions {
   task?: string;
   trainSize?: number;
   valSize?: number;
+  labels?: number;
+  heldout?: number;
   testSize?: number;
   offset?: number;
   seed: number;
@@ -105,6 +107,8 @@ export function registerClientCommand(program: Command): Command {
     .option('--task <task>', 'task on the dataset (mnist: digit|parity; penguins: species|island|sex)')
     .option('--train-size <n>', 'training examples', parseIntOption(1))
     .option('--val-size <n>', 'held-out examples for val accuracy', parseIntOption(1))
+    .option('--labels <n>', 'labelled examples in all, of which --heldout are held out for the trust gates\' feedback (replaces --train-size and --val-size)', parseIntOption(2))
+    .option('--heldout <fraction>', 'with --labels: the fraction held out (default 0.2)', parseNumberOption(0))
     .option('--test-size <n>', 'test examples', parseIntOption(1))
     .option('--offset <n>', 'where this device\'s train/val window starts in the corpus (disjoint devices: different offsets)', parseIntOption(0))
     .option('--seed <n>', 'seed of the data split, the model\'s initial weights and the batch order', parseIntOption(0), 0)
@@ -157,11 +161,13 @@ export function resolveModelArg(model: string, dataset: string, hidden?: number[
   return { kind: 'zoo', spec: parseModelSpec(raw), name: model };
 }
 
-export function datasetSpecFromOptions(o: Pick<ClientCliOptions, 'dataset' | 'task' | 'trainSize' | 'valSize' | 'testSize' | 'offset'>, modelKind?: ModelKind): DatasetSpec {
+export function datasetSpecFromOptions(o: Pick<ClientCliOptions, 'dataset' | 'task' | 'trainSize' | 'valSize' | 'testSize' | 'offset' | 'labels' | 'heldout'>, modelKind?: ModelKind): DatasetSpec {
   const raw: Record<string, unknown> = { name: o.dataset };
   if (o.task !== undefined) raw.task = o.task;
   if (o.trainSize !== undefined) raw.trainSize = o.trainSize;
   if (o.valSize !== undefined) raw.valSize = o.valSize;
+  if (o.labels !== undefined) raw.labels = o.labels;
+  if (o.heldout !== undefined) raw.heldout = o.heldout;
   if (o.testSize !== undefined) raw.testSize = o.testSize;
   if (o.offset !== undefined) raw.offset = o.offset;
   // A zoo CNN reads MNIST as 28×28×1 images; everything else takes the flat layout.
