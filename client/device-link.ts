@@ -8,7 +8,7 @@ import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
 import { ERROR_CODES, isErrorCode, type ErrorCode } from '../shared/protocol/errors.js';
-import { EVENTS, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/events.js';
+import { EVENTS, type ClientToServerEvents, type DeviceEvent, type DeviceMessage, type ServerToClientEvents } from '../shared/protocol/events.js';
 import {
   describeZodError,
   planSchema,
@@ -163,7 +163,7 @@ export class DeviceLink {
    * Emit only on a live connection with a plan (register excepted): socket.io would otherwise
    * buffer the message and deliver it after a reconnect, i.e. into a newer session.
    */
-  send(event: keyof ClientToServerEvents, msg: unknown, wireKey: string = event): boolean {
+  send<E extends DeviceEvent>(event: E, msg: DeviceMessage<E>, wireKey: string = event): boolean {
     const socket = this.socket;
     if (!socket?.connected) return false;
     const plan = this.opts.plan();
@@ -175,7 +175,7 @@ export class DeviceLink {
       this.opts.log.error({ event, err: (err as Error).message }, 'message not sent');
       return false;
     }
-    socket.emit(event, buf);
+    (socket.emit as (ev: string, p: Buffer) => unknown)(event, buf);
     this.countWire(wireKey, buf);
     return true;
   }

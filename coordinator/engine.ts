@@ -5,11 +5,11 @@
 // sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.
 import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
-import { encodeMessage, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
+import { tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
-import { EVENTS } from '../shared/protocol/events.js';
+import { EVENTS, type CoordinatorEvent, type CoordinatorMessage } from '../shared/protocol/events.js';
 import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
@@ -24,7 +24,11 @@ import { buildStatus, type StatusSnapshot } from './status.js';
 /** How the engine reaches devices. Connection ids are opaque to it (socket ids in server.ts). */
 export interface Outbox {
   /** Send an encoded message on one connection; false if that connection is gone. */
-  send(connectionId: string, event: typeof EVENTS.plan | typeof EVENTS.transfer | typeof EVENTS.skip | typeof EVENTS.feedbackAck, payload: Buffer): boolean;
+  /**
+   * Send a typed message on one connection; false if that connection is gone. Encoding happens at
+   * the edge (server.ts), which throws if the message is larger than `maxBytes`.
+   */
+  send<E extends Exclude<CoordinatorEvent, 'reject'>>(connectionId: string, event: E, msg: CoordinatorMessage<E>, opts?: { maxBytes?: number }): boolean;
   /** Close a connection (one replaced by a newer connection of the same device). */
   disconnect(connectionId: string): void;
 }
@@ -364,7 +368,7 @@ export class CoordinatorEngine {
     if (!force && key === d.lastPlanKey) return;
     const plan: PlanMsg = { deviceId, session: d.session, protocolVersion: PROTOCOL_VERSION, maxMessageBytes: this.config.limits.maxMessageBytes, pairs };
     if (notes.length) plan.notes = notes;
-    if (!this.outbox.send(d.socketId, EVENTS.plan, encodeMessage(plan))) return;
+    if (!this.outbox.send(d.socketId, EVENTS.plan, plan)) return;
     d.lastPlanKey = key;
     this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`), notes }, 'plan sent');
   }
@@ -426,7 +430,7 @@ export class CoordinatorEngine {
     const skip = (reason: SkipReason) => {
       pair.countSkip(reason);
       const msg: SkipMsg = { pairId: pair.id, sliceId: slice.sliceId, reason };
-      this.outbox.send(from.connectionId, EVENTS.skip, encodeMessage(msg));
+      this.outbox.send(from.connectionId, EVENTS.skip, msg);
     };
     if (pair.inFlight) {
       if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
@@ -454,9 +458,9 @@ export class CoordinatorEngine {
       });
       cycleId = started.cycleId;
       const adapterMs = performance.now() - t0;
-      let payload: Buffer;
+      let msg: TransferMsg;
       try {
-        const msg: TransferMsg = {
+        msg = {
           pairId: pair.id,
           cycleId,
           sliceId: slice.sliceId,
@@ -466,12 +470,12 @@ export class CoordinatorEngine {
           adapterStep: pair.adapterStep,
           gate: started.gate,
         };
-        payload = encodeMessage(msg, { maxBytes: this.config.limits.maxMessageBytes });
       } finally {
         disposeLowRank(started.out);
       }
-      // The transfer answers the slice, on the connection it came from.
-      this.outbox.send(from.connectionId, EVENTS.transfer, payload);
+      // The transfer answers the slice, on the connection it came from (an oversize one throws
+      // here and drops the cycle).
+      this.outbox.send(from.connectionId, EVENTS.transfer, msg, { maxBytes: this.config.limits.maxMessageBytes });
       this.notify('cycle', { pairId: pair.id, cycleId, sliceId: slice.sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep, gate: started.gate, adapterMs });
     } catch (err) {
       this.log.error({ err, pairId: pair.id, cycleId }, 'could not start a cycle');
@@ -561,7 +565,7 @@ export class CoordinatorEngine {
     const clipped = res.adapter?.clipped ?? false;
     // The cycle is complete: tell the target (its feedback counted, and the step it produced).
     const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: step, updates: pair.counters.updates };
-    this.outbox.send(from.connectionId, EVENTS.feedbackAck, encodeMessage(ack));
+    this.outbox.send(from.connectionId, EVENTS.feedbackAck, ack);
     this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
     this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
     if (res.gate.decided) this.gateDecided(pair);

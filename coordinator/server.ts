@@ -11,8 +11,16 @@ import type { z } from 'zod';
 import { CodecError, decodeMessage, encodeMessage } from '../shared/codec/tensor-codec.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import { ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
-import { DEVICE_EVENTS, EVENTS, type ClientToServerEvents, type ServerToClientEvents } from '../shared/protocol/events.js';
-import { describeZodError, feedbackSchema, metricsSchema, registerSchema, sliceSchema, type RejectMsg } from '../shared/protocol/messages.js';
+import {
+  DEVICE_EVENTS,
+  DEVICE_TO_COORDINATOR,
+  EVENTS,
+  type ClientToServerEvents,
+  type DeviceEvent,
+  type DeviceMessage,
+  type ServerToClientEvents,
+} from '../shared/protocol/events.js';
+import { describeZodError, type RejectMsg } from '../shared/protocol/messages.js';
 import { initBackend } from '../shared/tf/backend.js';
 import { checkHandshake } from './auth.js';
 import type { CoordinatorConfig } from './config.js';
@@ -122,10 +130,12 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
       config,
       log,
       {
-        send: (id, event, payload) => {
+        send: (id, event, msg, opts) => {
           const socket = socketOf(id);
           if (!socket) return false;
-          socket.emit(event, payload);
+          // The one place coordinator → device messages are encoded.
+          const payload = encodeMessage(msg, opts);
+          (socket.emit as (ev: string, p: Buffer) => boolean)(event, payload);
           this.countWire('out', event, payload);
           return true;
         },
@@ -283,19 +293,25 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     this.log.info({ deviceId, session, address: socket.handshake.address }, 'device connected');
     this.emit('connect', { deviceId, session });
 
-    // Per event: its schema, what of the message a reject refers to, and the engine's handler.
-    const route = <T extends z.ZodType>(event: keyof ClientToServerEvents, schema: T, run: (ctx: Ctx, msg: z.infer<T>) => void, refOf?: (msg: z.infer<T>) => Ctx['ref']) =>
-      socket.on(event, (payload) =>
+    // Every device event of the protocol table: decoded, checked against its schema, then the
+    // engine's handler; `refOf` says what of the message a reject refers to.
+    const routes: { [E in DeviceEvent]: { run(ctx: Ctx, msg: DeviceMessage<E>): void; refOf?(msg: DeviceMessage<E>): Ctx['ref'] } } = {
+      register: { run: (ctx, msg) => this.engine.register(ctx, msg) },
+      slice: { run: (ctx, msg) => this.engine.slice(ctx, msg), refOf: (msg) => ({ slot: msg.slot, sliceId: msg.sliceId }) },
+      feedback: { run: (ctx, msg) => this.engine.feedback(ctx, msg), refOf: (msg) => ({ pairId: msg.pairId, cycleId: msg.cycleId }) },
+      metrics: { run: (ctx, msg) => this.engine.metrics(ctx, msg) },
+    };
+    const route = <E extends DeviceEvent>(event: E) => {
+      const { run, refOf } = routes[event];
+      socket.on(event as DeviceEvent, (payload: Buffer | Uint8Array) =>
         this.handle(socket, event, payload, (ctx, raw) => {
-          const msg = parseWith(schema, raw, event);
+          const msg = parseWith(DEVICE_TO_COORDINATOR[event], raw, event) as DeviceMessage<E>;
           if (refOf) Object.assign(ctx.ref, refOf(msg));
           run(ctx, msg);
         }),
       );
-    route(EVENTS.register, registerSchema, (ctx, msg) => this.engine.register(ctx, msg));
-    route(EVENTS.slice, sliceSchema, (ctx, msg) => this.engine.slice(ctx, msg), (msg) => ({ slot: msg.slot, sliceId: msg.sliceId }));
-    route(EVENTS.feedback, feedbackSchema, (ctx, msg) => this.engine.feedback(ctx, msg), (msg) => ({ pairId: msg.pairId, cycleId: msg.cycleId }));
-    route(EVENTS.metrics, metricsSchema, (ctx, msg) => this.engine.metrics(ctx, msg));
+    };
+    for (const event of Object.keys(DEVICE_TO_COORDINATOR) as DeviceEvent[]) route(event);
     // Any other event name: refused, never silently dropped (the sender learns of its mistake).
     socket.onAny((event: unknown) => {
       const name = typeof event === 'string' ? event : String(event);

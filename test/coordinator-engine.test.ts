@@ -6,7 +6,6 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { parseCoordinatorConfig } from '../coordinator/config.js';
 import { CoordinatorEngine, type Outbox, type Sender } from '../coordinator/engine.js';
 import type { CoordinatorEvents } from '../coordinator/events.js';
-import { decodeMessage } from '../shared/codec/tensor-codec.js';
 import { silentLogger } from '../shared/log.js';
 import { ProtocolError } from '../shared/protocol/errors.js';
 import type { FeedbackMsg, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
@@ -28,8 +27,9 @@ function setup() {
   const sent: Sent[] = [];
   const events: { event: keyof CoordinatorEvents; payload: unknown }[] = [];
   const outbox: Outbox = {
-    send: (connectionId, event, payload) => {
-      sent.push({ connectionId, event, msg: decodeMessage(payload) as Record<string, unknown> });
+    send: (connectionId, event, msg) => {
+      // Typed messages, not bytes: encoding happens only at the socket edge.
+      sent.push({ connectionId, event, msg: msg as unknown as Record<string, unknown> });
       return true;
     },
     disconnect: () => undefined,
@@ -40,7 +40,8 @@ function setup() {
         { id: 'src', token: 's' },
         { id: 'tgt', token: 't' },
       ],
-      defaults: { rank: R, tCycle: 1, k: 1 },
+      // An LPKA pair without a guard: this suite is about the engine's cycle, not the gate.
+      defaults: { rank: R, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
       pairs: [{ id: 'p', source: { device: 'src', slot: 'w' }, target: { device: 'tgt', slot: 'w' } }],
       timing: { cycleTimeoutMs: TIMEOUT_MS },
       statusEveryMs: 0,
@@ -111,7 +112,7 @@ describe('CoordinatorEngine through its seam', () => {
     expect(t).toMatchObject({ pairId: 'p', cycleId: 0, adapterStep: 0 });
     expect(e.refusal(() => e.engine.feedback(e.tgt(), e.feedback(t)))).toBeUndefined();
     const ack = e.sent.find((s) => s.event === 'feedback_ack')!;
-    expect(ack).toEqual({ connectionId: e.tgt().connectionId, event: 'feedback_ack', msg: { pairId: 'p', cycleId: 0, adapterStep: 1 } });
+    expect(ack).toEqual({ connectionId: e.tgt().connectionId, event: 'feedback_ack', msg: { pairId: 'p', cycleId: 0, adapterStep: 1, updates: 1 } });
     e.engine.dispose();
   });
 

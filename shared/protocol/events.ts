@@ -1,32 +1,68 @@
-// socket.io event names and their typed maps. Every event carries exactly one MessagePack Buffer.
-export const EVENTS = {
-  register: 'register', // device → coordinator: RegisterMsg
-  slice: 'slice', // device → coordinator: SliceMsg
-  feedback: 'feedback', // device → coordinator: FeedbackMsg
-  metrics: 'metrics', // device → coordinator: Metrics
-  plan: 'plan', // coordinator → device: PlanMsg (after register, and whenever pairs change)
-  transfer: 'transfer', // coordinator → device: TransferMsg
-  reject: 'reject', // coordinator → device: RejectMsg
-  skip: 'skip', // coordinator → device: SkipMsg (a target slice that started no cycle of a pair)
-  feedbackAck: 'feedback_ack', // coordinator → device: FeedbackAckMsg (after an accepted feedback)
+// The protocol's one table: every socket.io event, its direction and its payload schema. The
+// socket.io event maps, the typed `send` of both sides and the coordinator's routes all derive from
+// it, so an event cannot exist in one place and be missing in another. On the wire every event
+// carries exactly one MessagePack Buffer (shared/codec/tensor-codec.ts) of the object its schema
+// describes.
+import type { z } from 'zod';
+import {
+  feedbackAckSchema,
+  feedbackSchema,
+  metricsSchema,
+  planSchema,
+  registerSchema,
+  rejectSchema,
+  skipSchema,
+  sliceSchema,
+  transferSchema,
+} from './messages.js';
+
+/** Device → coordinator. */
+export const DEVICE_TO_COORDINATOR = {
+  register: registerSchema,
+  slice: sliceSchema,
+  feedback: feedbackSchema,
+  metrics: metricsSchema,
 } as const;
 
+/** Coordinator → device. */
+export const COORDINATOR_TO_DEVICE = {
+  /** after register, and whenever the device's pairs change */
+  plan: planSchema,
+  /** the answer to a target slice that started a cycle */
+  transfer: transferSchema,
+  /** the answer to a target slice that started no cycle of a pair */
+  skip: skipSchema,
+  /** after an accepted feedback */
+  feedback_ack: feedbackAckSchema,
+  /** a refused message */
+  reject: rejectSchema,
+} as const;
+
+export type DeviceEvent = keyof typeof DEVICE_TO_COORDINATOR;
+export type CoordinatorEvent = keyof typeof COORDINATOR_TO_DEVICE;
+/** The payload of a device → coordinator event. */
+export type DeviceMessage<E extends DeviceEvent> = z.infer<(typeof DEVICE_TO_COORDINATOR)[E]>;
+/** The payload of a coordinator → device event. */
+export type CoordinatorMessage<E extends CoordinatorEvent> = z.infer<(typeof COORDINATOR_TO_DEVICE)[E]>;
+
+/** Event names by a readable key (EVENTS.feedbackAck is the wire name 'feedback_ack'). */
+export const EVENTS = {
+  register: 'register',
+  slice: 'slice',
+  feedback: 'feedback',
+  metrics: 'metrics',
+  plan: 'plan',
+  transfer: 'transfer',
+  reject: 'reject',
+  skip: 'skip',
+  feedbackAck: 'feedback_ack',
+} as const satisfies Record<string, DeviceEvent | CoordinatorEvent>;
+
 /** The events a device may send; any other name is refused with `unknown_event`. */
-export const DEVICE_EVENTS: ReadonlySet<string> = new Set([EVENTS.register, EVENTS.slice, EVENTS.feedback, EVENTS.metrics]);
+export const DEVICE_EVENTS: ReadonlySet<string> = new Set(Object.keys(DEVICE_TO_COORDINATOR));
 
 type Bin = (payload: Buffer | Uint8Array) => void;
 
-export interface ClientToServerEvents {
-  register: Bin;
-  slice: Bin;
-  feedback: Bin;
-  metrics: Bin;
-}
-
-export interface ServerToClientEvents {
-  plan: Bin;
-  transfer: Bin;
-  reject: Bin;
-  skip: Bin;
-  feedback_ack: Bin;
-}
+/** socket.io's typed event maps, one binary argument per event. */
+export type ClientToServerEvents = { [E in DeviceEvent]: Bin };
+export type ServerToClientEvents = { [E in CoordinatorEvent]: Bin };
