@@ -35,6 +35,7 @@ import {
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { SliceSchedule } from './slice-schedule.js';
+import { checkDeviceOptions } from './device-options.js';
 import { FeedbackWindows, HeldoutFeedback, SliceMemory, TransferApplier, TransferQueue, windowFeedback, type ClosedWindow, type SliceMemoryLimits } from './target/index.js';
 import type { DeviceData } from './data/dataset.js';
 import type { DeviceEvents, DeviceStatus, EvalEvent, IgnoredEvent } from './device-events.js';
@@ -164,20 +165,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.url = url.url;
     const hs = handshakeSchema.safeParse({ deviceId: opts.deviceId, token: opts.token, protocolVersion: PROTOCOL_VERSION });
     if (!hs.success) throw new Error(`device handshake: ${describeZodError(hs.error)}`);
-    if (!(Number.isInteger(opts.rank) && opts.rank >= 1)) throw new Error(`rank must be an integer ≥ 1, got ${opts.rank}`);
-    if (!(Number.isInteger(opts.evalEvery) && opts.evalEvery >= 0)) throw new Error(`evalEvery must be an integer ≥ 0, got ${opts.evalEvery}`);
-    if (opts.slowdown !== undefined && !(opts.slowdown >= 1 && Number.isFinite(opts.slowdown))) {
-      throw new Error(`slowdown must be a finite number ≥ 1, got ${opts.slowdown}`);
-    }
-    if (opts.paceTimeoutMs !== undefined && !(Number.isFinite(opts.paceTimeoutMs) && opts.paceTimeoutMs >= 0)) {
-      throw new Error(`paceTimeoutMs must be a finite number ≥ 0, got ${opts.paceTimeoutMs}`);
-    }
-    if (opts.maxSteps !== undefined && !(Number.isInteger(opts.maxSteps) && opts.maxSteps >= 0)) {
-      throw new Error(`maxSteps must be an integer ≥ 0, got ${opts.maxSteps}`);
-    }
-    if (!(Number.isInteger(opts.trainer.batchSize) && opts.trainer.batchSize >= 1)) {
-      throw new Error(`batchSize must be an integer ≥ 1, got ${opts.trainer.batchSize}`);
-    }
+    checkDeviceOptions(opts);
     const names = opts.slots ?? listSlots(opts.model).map((s) => s.layer);
     if (names.length === 0) throw new Error('the model has no layer that can serve as a slot (dense, conv or embedding)');
     for (const name of names) {
