@@ -455,6 +455,7 @@ export class CoordinatorEngine {
         step: slice.step,
         now,
         timeoutMs: this.config.timing.cycleTimeoutMs,
+        sourceStep: src.step,
       });
       cycleId = started.cycleId;
       const adapterMs = performance.now() - t0;

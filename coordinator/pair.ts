@@ -52,6 +52,9 @@ export interface PairCounters {
   lastUpdateAt?: number;
   /** the target's step at the last cycle start (T_cycle is counted from here) */
   lastCycleStep?: number;
+  /** the source's training step behind the slice of the first and of the latest cycle */
+  sourceStepFirst?: number;
+  sourceStepLast?: number;
 }
 
 /** What happened to a recent cycle, so late or repeated feedback gets the precise reason. */
@@ -221,7 +224,11 @@ export class Pair {
    * norm-matched noise before anything sees it (and the noise is what is remembered). Returns the
    * cycle id, A′, B′ (the caller owns them) and the gate value the transfer must carry.
    */
-  startCycle(target: LowRank, source: LowRank, opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number }): { cycleId: number; out: LowRank; gate: number } {
+  startCycle(
+    target: LowRank,
+    source: LowRank,
+    opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number; sourceStep?: number },
+  ): { cycleId: number; out: LowRank; gate: number } {
     if (this.inFlight) throw new Error(`pair ${this.id}: a cycle is already in flight`);
     if (this.alignment === undefined) {
       disposeLowRank(target);
@@ -268,6 +275,10 @@ export class Pair {
     this.counters.cyclesStarted++;
     this.counters.lastTransferAt = opts.now;
     this.counters.lastCycleStep = opts.step;
+    if (opts.sourceStep !== undefined) {
+      this.counters.sourceStepFirst ??= opts.sourceStep;
+      this.counters.sourceStepLast = opts.sourceStep;
+    }
     return { cycleId, out, gate };
   }
 

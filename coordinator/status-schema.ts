@@ -50,6 +50,8 @@ export const pairStatusSchema = z.strictObject({
   skips: counts,
   lastGradNorm: z.number().optional(),
   lastClipped: z.boolean().optional(),
+  sourceStepFirst: count.optional(),
+  sourceStepLast: count.optional(),
   adapterStep: count,
   hasAdapter: z.boolean(),
   nextCycleId: count,

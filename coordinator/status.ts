@@ -26,7 +26,7 @@ export interface DeviceStatus {
 
 /** The pair's counters as they are, plus its configuration and state (times as ISO strings). */
 export interface PairStatus
-  extends Pick<PairCounters, 'cyclesStarted' | 'updates' | 'drops' | 'skips' | 'lastGradNorm' | 'lastClipped'> {
+  extends Pick<PairCounters, 'cyclesStarted' | 'updates' | 'drops' | 'skips' | 'lastGradNorm' | 'lastClipped' | 'sourceStepFirst' | 'sourceStepLast'> {
   id: string;
   source: Endpoint;
   target: Endpoint;
@@ -142,6 +142,8 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
       skips: { ...c.skips },
       lastGradNorm: c.lastGradNorm,
       lastClipped: c.lastClipped,
+      sourceStepFirst: c.sourceStepFirst,
+      sourceStepLast: c.sourceStepLast,
       adapterStep: p.adapterStep,
       hasAdapter: p.hasAdapter,
       nextCycleId: p.nextCycleId,

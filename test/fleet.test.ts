@@ -143,7 +143,7 @@ describe('held-out feedback', () => {
         { id: 'src', token: 'ts' },
         { id: 'tgt', token: 'tt' },
       ],
-      pairs: [{ id: 'p', source: { device: 'src', slot: 'dense_0' }, target: { device: 'tgt', slot: 'dense_0' }, rank: 4, tCycle: 4, k: 2, feedback: 'heldout' }],
+      pairs: [{ id: 'p', source: { device: 'src', slot: 'dense_0' }, target: { device: 'tgt', slot: 'dense_0' }, rank: 4, tCycle: 4, k: 2, feedback: 'heldout', gate: { guard: 'none' } }],
       statusEveryMs: 0,
     });
     expect(config.pairs[0].feedback).toBe('heldout');

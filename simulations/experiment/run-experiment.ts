@@ -161,6 +161,9 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
   if (t.capBound !== undefined) extra.capBound = t.capBound;
   // The trust gate at the end of the run (mean over the target's pairs), and how many of them its
   // guard refused.
+  // How far the sources had trained when they first transferred (min over the target's pairs).
+  const firstSteps = pairs.map((p) => p.sourceStepFirst).filter((v): v is number => v !== undefined);
+  if (firstSteps.length) extra.sourceStepFirst = Math.min(...firstSteps);
   if (pairs.length) {
     extra.gate = sum((p) => p.gate.value) / pairs.length;
     extra.refused = pairs.filter((p) => p.gate.decision === 'refused').length;
@@ -319,6 +322,16 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
     notes.push(...pairNotes(e));
   }
   if (e.sourceWarmup > 0) notes.push(`Sources trained ${e.sourceWarmup} steps before the target started (sourceWarmup).`);
+  {
+    // Flag runs whose sources were still early when they first transferred.
+    const sourceSteps = Math.min(...e.pairs.filter((p) => p.target.device === e.target).map((p) => e.devices.find((d) => d.id === p.source.device)?.steps ?? Infinity));
+    const early = runs.filter((r) => r.extra?.sourceStepFirst !== undefined && r.extra.sourceStepFirst < sourceSteps / 2);
+    if (early.length && Number.isFinite(sourceSteps)) {
+      notes.push(
+        `EARLY SOURCE: in ${early.length} run(s) a source had trained fewer than half of its ${sourceSteps} steps when it first transferred (sourceStepFirst: ${early.map((r) => `${r.condition} s${r.seed} ${r.extra!.sourceStepFirst}`).join(', ')}); its first slices carried little.`,
+      );
+    }
+  }
   for (const f of failures) notes.push(`FAILED: ${f.condition}, seed ${f.seed}: ${f.error.split('\n')[0]}`);
   const mixed = e.devices.filter((d) => d.backend !== 'auto' && d.backend !== backend);
   if (mixed.length) notes.push(`Devices with another backend than this process (${backend}): ${mixed.map((d) => `${d.id} (${d.backend})`).join(', ')}${mode === 'inprocess' ? ' — ignored in in-process mode' : ''}.`);

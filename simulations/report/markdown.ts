@@ -12,6 +12,7 @@ function cell(s: string): string {
 /** What each "other metric" column means (shown under the table). */
 export const METRIC_NOTES: Record<string, string> = {
   gate: "the trust gate g of the target's pairs at the end of the run (mean over pairs); 0 once its guard refused the source",
+  sourceStepFirst: "the training step of the source's slice at the target's first cycle (min over pairs): how far the source had trained when transfer began",
   joined: "the target's pairs whose join-time transfer it kept (the source's mapped slice written into its weight once, at its first transfer, because its held-out loss fell)",
   refused: "pairs whose trust gate's guard refused the source (of the target's pairs; 0 if it accepted or had not decided)",
   branchRatio: '‖K‖/‖W‖ of the applied transfers, mean over transfers: how large the knowledge branch was relative to the slot',
