@@ -297,7 +297,8 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
   const notes: string[] = [];
   if (conditions.some((c) => c === 'mergenet' || c === 'noise')) {
     notes.push(
-      `mergenet and noise ran with the real coordinator and ${fleetDevices(e).length} device clients (${mode === 'process' ? 'each device a child process' : 'all in one process'}) on loopback; ` +
+      `mergenet and noise ran with the real coordinator and ${fleetDevices(e).length} device clients (${mode === 'process' ? 'each device a child process' : 'all in one process'}) on loopback` +
+        (e.paceTimeoutMs > 0 ? `, the devices paced to the coordinator (after a target slice, the target waits up to ${e.paceTimeoutMs} ms for its answer); ` : ', the devices never waiting for the coordinator; ') +
         'noise is the same pairs with the coordinator replacing each source slice by noise of equal shape and norm.',
       'Bytes sent: MessagePack payloads counted by the devices (slices of the paired slots, transfers to the target, feedback from it), without socket.io/WebSocket framing. ' +
         'Full weights: the same messages carrying the full m×n slot matrix instead of rank-r factors.',
