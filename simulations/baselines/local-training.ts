@@ -28,7 +28,7 @@ export interface LocalProgress {
   phase?: string;
 }
 
-export interface LocalTrainingOptions {
+export interface LocalRunOptions {
   device: DeviceSpec;
   data: DeviceData;
   /** The experiment seed; model init and batch order use deviceSeed(seed, device.id). */
@@ -89,7 +89,7 @@ export class LocalRun {
   readonly curve: CurvePoint[] = [];
   private readonly trainer: Trainer;
   private readonly batches: Generator<Batch>;
-  private readonly opts: LocalTrainingOptions;
+  private readonly opts: LocalRunOptions;
   private readonly slowdown: number;
   private done = 0;
   private lossSum = 0;
@@ -97,7 +97,7 @@ export class LocalRun {
   private busyMs = 0;
   private disposed = false;
 
-  constructor(opts: LocalTrainingOptions) {
+  constructor(opts: LocalRunOptions) {
     const steps = opts.steps ?? opts.device.steps;
     if (!Number.isInteger(steps) || steps < 1) throw new Error(`device "${opts.device.id}": steps must be a positive integer, got ${steps}`);
     this.opts = opts;
@@ -219,7 +219,7 @@ export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => se
  * Train one device on its own data for `steps` (default device.steps). Deterministic: the same
  * seed gives the same curve on the same backend.
  */
-export async function trainLocally(opts: LocalTrainingOptions): Promise<LocalTrainingResult> {
+export async function trainLocally(opts: LocalRunOptions): Promise<LocalTrainingResult> {
   const t0 = performance.now();
   const run = new LocalRun(opts);
   try {
