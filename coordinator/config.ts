@@ -56,35 +56,27 @@ const gateOverridesSchema = (gateConfigSchema as unknown as { partial(): z.ZodTy
 const alignSchema = z.enum(['auto', ...ALIGNMENTS]);
 export type AlignSetting = z.infer<typeof alignSchema>;
 
-const deviceSchema = z
-  .strictObject({
-    id: idSchema,
-    token: z.string().min(1, { error: 'token is empty' }).optional(),
-    tokenEnv: z.string().min(1).optional(),
-    tokenFile: z.string().min(1).optional(),
-  })
-  .superRefine((d, ctx) => {
-    const given = [d.token, d.tokenEnv, d.tokenFile].filter((v) => v !== undefined).length;
-    if (given !== 1) {
-      ctx.addIssue({ code: 'custom', message: `give exactly one of token, tokenEnv, tokenFile (got ${given})` });
-    }
-  });
+/** A secret given exactly one way: inline, by environment variable, or by file. */
+const secretFields = {
+  token: z.string().min(1, { error: 'token is empty' }).optional(),
+  tokenEnv: z.string().min(1).optional(),
+  tokenFile: z.string().min(1).optional(),
+};
+function exactlyOneSecret(d: { token?: string; tokenEnv?: string; tokenFile?: string }, ctx: z.RefinementCtx): void {
+  const given = [d.token, d.tokenEnv, d.tokenFile].filter((v) => v !== undefined).length;
+  if (given !== 1) ctx.addIssue({ code: 'custom', message: `give exactly one of token, tokenEnv, tokenFile (got ${given})` });
+}
+
+const deviceSchema = z.strictObject({ id: idSchema, ...secretFields }).superRefine(exactlyOneSecret);
 
 /** Who may read /status, /metrics and the dashboard: a secret of its own, never a device's. */
 const viewerSchema = z
   .strictObject({
     /** shown in logs only */
     name: z.string().min(1).max(64).optional(),
-    token: z.string().min(1, { error: 'token is empty' }).optional(),
-    tokenEnv: z.string().min(1).optional(),
-    tokenFile: z.string().min(1).optional(),
+    ...secretFields,
   })
-  .superRefine((d, ctx) => {
-    const given = [d.token, d.tokenEnv, d.tokenFile].filter((v) => v !== undefined).length;
-    if (given !== 1) {
-      ctx.addIssue({ code: 'custom', message: `give exactly one of token, tokenEnv, tokenFile (got ${given})` });
-    }
-  });
+  .superRefine(exactlyOneSecret);
 
 const pairSchema = z.strictObject({
   id: idSchema.optional(),

@@ -3,6 +3,7 @@
 import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage, tensorToWire, wireToFloat32, type WireTensor } from '../../shared/codec/tensor-codec.js';
 import type { SkipMsg } from '../../shared/protocol/messages.js';
+import type { QueuedTransfer } from '../../client/target/transfer-queue.js';
 import type { ClientToServerEvents, ServerToClientEvents } from '../../shared/protocol/events.js';
 import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, RejectMsg, SlotDesc } from '../../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../../shared/protocol/version.js';
@@ -25,16 +26,8 @@ export interface ConnectRefusal {
   reason?: string;
 }
 
-export interface DecodedTransfer {
-  pairId: string;
-  cycleId: number;
-  sliceId: number;
-  slot: string;
-  adapterStep: number;
-  gate: number;
-  A: { values: Float32Array; shape: number[] };
-  B: { values: Float32Array; shape: number[] };
-}
+/** A transfer as a device decodes it: what the real device queues, less its session. */
+export type DecodedTransfer = Omit<QueuedTransfer, 'session'>;
 
 type Inbound = { plan: PlanMsg; transfer: DecodedTransfer; reject: RejectMsg; feedback_ack: FeedbackAckMsg };
 
