@@ -57,7 +57,7 @@ class BarsProgress implements ProgressReporter {
     this.multi ??= new cliProgress.MultiBar(
       {
         stream: this.stream,
-        format: '{label} {device} |{bar}| {value}/{total} | loss {loss} | acc {acc} | transfers {transfers}',
+        format: '{label} {device} |{bar}| {value}/{total} | loss {loss} | test {acc} | transfers {transfers}',
         barsize: 24,
         hideCursor: true,
         clearOnComplete: true,
@@ -128,7 +128,7 @@ class LineProgress implements ProgressReporter {
     this.quarter.set(key, q);
     const who = p.phase ? `${p.device} (${p.phase})` : p.device;
     this.stream.write(
-      `${this.label} ${who}: step ${p.step}/${p.steps}, loss ${fmtLoss(p.loss).trim()}, acc ${fmtAcc(p.acc).trim()}, transfers ${p.transfers ?? 0}\n`,
+      `${this.label} ${who}: step ${p.step}/${p.steps}, loss ${fmtLoss(p.loss).trim()}, test ${fmtAcc(p.acc).trim()}, transfers ${p.transfers ?? 0}\n`,
     );
   }
 

@@ -180,6 +180,7 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
     wallMs: t.wallMs,
     extra,
     gates: pairs.map((p) => ({ pairId: p.id, decision: p.gate.decision, reason: p.gate.reason, trace: p.gateTrace })),
+    sources: Object.fromEntries(Object.entries(run.devices).filter(([id]) => id !== e.target).map(([id, d]) => [id, d.curve])),
   };
 }
 

@@ -143,6 +143,27 @@ export function renderHtml(result: ExperimentResult, summary: Summary = summariz
       })
     : '';
 
+  // The other devices of the fleet (sources, peers): their own test accuracy, mean over the
+  // mergenet runs' seeds, so a source still early in its training shows.
+  const srcRuns = result.runs.filter((r) => r.condition === 'mergenet' && r.sources);
+  const srcIds = [...new Set(srcRuns.flatMap((r) => Object.keys(r.sources!)))];
+  const sourcesSvg = srcIds.length
+    ? lineChartSvg({
+        title: 'The other devices (mergenet runs): their own test accuracy',
+        xLabel: 'their training step',
+        yLabel: 'test accuracy (%)',
+        yClamp: [0, 100],
+        width: 1060,
+        height: 300,
+        series: srcIds.map((id, i) => {
+          const bySteps = new Map<number, number[]>();
+          for (const r of srcRuns) for (const p of r.sources![id] ?? []) bySteps.set(p.step, [...(bySteps.get(p.step) ?? []), p.acc]);
+          const points = [...bySteps].sort((a, b) => a[0] - b[0]).map(([x, v]) => ({ x, mean: (100 * v.reduce((a, b) => a + b, 0)) / v.length }));
+          return { name: id, color: ['#6b7280', '#0891b2', '#a16207', '#7c3aed'][i % 4], points };
+        }),
+      })
+    : '';
+
   // Paired differences.
   const diffRows = summary.rows
     .filter((r) => r.diffVsAlone)
@@ -232,6 +253,13 @@ export function renderHtml(result: ExperimentResult, summary: Summary = summariz
     h.push(
       '<figcaption>Each dot is one seed: the condition’s final accuracy minus <i>alone</i>’s on that seed. The diamond is the mean, the bar its 95 % confidence interval. A bar that crosses the dashed zero line is no significant difference.</figcaption>',
     );
+    h.push('</figure></section>');
+  }
+
+  if (sourcesSvg) {
+    h.push('<section class="card"><figure>');
+    h.push(sourcesSvg);
+    h.push('<figcaption>Mean over the mergenet runs\' seeds. With a source warm-up, the target started once the sources had trained that many steps; the report\'s notes flag a source that first transferred before half its training.</figcaption>');
     h.push('</figure></section>');
   }
 

@@ -28,6 +28,8 @@ export interface ConditionRun {
   wallMs: number;
   /** E.g. mean branch ratio ‖K‖/‖W‖, cycles, drops. */
   extra?: Record<string, number>;
+  /** Fleet runs: the other devices' test accuracy curves, by device id. */
+  sources?: Record<string, CurvePoint[]>;
   /** The trust gate of each of the target's pairs over its updates, and the guard's decision. */
   gates?: { pairId: string; decision: string; reason?: string; trace: { update: number; gate: number }[] }[];
 }
