@@ -303,7 +303,8 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
         'noise is the same pairs with the coordinator replacing each source slice by noise of equal shape and norm.',
       'Bytes sent: MessagePack payloads counted by the devices (slices of the paired slots, transfers to the target, feedback from it), without socket.io/WebSocket framing. ' +
         'Full weights: the same messages carrying the full m×n slot matrix instead of rank-r factors.',
-      'Wall time per run: the target\'s own training time (first step to last evaluation); fleetWallS is the whole fleet run including process start-up.',
+      'Wall time per run: the target\'s own training time (first step to last evaluation); fleetWallS is the whole fleet run including process start-up. ' +
+        'Local baselines (alone, copy, …) train the target alone in this process; in fleet runs it shares the two cores with the other devices and the coordinator, and a paced target also waits for the coordinator\'s answers: compare wall times within a kind of run, not across.',
     );
   }
   if (conditions.some((c) => c === 'mergenet' || c === 'noise')) {
