@@ -97,8 +97,8 @@ const pairSchema = z.strictObject({
   refineLr: z.number().nonnegative().finite().optional(),
   /** The pair's trust gate (merged over defaults.gate). */
   gate: gateOverridesSchema.optional(),
-  /** Join-time transfer (default defaults.join; 'auto': on where only one axis is shared). */
-  join: z.enum(['auto', 'on', 'off']).optional(),
+  /** Join-time transfer (default defaults.join): off, check (kept if the held-out loss falls), always. */
+  join: z.enum(['off', 'check', 'always']).optional(),
 });
 
 const rawConfigSchema = z.strictObject({
@@ -118,7 +118,7 @@ const rawConfigSchema = z.strictObject({
       align: alignSchema.default('auto'),
       refineLr: z.number().nonnegative().finite().default(0),
       gate: gateOverridesSchema.default({}),
-      join: z.enum(['auto', 'on', 'off']).default('auto'),
+      join: z.enum(['off', 'check', 'always']).default('off'),
     })
     .prefault({}),
   pairs: z.array(pairSchema).default([]),
@@ -192,8 +192,8 @@ export interface PairConfig {
   refineLr: number;
   /** The trust gate, fully resolved. */
   gate: GateConfig;
-  /** Join-time transfer: 'auto' is on for a pass-through start that shares one axis only. */
-  join: 'auto' | 'on' | 'off';
+  /** Join-time transfer at the target's first transfer (pass-through starts only). */
+  join: 'off' | 'check' | 'always';
   /** defaults.adapter merged with the pair's own overrides. */
   adapter: AdapterOverrides;
   /** Created by autoPair rather than listed in the config. */
@@ -216,7 +216,7 @@ export interface CoordinatorConfig {
     align: AlignSetting;
     refineLr: number;
     gate: GateConfig;
-    join: 'auto' | 'on' | 'off';
+    join: 'off' | 'check' | 'always';
   };
   pairs: PairConfig[];
   autoPair: { enabled: boolean; slot: 'first' | string; sourceMode: SourceMode };

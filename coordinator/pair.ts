@@ -141,14 +141,11 @@ export class Pair {
     this.model = AdapterWithOptimizer.create(cfg);
   }
 
-  /**
-   * Does the target take a join-time transfer? 'auto': where the start shares one axis only (there
-   * the live gated swap was measured weak, and the one-time swap at join strong; docs/DESIGN.md §6).
-   */
-  get joinEnabled(): boolean {
+  /** The join-time transfer the target is asked for (pass-through starts only), if any. */
+  get joinMode(): 'check' | 'always' | undefined {
     const j = this.config.join;
-    if (j === 'off' || this.alignment === undefined || this.alignment === 'none') return false;
-    return j === 'on' || this.alignment === 'rows' || this.alignment === 'cols';
+    if (j === 'off' || this.alignment === undefined || this.alignment === 'none') return undefined;
+    return j;
   }
 
   /** Refused by the gate's guard: the pair stops for good (it leaves the plans). */

@@ -18,7 +18,7 @@ export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Regis
       // Only the target computes G.
       if (role === 'target') {
         entry.feedback = p.config.feedback;
-        if (p.joinEnabled) entry.join = true;
+        if (p.joinMode) entry.join = p.joinMode;
       }
       out.push(entry);
     }

@@ -211,3 +211,28 @@ describe('the join-time transfer', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 });
+
+describe('the join-time transfer, always', () => {
+  it('keeps the swap whatever the held-out loss says', async () => {
+    const { tryJoin } = await import('../client/target/join-transfer.js');
+    const { HeldoutFeedback } = await import('../client/target/heldout-feedback.js');
+    const { Trainer } = await import('../client/trainer.js');
+    const model = tf.sequential({ layers: [tf.layers.dense({ units: 2, inputShape: [3], useBias: false, activation: 'softmax', kernelInitializer: 'zeros' })] });
+    const layer = model.layers[0].name;
+    const trainer = new Trainer(model, { optimizer: 'sgd', lr: 0.1 });
+    const val = { x: new Float32Array([1, 0, 0, -1, 0, 0]), y: new Int32Array([0, 1]), n: 2, inputShape: [3], numClasses: 2 };
+    const heldout = new HeldoutFeedback(trainer, val, 2, 1);
+    const branches = new KnowledgeBranches(model);
+    const zero = { A: tf.zeros([3, 1]) as tf.Tensor2D, B: tf.zeros([1, 2]) as tf.Tensor2D };
+    const bad = { A: tf.tensor2d([[1], [0], [0]]), B: tf.tensor2d([[-1, 1]]) };
+    const r = tryJoin(branches, heldout, 'p', layer, bad, zero, true)!;
+    expect(r.after).toBeGreaterThan(r.before);
+    expect(r.joined).toBe(true);
+    expect(Array.from(slotVariable(model, layer).dataSync())).toEqual([-1, 1, 0, 0, 0, 0]);
+    tf.dispose([zero.A, zero.B, bad.A, bad.B]);
+    heldout.dropAll();
+    branches.dispose();
+    trainer.dispose();
+    model.dispose();
+  });
+});

@@ -95,7 +95,7 @@ export class TransferApplier {
       if (pair.join && !this.joinTried.has(t.pairId) && step <= 2 * pair.tCycle) {
         this.joinTried.add(t.pairId);
         try {
-          const j = tryJoin(branches, heldout, t.pairId, t.slot, generated, current);
+          const j = tryJoin(branches, heldout, t.pairId, t.slot, generated, current, pair.join === 'always');
           if (j) {
             this.d.log.info({ pairId: t.pairId, step, ...j }, j.joined ? 'join-time transfer kept' : 'join-time transfer refused by the held-out loss');
             if (j.joined) {

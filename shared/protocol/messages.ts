@@ -70,9 +70,10 @@ export const planPairSchema = z.object({
   /**
    * Target pairs only (protocol 2): a join-time transfer. At the pair's first transfer, a device
    * that has barely started training (≤ 2·tCycle steps) swaps the transfer's full A′B′ in for its
-   * own AB into its trained weight, once, if that lowers its held-out loss (docs/DESIGN.md §6).
+   * own AB in its trained weight, once: 'always', or 'check': only if that lowers its held-out
+   * loss there and then (docs/DESIGN.md §6).
    */
-  join: z.boolean().optional(),
+  join: z.enum(['check', 'always']).optional(),
 });
 export type PlanPair = z.infer<typeof planPairSchema>;
 

@@ -45,8 +45,8 @@ export const pairSpecSchema = z.strictObject({
   align: z.enum(['auto', 'both', 'rows', 'cols', 'none']).default('auto'),
   /** adapter learning rate for a pass-through start (0: the pass-through is used as is) */
   refineLr: z.number().nonnegative().default(0),
-  /** join-time transfer: 'auto' (on where only one axis is shared), 'on', 'off' */
-  join: z.enum(['auto', 'on', 'off']).default('auto'),
+  /** join-time transfer at the target's first transfer: 'off', 'check' (kept if its held-out loss falls), 'always' */
+  join: z.enum(['off', 'check', 'always']).default('off'),
   /** trust gate overrides (enabled, init, lr, guard, decideAfter, alpha) */
   gate: z.record(z.string(), z.union([z.number(), z.boolean(), z.string()])).default({}),
 });
