@@ -124,7 +124,10 @@ export class Pair {
    */
   resolveAlignment(target: [number, number], source: [number, number]): string | undefined {
     const want = this.config.align;
-    const align = want === 'auto' ? inferAlignment(target, source) : want;
+    // 'auto' takes a pass-through only where both shapes agree. A one-axis pass-through (equal rows
+    // or equal columns) is opt-in: measured, on classifier slots sharing only the classes it cost
+    // the target a point, and across first-layer widths the live swap took nothing (README).
+    const align = want === 'auto' ? (inferAlignment(target, source) === 'both' ? 'both' : 'none') : want;
     if (!alignmentFits(align, target, source)) {
       return `align '${align}' needs a shared axis, but the target slot is [${target.join(', ')}] and the source slot [${source.join(', ')}]`;
     }
