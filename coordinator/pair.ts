@@ -309,7 +309,11 @@ export class Pair {
     let gate: GateStep;
     try {
       if (c.adapterRan && this.model) res = this.model.update(c.input, { gA, gB });
-      gate = this.gate.step(gateGrad, c.gate, target);
+      // With no shared axis the start is the target's own slice, so "the source's part" of the
+      // gradient would be the target's own top slice: the guard tests the whole ⟨G, A′B′ − AB⟩
+      // instead, which is a coin toss while the adapter has learned nothing, and the gate stays shut.
+      const report = this.alignment === 'none' ? { ...target, sourceGrad: gateGrad } : target;
+      gate = this.gate.step(gateGrad, c.gate, report);
     } catch (err) {
       // The caller reports and counts the failure; the cycle cannot be retried.
       this.endCycle(c, 'internal');
