@@ -25,6 +25,9 @@ function config() {
   });
 }
 
+/** The source's slot has another shape: no shared axis, so the LPKA starts as the identity. */
+const OTHER = { m: 9, n: 4 };
+
 describe('trust gate in the coordinator', () => {
   let coord: RunningCoordinator | undefined;
   const devices: FakeDevice[] = [];
@@ -38,15 +41,15 @@ describe('trust gate in the coordinator', () => {
     coord = undefined;
   });
 
-  async function start(): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
+  async function start(sourceShape = SHAPE): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
     const c = await serve(config(), { logger: silentLogger() });
     coord = c;
     const src = await FakeDevice.connect({ url: c.url, deviceId: 'src', token: 'src-secret' });
     const tgt = await FakeDevice.connect({ url: c.url, deviceId: 'tgt', token: 'tgt-secret' });
     devices.push(src, tgt);
-    await src.register([{ name: 'w', shape: [SHAPE.m, SHAPE.n] }]);
+    await src.register([{ name: 'w', shape: [sourceShape.m, sourceShape.n] }]);
     await tgt.register([{ name: 'w', shape: [SHAPE.m, SHAPE.n] }]);
-    src.sendSlice({ slot: 'w', ...SHAPE, rank: R, sliceId: 0, step: 0 });
+    src.sendSlice({ slot: 'w', ...sourceShape, rank: R, sliceId: 0, step: 0 });
     await src.barrier();
     return { src, tgt, c };
   }
@@ -109,5 +112,19 @@ describe('trust gate in the coordinator', () => {
     const st = c.status().pairs[0];
     expect(st.active).toBe(true);
     expect(st.gate.value).toBeGreaterThan(sigmoid(-3));
+  });
+
+  it('no shared axis: the guard tests the whole gate gradient, so a target-own-slice signal cannot open it', async () => {
+    const { tgt, c } = await start(OTHER);
+    const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
+    for (let i = 1; i <= 8; i++) {
+      // sourceGrad says "more, please" every time, but the whole gradient's sign is a coin toss.
+      const gateGrad = i % 2 === 0 ? 0.5 : -0.5;
+      await completeCycle(c, tgt, { slot: 'w', ...SHAPE, rank: R, sliceId: i, step: i }, undefined, { gateGrad, sourceGrad: -0.5 });
+    }
+    const ev = await decided;
+    expect(c.status().pairs[0].alignment).toBe('none');
+    expect(ev.decision).toBe('refused');
+    expect(ev.reason).toMatch(/4 of 8 .*no significant evidence/);
   });
 });
