@@ -342,6 +342,13 @@ export class CoordinatorEngine {
         this.log.warn({ pairId: pair.id, reason: why }, 'pair inactive');
         return;
       }
+      if (pair.refused) {
+        pair.active = false;
+        pair.inactiveReason = `refused by its trust gate: ${pair.gate.reason ?? 'refused'}`;
+        this.log.info({ pairId: pair.id, reason: pair.gate.reason }, 'trust gate refused the source');
+        this.notify('gate', { pairId: pair.id, decision: 'refused', reason: pair.gate.reason ?? 'refused', gate: 0, updates: 0 });
+        return;
+      }
     }
     if (pair.hasAdapter) {
       if (cap < pair.rank) {

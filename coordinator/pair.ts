@@ -128,6 +128,13 @@ export class Pair {
     // or equal columns) is opt-in: measured, on classifier slots sharing only the classes it cost
     // the target a point, and across first-layer widths the live swap took nothing (README).
     const align = want === 'auto' ? (inferAlignment(target, source) === 'both' ? 'both' : 'none') : want;
+    if (want === 'auto' && align === 'none') {
+      // With no shared axis the LPKA, trained on the held-out gradient, learns to perturb the
+      // target's own slice whatever the source is: measured, a noise source then cost the target
+      // up to 7 points, and no guard told it from a real one. Such a pair does not run unless the
+      // config asks for it (align: none); unaligned models need the output channel instead.
+      this.gate.refuse('no shared axis between the slots: the parameter channel cannot tell this source from noise (set align: none to run the adapter anyway)');
+    }
     if (!alignmentFits(align, target, source)) {
       return `align '${align}' needs a shared axis, but the target slot is [${target.join(', ')}] and the source slot [${source.join(', ')}]`;
     }

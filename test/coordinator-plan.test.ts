@@ -30,7 +30,7 @@ describe('coordinator plans', () => {
     const coord = await serve(
       parseCoordinatorConfig({
         devices: [dev('a'), dev('b')],
-        defaults: { rank: 8, tCycle: 1 },
+        defaults: { rank: 8, tCycle: 1, align: 'none', gate: { guard: 'none' } },
         pairs: [{ id: 'ab', source: { device: 'a', slot: 'w' }, target: { device: 'b', slot: 'v' } }],
         statusEveryMs: 0,
       }),
@@ -61,7 +61,7 @@ describe('coordinator plans', () => {
     const coord = await serve(
       parseCoordinatorConfig({
         devices: [dev('a'), dev('b')],
-        defaults: { rank: 2, tCycle: 1 },
+        defaults: { rank: 2, tCycle: 1, align: 'none', gate: { guard: 'none' } },
         pairs: [{ id: 'ab', source: { device: 'a', slot: 'w' }, target: { device: 'b', slot: 'w' } }],
         timing: { sourceMaxAgeMs: 200 },
         statusEveryMs: 0,
@@ -95,7 +95,7 @@ describe('coordinator plans', () => {
   it('autoPair pairs registered devices both ways, updates plans, and restores auto pairs from a checkpoint', async () => {
     const cfg = parseCoordinatorConfig({
       devices: [dev('a'), dev('b'), dev('c')],
-      defaults: { rank: 8, tCycle: 1 },
+      defaults: { rank: 8, tCycle: 1, align: 'none', gate: { guard: 'none' } },
       autoPair: { enabled: true },
       checkpoint: { dir },
       statusEveryMs: 0,

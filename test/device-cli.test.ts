@@ -96,7 +96,7 @@ describe('mergenet-fed CLI', () => {
             { id: 'peer-to-cli', source: { device: 'peer', slot: 'dense_1' }, target: { device: 'cli', slot: 'dense_1' } },
             { id: 'cli-to-peer', source: { device: 'cli', slot: 'dense_1' }, target: { device: 'peer', slot: 'dense_1' } },
           ],
-          defaults: { rank: 4, tCycle: 5, k: 2 },
+          defaults: { rank: 4, tCycle: 5, k: 2, align: 'none', gate: { guard: 'none' } },
           statusEveryMs: 0,
         }),
         { logger: silentLogger() },

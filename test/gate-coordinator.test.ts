@@ -13,13 +13,13 @@ import { completeCycle, FakeDevice, pseudoRandom, waitForEvent } from './helpers
 const R = 3;
 const SHAPE = { m: 12, n: 5 };
 
-function config() {
+function config(align = 'auto') {
   return parseCoordinatorConfig({
     devices: [
       { id: 'src', token: 'src-secret' },
       { id: 'tgt', token: 'tgt-secret' },
     ],
-    defaults: { rank: R, tCycle: 1, k: 1, gate: { decideAfter: 8 } },
+    defaults: { rank: R, tCycle: 1, k: 1, align, gate: { decideAfter: 8 } },
     pairs: [{ id: 'p', source: { device: 'src', slot: 'w' }, target: { device: 'tgt', slot: 'w' } }],
     statusEveryMs: 0,
   });
@@ -41,8 +41,8 @@ describe('trust gate in the coordinator', () => {
     coord = undefined;
   });
 
-  async function start(sourceShape = SHAPE): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
-    const c = await serve(config(), { logger: silentLogger() });
+  async function start(sourceShape = SHAPE, align = 'auto'): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
+    const c = await serve(config(align), { logger: silentLogger() });
     coord = c;
     const src = await FakeDevice.connect({ url: c.url, deviceId: 'src', token: 'src-secret' });
     const tgt = await FakeDevice.connect({ url: c.url, deviceId: 'tgt', token: 'tgt-secret' });
@@ -114,8 +114,26 @@ describe('trust gate in the coordinator', () => {
     expect(st.gate.value).toBeGreaterThan(sigmoid(-3));
   });
 
-  it('no shared axis: the guard tests the whole gate gradient, so a target-own-slice signal cannot open it', async () => {
-    const { tgt, c } = await start(OTHER);
+  it('no shared axis, by default: the pair is refused before it runs, and says why', async () => {
+    const c = await serve(config(), { logger: silentLogger() });
+    coord = c;
+    const src = await FakeDevice.connect({ url: c.url, deviceId: 'src', token: 'src-secret' });
+    const tgt = await FakeDevice.connect({ url: c.url, deviceId: 'tgt', token: 'tgt-secret' });
+    devices.push(src, tgt);
+    const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
+    await src.register([{ name: 'w', shape: [OTHER.m, OTHER.n] }]);
+    const plan = await tgt.register([{ name: 'w', shape: [SHAPE.m, SHAPE.n] }]);
+    const ev = await decided;
+    expect(ev).toMatchObject({ decision: 'refused', updates: 0 });
+    expect(ev.reason).toMatch(/no shared axis/);
+    expect(plan.pairs).toEqual([]);
+    const st = c.status().pairs[0];
+    expect(st).toMatchObject({ active: false, alignment: 'none', cyclesStarted: 0 });
+    expect(st.inactiveReason).toMatch(/refused by its trust gate: no shared axis/);
+  });
+
+  it('no shared axis, run on request (align: none): the guard tests the whole gate gradient', async () => {
+    const { tgt, c } = await start(OTHER, 'none');
     const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
     for (let i = 1; i <= 8; i++) {
       // sourceGrad says "more, please" every time, but the whole gradient's sign is a coin toss.

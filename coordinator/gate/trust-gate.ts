@@ -149,6 +149,14 @@ export class TrustGate {
     return this.s.reason;
   }
 
+  /** Refuse the source for good, before any update (a pair the coordinator will not run). */
+  refuse(reason: string): void {
+    if (this.s.decision !== 'pending') return;
+    this.s.decision = 'refused';
+    this.s.decidedAt = this.s.t;
+    this.s.reason = reason;
+  }
+
   /** A copy of the state, for checkpoints and status. */
   state(): GateState {
     return { ...this.s };
