@@ -330,7 +330,7 @@ describe('coordinator refusals: deadlines, on a controlled clock', () => {
           { id: 'src', token: 'src-secret' },
           { id: 'tgt', token: 'tgt-secret' },
         ],
-        defaults: { rank: R, tCycle: 1, k: 1 },
+        defaults: { rank: R, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
         pairs: [{ id: 'p', source: { device: 'src', slot: 'dense' }, target: { device: 'tgt', slot: 'dense' } }],
         timing: { cycleTimeoutMs: TIMEOUT_MS },
         statusEveryMs: 0,
