@@ -318,7 +318,8 @@ export class Pair {
       if (c.adapterRan && this.model) res = this.model.update(c.input, { gA, gB });
       // With no shared axis the start is the target's own slice, so "the source's part" of the
       // gradient would be the target's own top slice: the guard tests the whole ⟨G, A′B′ − AB⟩
-      // instead, which is a coin toss while the adapter has learned nothing, and the gate stays shut.
+      // instead. (Measured, even that lets a learning adapter through; hence such pairs run only
+      // when the config asks for align: none; docs/DESIGN.md §6.)
       const report = this.alignment === 'none' ? { ...target, sourceGrad: gateGrad } : target;
       gate = this.gate.step(gateGrad, c.gate, report);
     } catch (err) {
