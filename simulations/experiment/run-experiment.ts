@@ -313,7 +313,9 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
         'alone and the other local baselines are. A fleet target with no pairs reproduces alone exactly (test/fleet.test.ts).',
     );
     for (const c of FLEET_CONDITIONS) {
-      const cov = runs.filter((r) => r.condition === c && r.extra?.cycleCoverage !== undefined).map((r) => r.extra!.cycleCoverage);
+      // A pair refused by its gate stops cycling on purpose: only runs where none was refused say
+      // anything about whether the coordinator kept up.
+      const cov = runs.filter((r) => r.condition === c && r.extra?.cycleCoverage !== undefined && !r.extra.refused).map((r) => r.extra!.cycleCoverage);
       const mean = cov.reduce((a, b) => a + b, 0) / (cov.length || 1);
       if (cov.length && mean < 0.8) {
         notes.push(

@@ -13,7 +13,7 @@ function cell(s: string): string {
 export const METRIC_NOTES: Record<string, string> = {
   gate: "the trust gate g of the target's pairs at the end of the run (mean over pairs); 0 once its guard refused the source",
   sourceStepFirst: "the training step of the source's slice at the target's first cycle (min over pairs): how far the source had trained when transfer began",
-  joined: "the target's pairs whose join-time transfer it kept (the source's mapped slice written into its weight once, at its first transfer, because its held-out loss fell)",
+  joined: "the target's pairs whose join-time transfer it kept (the source's mapped slice written into its weight once, at its first transfer)",
   refused: "pairs whose trust gate's guard refused the source (of the target's pairs; 0 if it accepted or had not decided)",
   branchRatio: '‖K‖/‖W‖ of the applied transfers, mean over transfers: how large the knowledge branch was relative to the slot',
   capBound: 'fraction of transfers where the cap (‖K‖ ≤ τ‖W‖) bound, s < 1',
@@ -120,7 +120,7 @@ export function renderMarkdown(result: ExperimentResult, summary: Summary = summ
       markdownTable(
         ['condition', 'seed', 'pair', 'decision', 'final g', 'updates', 'reason'],
         gated.flatMap((r) =>
-          r.gates!.map((g) => [r.condition, String(r.seed), g.pairId, g.decision, (g.trace.at(-1)?.gate ?? NaN).toFixed(3), String(g.trace.at(-1)?.update ?? 0), g.reason ?? '']),
+          r.gates!.map((g) => [r.condition, String(r.seed), g.pairId, g.decision, (g.trace.at(-1)?.gate ?? 0).toFixed(3), String(g.trace.at(-1)?.update ?? 0), g.reason ?? '']),
         ),
         ['l', 'r', 'l', 'l', 'r', 'r', 'l'],
       ),
