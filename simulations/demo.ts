@@ -1,6 +1,6 @@
 // `npm run demo`: the README's main command. A small heterogeneous fleet in which knowledge moves
 // (simulations/scenarios/demo.yaml): the real coordinator in this process and 3 devices as child
-// processes on loopback, each condition over 5 seeds. Prints the summary table and the report's path.
+// processes on loopback, each condition over 3 seeds. Prints the summary table and the report's path.
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
