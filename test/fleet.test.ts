@@ -149,7 +149,7 @@ describe('held-out feedback', () => {
     expect(config.pairs[0].feedback).toBe('heldout');
     const coord = await serve(config, { logger: silentLogger() });
     try {
-      const make = (id: string, token: string, offset: number, valSize: number) => {
+      const make = (id: string, token: string, offset: number, valSize: number, maxSteps: number | undefined, paceTimeoutMs?: number) => {
         const data = loadDeviceData({ name: 'mnist', trainSize: 100, valSize, testSize: 100, offset }, 0);
         return new DeviceClient({
           url: coord.url,
@@ -160,19 +160,25 @@ describe('held-out feedback', () => {
           rank: 4,
           trainer: { optimizer: 'adam', lr: 1e-3, batchSize: 16 },
           seed: offset + 1,
-          maxSteps: 60,
+          maxSteps,
           evalEvery: 0,
           slowdown: 2,
+          paceTimeoutMs,
           description: { name: id, architecture: 'mlp', task: 'digit', modality: 'image' },
         });
       };
-      const src = make('src', 'ts', 300, 0);
-      const tgt = make('tgt', 'tt', 0, 64);
+      // The source trains until the target is done (it must not finish before the target has
+      // registered), and the target is paced, so its cycles happen however fast the machine is.
+      const src = make('src', 'ts', 300, 0, undefined);
+      const tgt = make('tgt', 'tt', 0, 64, 60, 10_000);
       const plans: PlanMsg[] = [];
       const feedbacks: FeedbackEvent[] = [];
       tgt.on('plan', (p) => plans.push(p));
       tgt.on('feedback', (f) => feedbacks.push(f));
-      await Promise.all([src.start(), tgt.start()]);
+      const srcDone = src.start();
+      await tgt.start();
+      src.stop();
+      await srcDone;
       expect(plans.at(-1)!.pairs).toEqual([expect.objectContaining({ pairId: 'p', role: 'target', feedback: 'heldout' })]);
       expect(feedbacks.length).toBeGreaterThanOrEqual(2);
       for (const f of feedbacks) {
