@@ -175,7 +175,11 @@ describe('held-out feedback', () => {
       const feedbacks: FeedbackEvent[] = [];
       tgt.on('plan', (p) => plans.push(p));
       tgt.on('feedback', (f) => feedbacks.push(f));
+      // The source registers first, so the target's very first plan already holds the pair (a
+      // 60-step target can otherwise finish before a later plan reaches it).
+      const registered = new Promise<void>((resolve) => src.once('plan', () => resolve()));
       const srcDone = src.start();
+      await registered;
       await tgt.start();
       src.stop();
       await srcDone;
