@@ -4,6 +4,8 @@
 import type { PlanMsg, PlanPair, RejectMsg } from '../shared/protocol/messages.js';
 
 export interface DeviceStatus {
+  /** the output channel (protocol 3): the probe split, logits sent, trials applied, pairs distilling */
+  output: { probe?: string; probeProblem?: string; logitsSent: number; requestsSent: number; trialsApplied: number; distilling: string[]; kept: string[] };
   deviceId: string;
   step: number;
   connected: boolean;

@@ -17,6 +17,8 @@ import {
   feedbackAckSchema,
   type FeedbackAckMsg,
   transferSchema,
+  teacherSchema,
+  type TeacherMsg,
   type PlanMsg,
   type RejectMsg,
   type SkipMsg,
@@ -109,6 +111,8 @@ export interface DeviceLinkHandlers {
   reject(r: RejectMsg): void;
   /** the coordinator accepted a feedback (schema-checked here; the device checks it against its plan) */
   feedbackAck(a: FeedbackAckMsg): void;
+  /** protocol 3: an output pair's teacher (the source's logits on the probe split) */
+  teacher(t: TeacherMsg): void;
   /** an inbound message that could not be decoded or handled; it never stops training */
   badMessage(event: string, err: Error): void;
 }
@@ -157,6 +161,7 @@ export class DeviceLink {
     socket.on(EVENTS.reject, (buf) => this.guard('reject', () => this.onReject(buf)));
     socket.on(EVENTS.skip, (buf) => this.guard('skip', () => this.onSkip(buf)));
     socket.on(EVENTS.feedbackAck, (buf) => this.guard('feedback_ack', () => this.onFeedbackAck(buf)));
+    socket.on(EVENTS.teacher, (buf) => this.guard('teacher', () => this.onTeacher(buf)));
   }
 
   /**
@@ -323,6 +328,13 @@ export class DeviceLink {
     const res = feedbackAckSchema.safeParse(decodeMessage(buf));
     if (!res.success) throw new Error(`feedback_ack: ${describeZodError(res.error)}`);
     this.on.feedbackAck(res.data);
+  }
+
+  private onTeacher(buf: unknown): void {
+    const res = teacherSchema.safeParse(decodeMessage(buf, { maxBytes: this.opts.plan()?.maxMessageBytes }));
+    if (!res.success) throw new Error(`teacher: ${describeZodError(res.error)}`);
+    this.countWire(`teacher:${res.data.pairId}`, buf);
+    this.on.teacher(res.data);
   }
 
   private countWire(key: string, buf: unknown): void {

@@ -15,7 +15,8 @@ export const deviceScalarOptionsSchema = z.object({
   lingerMs: z.number().nonnegative().finite().optional(),
   trainer: z.object({
     optimizer: z.enum(['sgd', 'adam', 'momentum']),
-    lr: z.number().positive().finite(),
+    // 0: a frozen device (the untrained-source control) that never changes its weights
+    lr: z.number().nonnegative().finite(),
     batchSize: z.number().int().min(1),
   }),
 });

@@ -32,10 +32,12 @@ import {
   type RejectMsg,
   type SliceMsg,
   type TransferMsg,
+  type TeacherMsg,
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { SliceSchedule } from './slice-schedule.js';
 import { checkDeviceOptions } from './device-options.js';
+import { OutputChannel, type ProbeLoader } from './target/output-channel.js';
 import { FeedbackWindows, HeldoutFeedback, SliceMemory, TransferApplier, TransferQueue, windowFeedback, type ClosedWindow, type SliceMemoryLimits } from './target/index.js';
 import type { DeviceData } from './data/dataset.js';
 import type { DeviceEvents, DeviceStatus, EvalEvent, IgnoredEvent } from './device-events.js';
@@ -107,6 +109,13 @@ export interface DeviceClientOptions {
    * happen as in the paper's loop).
    */
   paceTimeoutMs?: number;
+  /**
+   * The input space of the device's examples (e.g. "mnist"), registered so that the coordinator
+   * can pair it through the output channel with devices of the same space (protocol 3).
+   */
+  inputSpace?: string;
+  /** How to get a probe split's examples the plan names (the Node device reads shipped corpora). */
+  loadProbe?: ProbeLoader;
 }
 
 function bump(rec: Record<string, number>, key: string): void {
@@ -126,6 +135,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private readonly transfers = new TransferQueue();
   private readonly applier: TransferApplier;
   private readonly heldout: HeldoutFeedback;
+  private readonly output: OutputChannel;
   /** slot name → [m, n] of the slots this device offers */
   private readonly slotShapes = new Map<string, [number, number]>();
 
@@ -174,13 +184,26 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       this.slotShapes.set(name, info.shape);
     }
     // The registration must be valid before anything connects: the coordinator would refuse it.
-    const reg = registerSchema.safeParse({ deviceId: opts.deviceId, model: opts.description, slots: this.slots(), rank: opts.rank, step: 0 });
+    const reg = registerSchema.safeParse(this.registration(0));
     if (!reg.success) throw new Error(`device registration: ${describeZodError(reg.error)}`);
     this.loop = new LocalTrainingLoop(opts.model, opts.data, { ...opts.trainer, seed: opts.seed, evalEvery: opts.evalEvery, evalTest: opts.evalTest ?? false });
     this.branches = new KnowledgeBranches(opts.model);
     this.slices = new SliceMemory(opts.sliceMemory);
     this.windows = new FeedbackWindows(this.loop.trainer);
     this.heldout = new HeldoutFeedback(this.loop.trainer, this.loop.val, opts.trainer.batchSize, opts.seed);
+    this.output = new OutputChannel({
+      model: opts.model,
+      trainer: this.loop.trainer,
+      branches: this.branches,
+      heldout: this.loop.val,
+      train: this.loop.train,
+      seed: opts.seed,
+      loadProbe: opts.loadProbe,
+      events: {
+        ignore: (reason, detail, pairId) => this.ignore({ reason, detail, pairId }),
+        log: (level, obj, msg) => this.log[level](obj, msg),
+      },
+    });
     this.applier = new TransferApplier({
       branches: this.branches,
       slices: this.slices,
@@ -215,6 +238,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         },
         reject: (r) => this.onReject(r),
         feedbackAck: (a) => this.onFeedbackAck(a),
+        teacher: (t) => this.onTeacher(t),
         badMessage: (event, err) => this.ignore({ reason: `bad_${event}`, detail: err.message }),
       },
     );
@@ -225,8 +249,19 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     return [...this.slotShapes].map(([name, shape]) => ({ name, shape: [...shape] as [number, number] }));
   }
 
+  /** The registration message at local step `step`. */
+  private registration(step: number): RegisterMsg {
+    const msg: RegisterMsg = { deviceId: this.deviceId, model: { ...this.opts.description }, slots: this.slots(), rank: this.opts.rank, step };
+    if (this.opts.inputSpace) msg.inputSpace = this.opts.inputSpace;
+    const out = this.opts.model.outputs[0]?.shape;
+    const classes = out?.[out.length - 1];
+    if (typeof classes === 'number' && classes > 0) msg.outputs = classes;
+    return msg;
+  }
+
   status(): DeviceStatus {
     return {
+      output: this.output.status(),
       deviceId: this.deviceId,
       step: this.loop.step,
       connected: this.link.connected,
@@ -283,6 +318,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
           pace: () => this.paceWait(),
           beforeStep: () => {
             this.applier.apply(this.transfers.drain(), this.plan, this.loop.step);
+            this.output.beforeStep(this.plan, this.loop.step);
             this.heldout.accumulate(this.windows);
           },
           afterStep: (loss) => {
@@ -290,6 +326,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
             this.emit('step', { step: this.loop.step, loss });
             this.sendReadyFeedback();
             this.sendDueSlices();
+            this.sendOutputChannel();
           },
           evaluated: (ev) => this.onEvaluated(ev),
         },
@@ -329,14 +366,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.endSession('new connection');
     this.log.info({ connections, step: this.loop.step }, 'connected; registering');
     this.emit('connect', { connections });
-    const msg: RegisterMsg = {
-      deviceId: this.deviceId,
-      model: { ...this.opts.description },
-      slots: this.slots(),
-      rank: this.opts.rank,
-      step: this.loop.step,
-    };
-    this.link.send(EVENTS.register, msg);
+    this.link.send(EVENTS.register, this.registration(this.loop.step));
   }
 
   private onDisconnect(reason: string): void {
@@ -362,7 +392,8 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private endSession(why: string): { windows: number; transfers: number } {
     const windows = this.windows.abandonAll();
     const transfers = this.transfers.clear();
-    this.windowsAbandoned += windows;
+    const trials = this.output.endSession();
+    this.windowsAbandoned += windows + trials;
     if (transfers) this.ignored.session_ended = (this.ignored.session_ended ?? 0) + transfers;
     if (this.plan) this.log.debug({ session: this.plan.session, why }, 'session ended');
     this.plan = undefined;
@@ -401,7 +432,9 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       }
     }
     this.plan = { ...plan, pairs };
-    this.schedule.setPlan(pairs.filter((p) => p.role === 'source' || p.role === 'target'), this.loop.step, sameSession);
+    // Output pairs exchange logits, not slices: they have their own cadence (OutputChannel).
+    this.schedule.setPlan(pairs.filter((p) => p.channel !== 'output' && (p.role === 'source' || p.role === 'target')), this.loop.step, sameSession);
+    this.output.setProbe(plan.probe);
     // Branches are model state, changed only between steps: removals happen at the next step.
     this.log.info(
       { session: plan.session, pairs: pairs.map((p) => `${p.pairId}:${p.role}:${p.slot}`), step: this.loop.step },
@@ -469,6 +502,26 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
       A,
       B,
     });
+  }
+
+  private onTeacher(t: TeacherMsg): void {
+    this.answered(t.pairId, t.requestId);
+    const plan = this.plan;
+    if (!plan) return this.ignore({ reason: 'no_plan', pairId: t.pairId, cycleId: t.cycleId });
+    const pair = plan.pairs.find((p) => p.pairId === t.pairId);
+    if (!pair || pair.role !== 'target' || pair.channel !== 'output') {
+      return this.ignore({ reason: 'not_an_output_target_pair', pairId: t.pairId, cycleId: t.cycleId });
+    }
+    const count = this.output.probeCount;
+    const classes = this.output.classes;
+    let values: Float32Array;
+    try {
+      values = wireToFloat32(t.values, { name: 'teacher.values', shape: [count, classes] }).values;
+    } catch (err) {
+      if (err instanceof CodecError) return this.ignore({ reason: `teacher_${err.code}`, pairId: t.pairId, cycleId: t.cycleId, detail: err.message });
+      throw err;
+    }
+    this.output.push({ session: plan.session, pairId: t.pairId, cycleId: t.cycleId, phase: t.phase, gate: t.gate, sourceStep: t.sourceStep, values, classes });
   }
 
   private onReject(r: RejectMsg): void {
@@ -592,6 +645,27 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     }
   }
 
+  /** The output channel's messages due after this step: trial feedback, logits, teacher requests. */
+  private sendOutputChannel(): void {
+    if (!this.plan || !this.link.connected || !this.output.ready) return;
+    const step = this.loop.step;
+    const metrics: Metrics = { step, loss: this.loop.lastLoss ?? 0 };
+    const trainAcc = this.loop.trainAcc;
+    if (trainAcc !== undefined) metrics.trainAcc = trainAcc;
+    for (const fb of this.output.takeReadyFeedback(step, metrics)) {
+      if (this.link.send(EVENTS.teacherFeedback, fb, `teacher_feedback:${fb.pairId}`)) this.feedbackSent += 1;
+      else this.windowsAbandoned += 1;
+    }
+    const logits = this.output.logitsDue(this.plan, step);
+    if (logits) this.link.send(EVENTS.logits, logits, 'logits');
+    const pace = this.opts.paceTimeoutMs ?? 0;
+    for (const req of this.output.requestsDue(this.plan, step)) {
+      if (this.link.send(EVENTS.teacherRequest, req, `teacher_request:${req.pairId}`) && pace > 0) {
+        this.awaiting.set(`${req.pairId}@${req.requestId}`, performance.now() + pace);
+      }
+    }
+  }
+
   private onEvaluated(ev: EvalEvent): void {
     this.emit('eval', ev);
     const stepsPerSec = this.loop.stepsPerSec;
@@ -615,6 +689,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
     this.plan = undefined;
     this.slices.dispose();
     this.heldout.dropAll();
+    this.output.dispose();
     // The kernels keep W_eff (the model infers with its knowledge branches); only K is freed.
     this.branches.dispose();
     this.loop.close();

@@ -103,6 +103,34 @@ export class KnowledgeBranches {
     const D = tf.tidy(() =>
       tf.sub(tf.matMul(generated.A, generated.B), tf.matMul(current.A, current.B)),
     ) as tf.Tensor2D;
+    return this.setDelta(pairId, layer, D, tau, gate, opts);
+  }
+
+  /**
+   * As set(), for a swap D (a 2-D slot matrix, owned by this call from now on) that is not a
+   * difference of low-rank slices: the readout trial of an output pair (W_r − W).
+   */
+  setDelta(
+    pairId: string,
+    layer: string,
+    D: tf.Tensor2D,
+    tau = DEFAULT_TAU,
+    gate = 1,
+    opts: { keepDelta?: boolean } = {},
+  ): BranchUpdate & { delta?: tf.Tensor2D } {
+    if (!(Number.isFinite(tau) && tau > 0)) throw new Error(`tau must be a finite number > 0, got ${tau}`);
+    if (!(gate >= 0 && gate <= 1)) throw new Error(`gate must be in [0, 1], got ${gate}`);
+    const old = this.branches.get(pairId);
+    if (old && old.layer !== layer) {
+      D.dispose();
+      throw new Error(`pair "${pairId}" already has a branch on layer "${old.layer}", not "${layer}"; remove it first`);
+    }
+    const variable = slotVariable(this.model, layer);
+    const [m, n] = slotShapeOf(variable.shape);
+    if (D.shape[0] !== m || D.shape[1] !== n) {
+      D.dispose();
+      throw new Error(`pair "${pairId}": the swap [${D.shape.join(', ')}] does not fit slot "${layer}" [${m}, ${n}]`);
+    }
     const W = this.weight(layer);
     let dNorm: number;
     let wNorm: number;
@@ -162,6 +190,18 @@ export class KnowledgeBranches {
       },
       keep: () => saved.dispose(),
     };
+  }
+
+  /**
+   * Make pair `pairId`'s branch part of the trained weight: the kernel keeps it and W now includes
+   * it (an output pair whose trial passed keeps the readout it tried). Returns false if none.
+   */
+  keep(pairId: string): boolean {
+    const b = this.branches.get(pairId);
+    if (!b) return false;
+    b.K.dispose();
+    this.branches.delete(pairId);
+    return true;
   }
 
   /** Take pair `pairId`'s branch out of its kernel. Returns false if the pair had none. */

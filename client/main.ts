@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, type Logger } from '../shared/log.js';
 import { initBackend } from '../shared/tf/backend.js';
 import { DATASET_NAMES, describeDataset, loadDeviceData, parseDatasetSpec, type DatasetSpec } from './data/registry.js';
+import { inputSpaceOf, loadShippedProbe } from './data/probe-data.js';
 import { normalizeCoordinatorUrl } from './coordinator-url.js';
 import { CoordinatorUnreachableError, DeviceClient, DeviceRefusedError, type DeviceStatus } from './device.js';
 import { loadModelFromDisk, saveModelToDisk } from './model-io.js';
@@ -270,6 +271,8 @@ export async function runClient(o: ClientCliOptions, io: RunClientIo = { out: (l
       logger: log,
       connectTimeoutMs: o.connectTimeout,
       description: { name, architecture: describeArchitecture(label, model), task: described.task, modality: described.modality },
+      inputSpace: inputSpaceOf(o.dataset),
+      loadProbe: loadShippedProbe,
     });
     const dev = device;
     io.out(

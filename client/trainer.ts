@@ -70,6 +70,11 @@ export class Trainer {
   private disposed = false;
   /** accuracy on the minibatch of the latest step (before it), in [0, 1] */
   lastBatchAcc: number | undefined;
+  /**
+   * Terms added to every training step's loss (distillation on the probe split); each is called
+   * inside the gradient function and may return undefined (nothing to add). None: plain training.
+   */
+  readonly extraLosses = new Map<string, () => tf.Scalar | undefined>();
 
   constructor(model: tf.LayersModel, opts: TrainerOptions) {
     if (opts.loss !== undefined && opts.loss !== 'softmaxCrossEntropy') {
@@ -87,6 +92,10 @@ export class Trainer {
     keepAcc?.(tf.keep(tf.mean(tf.cast(tf.equal(tf.argMax(probs, -1), tf.argMax(ys, -1)), 'float32')) as tf.Scalar));
     let loss = categoricalCrossEntropyOnProbs(probs, ys);
     for (const reg of this.model.calculateLosses()) loss = tf.add(loss, reg);
+    for (const extra of this.extraLosses.values()) {
+      const term = extra();
+      if (term) loss = tf.add(loss, term);
+    }
     return loss;
   }
 

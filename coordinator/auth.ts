@@ -4,7 +4,14 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { ErrorCode } from '../shared/protocol/errors.js';
 import { describeZodError, handshakeSchema } from '../shared/protocol/messages.js';
-import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+import { PROTOCOL_VERSION, VERSION_CHANGES } from '../shared/protocol/version.js';
+
+/** What the versions after `from` added, for a device that must upgrade. */
+function upgradeNotes(from: number): string {
+  const notes: string[] = [];
+  for (let v = Math.max(from + 1, 2); v <= PROTOCOL_VERSION; v++) if (VERSION_CHANGES[v]) notes.push(`version ${v} added ${VERSION_CHANGES[v]}`);
+  return notes.join('; ');
+}
 
 export type HandshakeResult = { ok: true; deviceId: string } | { ok: false; code: ErrorCode; reason: string; deviceId?: string };
 
@@ -27,7 +34,7 @@ export function checkHandshake(auth: unknown, digestOf: (deviceId: string) => Bu
   if (!res.success) return { ok: false, code: 'invalid_message', reason: `handshake auth: ${describeZodError(res.error)}`, deviceId };
   const hs = res.data;
   if (hs.protocolVersion !== PROTOCOL_VERSION) {
-    return { ok: false, code: 'protocol_version', reason: `the device speaks protocol version ${hs.protocolVersion}, this coordinator only version ${PROTOCOL_VERSION}: upgrade ${hs.protocolVersion < PROTOCOL_VERSION ? 'the device (version 2 added the trust gate: transfer.gate, feedback.gateGrad, the skip and feedback_ack events)' : 'the coordinator'}`, deviceId: hs.deviceId };
+    return { ok: false, code: 'protocol_version', reason: `the device speaks protocol version ${hs.protocolVersion}, this coordinator only version ${PROTOCOL_VERSION}: upgrade ${hs.protocolVersion < PROTOCOL_VERSION ? `the device (${upgradeNotes(hs.protocolVersion)})` : 'the coordinator'}`, deviceId: hs.deviceId };
   }
   const expected = digestOf(hs.deviceId);
   const given = tokenDigest(hs.token);

@@ -78,6 +78,32 @@ const viewerSchema = z
   })
   .superRefine(exactlyOneSecret);
 
+/** Distillation on the probe split, for output pairs whose trial passed (docs/DESIGN.md §10). */
+const distillSchema = z.strictObject({
+  /** weight λ of the term λ·T²·KL(source ‖ target) */
+  lambda: z.number().nonnegative().finite().default(1),
+  temperature: z.number().positive().finite().default(2),
+  /** probe examples per step */
+  batchSize: posInt.max(4096).default(32),
+});
+export type DistillConfig = z.infer<typeof distillSchema>;
+
+export const CHANNELS = ['auto', 'parameter', 'output'] as const;
+export type ChannelSetting = (typeof CHANNELS)[number];
+
+/**
+ * A public probe split (protocol 3): examples [offset, offset + count) of a shipped corpus in the
+ * order seeded by `seed`, offered to every device of its input space. Never labelled, never trained
+ * on; the coordinator announces it by hash.
+ */
+const probeSchema = z.strictObject({
+  id: idSchema.optional(),
+  dataset: z.enum(['mnist']),
+  seed: nonNegInt,
+  offset: nonNegInt,
+  count: posInt.max(10_000).default(500),
+});
+
 const pairSchema = z.strictObject({
   id: idSchema.optional(),
   source: endpointSchema,
@@ -99,6 +125,15 @@ const pairSchema = z.strictObject({
   gate: gateOverridesSchema.optional(),
   /** Join-time transfer (default defaults.join): off, check (kept if the held-out loss falls), always. */
   join: z.enum(['off', 'check', 'always']).optional(),
+  /**
+   * What the pair exchanges (default defaults.channel): 'parameter' (slices of the slots), 'output'
+   * (the source's logits on the probe split: readout trial, then distillation), or 'auto': the
+   * parameter channel where the slots share both axes, else the output channel where the devices
+   * share an input space, a probe split and a task, else the pair is refused with the reasons.
+   */
+  channel: z.enum(CHANNELS).optional(),
+  /** Distillation settings for the output channel (merged over defaults.distill). */
+  distill: distillSchema.partial().optional(),
 });
 
 const rawConfigSchema = z.strictObject({
@@ -119,9 +154,13 @@ const rawConfigSchema = z.strictObject({
       refineLr: z.number().nonnegative().finite().default(0),
       gate: gateOverridesSchema.default({}),
       join: z.enum(['off', 'check', 'always']).default('off'),
+      channel: z.enum(CHANNELS).default('auto'),
+      distill: distillSchema.prefault({}),
     })
     .prefault({}),
   pairs: z.array(pairSchema).default([]),
+  /** Public probe splits, at most one per input space (the output channel needs one). */
+  probes: z.array(probeSchema).default([]),
   autoPair: z
     .strictObject({
       enabled: z.boolean().default(false),
@@ -198,6 +237,18 @@ export interface PairConfig {
   adapter: AdapterOverrides;
   /** Created by autoPair rather than listed in the config. */
   auto: boolean;
+  /** What the pair exchanges ('auto': decided once both devices registered). */
+  channel: ChannelSetting;
+  /** Distillation on the probe split (output channel). */
+  distill: DistillConfig;
+}
+
+export interface ProbeConfig {
+  id: string;
+  dataset: 'mnist';
+  seed: number;
+  offset: number;
+  count: number;
 }
 
 export interface CoordinatorConfig {
@@ -217,8 +268,11 @@ export interface CoordinatorConfig {
     refineLr: number;
     gate: GateConfig;
     join: 'off' | 'check' | 'always';
+    channel: ChannelSetting;
+    distill: DistillConfig;
   };
   pairs: PairConfig[];
+  probes: ProbeConfig[];
   autoPair: { enabled: boolean; slot: 'first' | string; sourceMode: SourceMode };
   limits: { maxMessageBytes: number; maxRank: number };
   timing: { cycleTimeoutMs: number; sourceMaxAgeMs: number };
@@ -341,6 +395,8 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
       join: p.join ?? raw.defaults.join,
       adapter,
       auto: false,
+      channel: p.channel ?? raw.defaults.channel,
+      distill: { ...raw.defaults.distill, ...(p.distill ?? {}) },
     });
   });
   if (raw.defaults.rank > raw.limits.maxRank) {
@@ -366,6 +422,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     viewers,
     defaults: { ...raw.defaults, adapter: raw.defaults.adapter as AdapterOverrides, gate: defaultGate! },
     pairs,
+    probes: raw.probes.map((p) => ({ ...p, id: p.id ?? `${p.dataset}-s${p.seed}-o${p.offset}-n${p.count}` })),
     autoPair: raw.autoPair,
     limits: raw.limits,
     timing: raw.timing,

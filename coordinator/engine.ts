@@ -10,7 +10,7 @@ import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
 import { EVENTS, type CoordinatorEvent, type CoordinatorMessage } from '../shared/protocol/events.js';
-import type { FeedbackAckMsg, FeedbackMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TransferMsg } from '../shared/protocol/messages.js';
+import type { FeedbackAckMsg, FeedbackMsg, LogitsMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TeacherFeedbackMsg, TeacherRequestMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
 import { CoalescingWriter } from './checkpoint-coalescer.js';
@@ -18,6 +18,8 @@ import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
 import { Pair, type CycleDropReason } from './pair.js';
 import { autoPairConfigs, autoPairRank, planFor, planNotes } from './plan.js';
+import { OutputChannelRouter } from './output-channel.js';
+import { ProbeSplits } from './probe-splits.js';
 import { Registry, type StoredSlice } from './registry.js';
 import { buildStatus, type StatusSnapshot } from './status.js';
 
@@ -73,6 +75,9 @@ export class CoordinatorEngine {
   private readonly startedAt: number;
   /** Set once restore() succeeded: only then may checkpoint() write (never over one it failed to read). */
   private restored = false;
+  /** The public probe splits and the output channel's routing (docs/DESIGN.md §10). */
+  readonly probes: ProbeSplits;
+  private readonly output: OutputChannelRouter;
 
   constructor(
     private readonly config: CoordinatorConfig,
@@ -86,6 +91,13 @@ export class CoordinatorEngine {
     this.registry = new Registry(config.devices);
     for (const pc of config.pairs) this.pairs.set(pc.id, new Pair(pc));
     if (config.checkpoint.dir) this.checkpointer = new Checkpointer(config.checkpoint.dir);
+    this.probes = new ProbeSplits(config.probes);
+    this.output = new OutputChannelRouter(config, this.registry, this.probes, outbox, log, {
+      gateDecided: (pair) => this.gateDecided(pair),
+      updated: () => this.countUpdate(),
+      countDrop: (code) => this.countDrop(code),
+      setMetrics: (id, m, now) => this.registry.setMetrics(id, m, now),
+    });
   }
 
   // ---------------------------------------------------------------- checkpoints, status, disposal
@@ -334,6 +346,22 @@ export class CoordinatorEngine {
       pair.inactiveReason = `refused by its trust gate: ${pair.gate.reason ?? 'refused'}`;
       return;
     }
+    if (sShape && tShape && pair.channel === undefined) {
+      const why = this.resolveChannel(pair, tShape, sShape);
+      if (why) {
+        pair.active = false;
+        pair.inactiveReason = why;
+        this.log.warn({ pairId: pair.id, reason: why }, 'pair inactive');
+        return;
+      }
+    }
+    if (pair.channel === 'output') {
+      // No adapter and no slices: the source's logits on the probe split are the transfer.
+      pair.rank = Math.min(pair.config.rank, this.config.limits.maxRank, cap);
+      pair.active = true;
+      pair.inactiveReason = undefined;
+      return;
+    }
     if (sShape && tShape && pair.alignment === undefined) {
       const why = pair.resolveAlignment(tShape, sShape);
       if (why) {
@@ -365,16 +393,46 @@ export class CoordinatorEngine {
     pair.inactiveReason = undefined;
   }
 
+  /**
+   * Fix what a pair exchanges (docs/DESIGN.md §10): 'parameter' where the config says so, or, under
+   * 'auto', where the slots share both axes (or the config set an explicit align); 'output' where
+   * the config says so, or, under 'auto', where the slots share no axis and the devices share an
+   * input space, a probe split and a task. A reason is returned when the pair cannot run at all.
+   */
+  private resolveChannel(pair: Pair, tShape: [number, number], sShape: [number, number]): string | undefined {
+    const want = pair.config.channel;
+    if (want === 'parameter') {
+      pair.channel = 'parameter';
+      return undefined;
+    }
+    const whyNotOutput = this.output.whyNot(pair);
+    if (want === 'output') {
+      if (whyNotOutput) return `output channel: ${whyNotOutput}`;
+      pair.useOutputChannel();
+      return undefined;
+    }
+    const shared = tShape[0] === sShape[0] && tShape[1] === sShape[1];
+    if (shared || pair.config.align !== 'auto' || whyNotOutput) {
+      pair.channel = 'parameter';
+      if (!shared && pair.config.align === 'auto' && whyNotOutput) pair.outputRefusal = whyNotOutput;
+      return undefined;
+    }
+    pair.useOutputChannel();
+    return undefined;
+  }
+
   /** Send a device its plan if it is connected and registered, and the plan changed (or `force`). */
   private sendPlan(deviceId: string, force: boolean): void {
     const d = this.registry.get(deviceId);
     if (!d || !d.connected || !d.registration || !d.session || !d.socketId) return;
     const pairs = planFor(deviceId, this.pairs.values(), this.registry);
     const notes = planNotes(deviceId, this.pairs.values(), this.registry, this.config.autoPair);
-    const key = JSON.stringify([pairs, notes]);
+    const probe = this.probes.forSpace(d.registration.inputSpace);
+    const key = JSON.stringify([pairs, notes, probe?.id]);
     if (!force && key === d.lastPlanKey) return;
     const plan: PlanMsg = { deviceId, session: d.session, protocolVersion: PROTOCOL_VERSION, maxMessageBytes: this.config.limits.maxMessageBytes, pairs };
     if (notes.length) plan.notes = notes;
+    if (probe) plan.probe = probe;
     if (!this.outbox.send(d.socketId, EVENTS.plan, plan)) return;
     d.lastPlanKey = key;
     this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`), notes }, 'plan sent');
@@ -577,10 +635,41 @@ export class CoordinatorEngine {
     this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
     this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
     if (res.gate.decided) this.gateDecided(pair);
+    this.periodicCheckpoint();
+  }
+
+  /** A checkpoint every checkpoint.everyUpdates updates, of either channel. */
+  private periodicCheckpoint(): void {
     const every = this.config.checkpoint.everyUpdates;
     if (this.checkpointer && this.totalUpdates % every === 0) {
       this.checkpoint().catch((err) => this.log.error({ err }, 'periodic checkpoint failed'));
     }
+  }
+
+  /** An output pair's gate took a step: counted as an update like an adapter's. */
+  private countUpdate(): void {
+    this.totalUpdates++;
+    this.periodicCheckpoint();
+  }
+
+  // ---------------------------------------------------------------- the output channel
+
+  /** `logits` {probeId, step, values}: a source's log-probabilities on its probe split (output-channel.ts). */
+  logits(from: Sender, msg: LogitsMsg): void {
+    this.registrationOf(from);
+    this.output.logits(from, msg);
+  }
+
+  /** `teacher_request` {pairId, requestId, step}: an output pair's target starts a cycle. */
+  teacherRequest(from: Sender, msg: TeacherRequestMsg): void {
+    this.registrationOf(from);
+    this.output.teacherRequest(from, this.pairs.get(msg.pairId), msg, from.now, (p) => this.dropCycle(p, 'cycle_timeout'));
+  }
+
+  /** `teacher_feedback` {pairId, cycleId, steps, gateGrad, metrics}: a step of an output pair's gate. */
+  teacherFeedback(from: Sender, msg: TeacherFeedbackMsg): void {
+    this.registrationOf(from);
+    this.output.teacherFeedback(from, this.pairs.get(msg.pairId), msg, (p) => this.dropCycle(p, 'cycle_timeout'));
   }
 
   /**

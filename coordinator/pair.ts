@@ -28,8 +28,11 @@ export interface InFlightCycle {
   sliceId: number;
   startedAt: number;
   deadline: number;
-  /** the exact adapter input (owned by the pair until the cycle ends): the start factors as queries */
-  input: { target: LowRank; source: LowRank };
+  /**
+   * the exact adapter input (owned by the pair until the cycle ends): the start factors as queries;
+   * none for an output-channel cycle (its teacher is the source's logits, kept by the router)
+   */
+  input?: { target: LowRank; source: LowRank };
   /** the gate value the transfer carried (the device applied it; the gate's chain rule needs it) */
   gate: number;
   /** whether the adapter ran (and so takes a step from this cycle's feedback) */
@@ -76,6 +79,13 @@ export class Pair {
   readonly counters: PairCounters = { cyclesStarted: 0, updates: 0, drops: {}, skips: {} };
   /** The pair's trust gate (docs/DESIGN.md §6). */
   gate: TrustGate;
+  /**
+   * What the pair exchanges, fixed once both devices registered: slices ('parameter') or the
+   * source's logits on the probe split ('output', docs/DESIGN.md §10).
+   */
+  channel?: 'parameter' | 'output';
+  /** why 'auto' could not take the output channel for a pair whose slots share no axis */
+  outputRefusal?: string;
   /** Where the adapter's output starts; fixed once both slot shapes are known. */
   alignment?: Alignment;
   /** ‖K‖/‖W‖ the target reported for its latest branch (from feedback), for status. */
@@ -133,7 +143,10 @@ export class Pair {
       // target's own slice whatever the source is: measured, a noise source then cost the target
       // up to 7 points, and no guard told it from a real one. Such a pair does not run unless the
       // config asks for it (align: none); unaligned models need the output channel instead.
-      this.gate.refuse('no shared axis between the slots: the parameter channel cannot tell this source from noise (set align: none to run the adapter anyway)');
+      this.gate.refuse(
+        'no shared axis between the slots: the parameter channel cannot tell this source from noise (set align: none to run the adapter anyway)' +
+          (this.outputRefusal ? `; and no output channel: ${this.outputRefusal}` : ''),
+      );
     }
     if (!alignmentFits(align, target, source)) {
       return `align '${align}' needs a shared axis, but the target slot is [${target.join(', ')}] and the source slot [${source.join(', ')}]`;
@@ -289,6 +302,71 @@ export class Pair {
     return { cycleId, out, gate };
   }
 
+  /**
+   * Run the output channel. Its trial has no source-only gradient for the 'source' guard to test,
+   * so that guard becomes the reference's early decision (keep the source if, after decideAfter
+   * trial updates, its gate has risen); the gate's state (a restored one too) carries over.
+   */
+  useOutputChannel(): void {
+    this.channel = 'output';
+    this.alignment = undefined;
+    if (this.gate.config.guard === 'source' || this.gate.config.guard === 'signtest') {
+      this.gate = new TrustGate({ ...this.gate.config, guard: 'early' }, this.gate.state());
+    }
+  }
+
+  /**
+   * Start a cycle of the output channel on the target's request. A trial (the gate still
+   * pending) waits for its feedback, with a deadline; a distillation teacher needs none.
+   */
+  startOutputCycle(opts: { session: string; requestId: number; step: number; now: number; timeoutMs: number; sourceStep: number; awaitFeedback: boolean }): number {
+    if (this.inFlight) throw new Error(`pair ${this.id}: a cycle is already in flight`);
+    const cycleId = this.nextCycleId++;
+    if (opts.awaitFeedback) {
+      this.inFlight = {
+        cycleId,
+        session: opts.session,
+        sliceId: opts.requestId,
+        startedAt: opts.now,
+        deadline: opts.now + opts.timeoutMs,
+        gate: this.gate.value,
+        adapterRan: false,
+        outShapes: { A: [0, 0], B: [0, 0] },
+      };
+    } else {
+      this.ended.set(cycleId, 'completed');
+      if (this.ended.size > ENDED_MEMORY) this.ended.delete(this.ended.keys().next().value!);
+    }
+    this.counters.cyclesStarted++;
+    this.counters.lastTransferAt = opts.now;
+    this.counters.lastCycleStep = opts.step;
+    this.counters.sourceStepFirst ??= opts.sourceStep;
+    this.counters.sourceStepLast = opts.sourceStep;
+    return cycleId;
+  }
+
+  /** The trial feedback of the output cycle in flight: one step of the trust gate. */
+  applyOutputFeedback(gateGrad: number, now: number, target: TargetReport = {}): GateStep {
+    const c = this.inFlight;
+    if (!c) throw new Error(`pair ${this.id}: no cycle in flight`);
+    let gate: GateStep;
+    try {
+      gate = this.gate.step(gateGrad, c.gate, target);
+    } catch (err) {
+      this.endCycle(c, 'internal');
+      throw err;
+    }
+    this.endCycle(c, 'completed');
+    this.counters.updates++;
+    this.counters.lastUpdateAt = now;
+    this.gateTrace.push({ update: this.counters.updates, gate: gate.after });
+    if (this.gateTrace.length > GATE_TRACE) {
+      const kept = this.gateTrace.filter((_, i) => i % 2 === 0);
+      this.gateTrace.splice(0, this.gateTrace.length, ...kept);
+    }
+    return gate;
+  }
+
   /** How a cycle that is not in flight ended, if it ended recently. */
   endedAs(cycleId: number): Ended | undefined {
     return this.timedOut.has(cycleId) ? 'cycle_timeout' : this.ended.get(cycleId);
@@ -315,7 +393,7 @@ export class Pair {
     let res: StepResult | undefined;
     let gate: GateStep;
     try {
-      if (c.adapterRan && this.model) res = this.model.update(c.input, { gA, gB });
+      if (c.adapterRan && this.model && c.input) res = this.model.update(c.input, { gA, gB });
       // With no shared axis the start is the target's own slice, so "the source's part" of the
       // gradient would be the target's own top slice: the guard tests the whole ⟨G, A′B′ − AB⟩
       // instead. (Measured, even that lets a learning adapter through; hence such pairs run only
@@ -350,8 +428,10 @@ export class Pair {
   }
 
   private endCycle(c: InFlightCycle, how: Ended): void {
-    disposeLowRank(c.input.target);
-    disposeLowRank(c.input.source);
+    if (c.input) {
+      disposeLowRank(c.input.target);
+      disposeLowRank(c.input.source);
+    }
     if (this.inFlight === c) this.inFlight = undefined;
     this.ended.set(c.cycleId, how);
     if (how === 'cycle_timeout') this.timedOut.add(c.cycleId);

@@ -15,6 +15,14 @@ export function planFor(deviceId: string, pairs: Iterable<Pair>, registry: Regis
       const peer = role === 'source' ? p.target : p.source;
       if (me.device !== deviceId || !registry.slotShape(deviceId, me.slot)) continue;
       const entry: PlanPair = { pairId: p.id, role, slot: me.slot, peerDevice: peer.device, peerSlot: peer.slot, rank: p.rank, tCycle: p.config.tCycle, k: p.config.k, tau: p.config.tau };
+      // A pair configured for the output channel tells its source so before its target registers:
+      // a source that trains first (and may be done before the target comes) must send logits.
+      if (p.channel === 'output' || (p.channel === undefined && p.config.channel === 'output')) {
+        entry.channel = 'output';
+        if (role === 'target') entry.distill = { ...p.config.distill };
+        out.push(entry);
+        continue;
+      }
       // Only the target computes G.
       if (role === 'target') {
         entry.feedback = p.config.feedback;
@@ -118,6 +126,8 @@ export function autoPairConfigs(config: CoordinatorConfig, devices: readonly Dev
         join: d.join,
         adapter: { ...d.adapter },
         auto: true,
+        channel: d.channel,
+        distill: { ...d.distill },
       });
       ids.add(id);
       linked.add(link(s.id, ss, t.id, ts));

@@ -22,6 +22,9 @@ export interface StoredSlice {
 
 export interface Registration {
   model: RegisterMsg['model'];
+  /** protocol 3: the input space of its examples and the width of its logits, when it said */
+  inputSpace?: string;
+  outputs?: number;
   /** slot name → [m, n], in the order the device registered them */
   slots: Map<string, [number, number]>;
   rank: number;
@@ -116,7 +119,7 @@ export class Registry {
         d.slices.delete(name);
       }
     }
-    d.registration = { model: msg.model, slots, rank: msg.rank, step: msg.step, at: now, session };
+    d.registration = { model: msg.model, slots, rank: msg.rank, step: msg.step, at: now, session, inputSpace: msg.inputSpace, outputs: msg.outputs };
   }
 
   slotShape(id: string, slot: string): [number, number] | undefined {

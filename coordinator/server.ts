@@ -300,6 +300,9 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
       slice: { run: (ctx, msg) => this.engine.slice(ctx, msg), refOf: (msg) => ({ slot: msg.slot, sliceId: msg.sliceId }) },
       feedback: { run: (ctx, msg) => this.engine.feedback(ctx, msg), refOf: (msg) => ({ pairId: msg.pairId, cycleId: msg.cycleId }) },
       metrics: { run: (ctx, msg) => this.engine.metrics(ctx, msg) },
+      logits: { run: (ctx, msg) => this.engine.logits(ctx, msg) },
+      teacher_request: { run: (ctx, msg) => this.engine.teacherRequest(ctx, msg), refOf: (msg) => ({ pairId: msg.pairId, sliceId: msg.requestId }) },
+      teacher_feedback: { run: (ctx, msg) => this.engine.teacherFeedback(ctx, msg), refOf: (msg) => ({ pairId: msg.pairId, cycleId: msg.cycleId }) },
     };
     const route = <E extends DeviceEvent>(event: E) => {
       const { run, refOf } = routes[event];

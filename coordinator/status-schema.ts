@@ -59,6 +59,7 @@ export const pairStatusSchema = z.strictObject({
   lastUpdateAt: isoTime.optional(),
   inFlight: z.strictObject({ cycleId: count, ageMs: z.number(), msToDeadline: z.number() }).optional(),
   alignment: z.enum(['both', 'rows', 'cols', 'none']).optional(),
+  channel: z.enum(['parameter', 'output']).optional(),
   gate: z.strictObject({
     value: z.number().min(0).max(1),
     theta: z.number(),

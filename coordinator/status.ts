@@ -45,6 +45,8 @@ export interface PairStatus
   inFlight?: { cycleId: number; ageMs: number; msToDeadline: number };
   /** where the adapter's output starts (undefined until both slot shapes are known) */
   alignment?: Alignment;
+  /** what the pair exchanges, once decided: slices ('parameter') or logits on the probe split ('output') */
+  channel?: 'parameter' | 'output';
   /** the trust gate: g, θ, the guard's decision and the updates it has had */
   gate: { value: number; theta: number; decision: GateDecision; updates: number; reason?: string; decidedAt?: number };
   /** g after each update (thinned to at most 512 points) */
@@ -153,6 +155,7 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
         ? { cycleId: p.inFlight.cycleId, ageMs: s.now - p.inFlight.startedAt, msToDeadline: p.inFlight.deadline - s.now }
         : undefined,
       alignment: p.alignment,
+      channel: p.channel,
       gate: { value: p.gate.value, theta: p.gate.theta, decision: p.gate.decision, updates: p.gate.updates, reason: p.gate.reason, decidedAt: p.gate.state().decidedAt },
       gateTrace: p.gateTrace.map((t) => ({ ...t })),
       branchRatio: p.lastBranchRatio,

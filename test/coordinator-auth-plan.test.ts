@@ -31,7 +31,7 @@ describe('checkHandshake', () => {
     expect(old.ok).toBe(false);
     if (!old.ok) {
       expect(old.code).toBe('protocol_version');
-      expect(old.reason).toMatch(/speaks protocol version 1, this coordinator only version 2: upgrade the device .*trust gate/);
+      expect(old.reason).toMatch(/speaks protocol version 1, this coordinator only version 3: upgrade the device .*trust gate.*output channel/);
     }
     expect(code(hs({ deviceId: 'mallory' }))).toBe('unknown_device');
     expect(code(hs({ token: 'tok-b' }))).toBe('bad_token'); // bob's token cannot act for alice

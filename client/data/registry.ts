@@ -62,6 +62,11 @@ const mnistSpec = z.strictObject({
   name: z.literal('mnist'),
   task: z.enum(['digit', 'parity']).optional(),
   layout: z.enum(['flat', 'image']).optional(),
+  /**
+   * Every label y becomes (y + labelShift) mod classes, in every split: a device confidently wrong
+   * about every example (the wrong-label source control of the output channel).
+   */
+  labelShift: z.number().int().min(0).optional(),
   ...sizeFields,
 });
 const spamSpec = z.strictObject({
@@ -133,6 +138,12 @@ export function describeDataset(spec: DatasetSpec): DatasetDescription {
  * spec fails with a readable message. Text sets carry vocabSize/vocab/seqLen, tabular ones
  * featureNames.
  */
+/** The same examples with every label moved by `shift` classes (mod the class count). */
+function shiftLabels<T extends DeviceData>(data: T, shift: number): T {
+  const move = (sp: DeviceData['train']) => ({ ...sp, y: sp.y.map((y) => (y + shift) % sp.numClasses) });
+  return { ...data, train: move(data.train), val: move(data.val), test: move(data.test) };
+}
+
 export function loadDeviceData(spec: DatasetSpec, seed: number): ZooDeviceData {
   const s = carveLabels(parseDatasetSpec(spec));
   if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
@@ -145,7 +156,8 @@ export function loadDeviceData(spec: DatasetSpec, seed: number): ZooDeviceData {
       // Cap train at what the corpus has, as the other loaders do; mnistSplits reports the rest.
       const room = loadMnistAll().n - testSize - offset - valSize;
       const trainSize = Math.min(s.trainSize ?? MNIST_DEFAULTS.trainSize, Math.max(room, 1));
-      return mnistSplits({ seed, trainSize, valSize, testSize, offset, task: s.task ?? 'digit', layout: s.layout });
+      const data = mnistSplits({ seed, trainSize, valSize, testSize, offset, task: s.task ?? 'digit', layout: s.layout });
+      return s.labelShift ? shiftLabels(data, s.labelShift) : data;
     }
     case 'spam':
       return spamSplits({ seed, ...sizes, seqLen: s.seqLen, vocabSize: s.vocabSize });

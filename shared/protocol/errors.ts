@@ -11,7 +11,7 @@ export const ERROR_CODES = {
   malformed: 'the payload is not one valid MessagePack value: fix the encoder; the message was ignored',
   oversize: 'the payload is larger than the limit in the plan: send less (lower the rank); the message was ignored',
   invalid_message: 'the message does not match its schema (the reason names the field): fix the sender',
-  unknown_event: 'the event name is not one a device may send (register, slice, feedback, metrics): fix the sender; the message was ignored',
+  unknown_event: 'the event name is not one a device may send (register, slice, feedback, metrics, logits, teacher_request, teacher_feedback): fix the sender; the message was ignored',
   not_registered: 'send `register` first and wait for `plan`',
   spoofed_device: 'the message names a device other than the authenticated one: a device may only act for itself',
   // slices, transfers and feedback
@@ -24,6 +24,7 @@ export const ERROR_CODES = {
   stale_cycle: 'the feedback names a cycle that is not the one in flight (replayed, or already finished): dropped; keep training',
   cycle_timeout: 'the feedback arrived after the cycle deadline: dropped; the next cycle starts with the next slice',
   session_replaced: 'the feedback belongs to an earlier connection of this device: dropped',
+  unknown_probe: 'the logits name a probe split other than the one in this device\'s plan, or the device has none: follow the latest plan',
   internal: 'the coordinator failed to process a valid message: it was dropped and logged; report it',
 } as const;
 

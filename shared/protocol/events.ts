@@ -7,12 +7,16 @@ import type { z } from 'zod';
 import {
   feedbackAckSchema,
   feedbackSchema,
+  logitsSchema,
   metricsSchema,
   planSchema,
   registerSchema,
   rejectSchema,
   skipSchema,
   sliceSchema,
+  teacherFeedbackSchema,
+  teacherRequestSchema,
+  teacherSchema,
   transferSchema,
 } from './messages.js';
 
@@ -22,6 +26,12 @@ export const DEVICE_TO_COORDINATOR = {
   slice: sliceSchema,
   feedback: feedbackSchema,
   metrics: metricsSchema,
+  /** protocol 3: a source's logits on the probe split */
+  logits: logitsSchema,
+  /** protocol 3: an output pair's target asks for the source's logits (a cycle's start) */
+  teacher_request: teacherRequestSchema,
+  /** protocol 3: the held-out gradient along a trial's readout swap */
+  teacher_feedback: teacherFeedbackSchema,
 } as const;
 
 /** Coordinator → device. */
@@ -36,6 +46,8 @@ export const COORDINATOR_TO_DEVICE = {
   feedback_ack: feedbackAckSchema,
   /** a refused message */
   reject: rejectSchema,
+  /** protocol 3: the answer to a teacher_request that started a cycle of an output pair */
+  teacher: teacherSchema,
 } as const;
 
 export type DeviceEvent = keyof typeof DEVICE_TO_COORDINATOR;
@@ -56,6 +68,10 @@ export const EVENTS = {
   reject: 'reject',
   skip: 'skip',
   feedbackAck: 'feedback_ack',
+  logits: 'logits',
+  teacherRequest: 'teacher_request',
+  teacher: 'teacher',
+  teacherFeedback: 'teacher_feedback',
 } as const satisfies Record<string, DeviceEvent | CoordinatorEvent>;
 
 /** The events a device may send; any other name is refused with `unknown_event`. */

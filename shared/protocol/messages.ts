@@ -45,6 +45,13 @@ export const registerSchema = z.object({
   rank: posInt,
   /** local training step at registration (a reconnecting device continues counting) */
   step: count,
+  /**
+   * Protocol 3: the input space the device's examples live in (e.g. "mnist": 28×28 grey digits,
+   * whatever the layout). Devices of one input space can share a probe split (the output channel).
+   */
+  inputSpace: id.optional(),
+  /** Protocol 3: the number of classes the model outputs (its logits on the probe split have this width). */
+  outputs: posInt.max(100_000).optional(),
 });
 export type RegisterMsg = z.infer<typeof registerSchema>;
 
@@ -74,6 +81,15 @@ export const planPairSchema = z.object({
    * loss there and then (docs/DESIGN.md §6).
    */
   join: z.enum(['check', 'always']).optional(),
+  /**
+   * Protocol 3: what the pair exchanges. 'parameter' (the default when absent): slices, transfers
+   * and feedback on the slot. 'output': the source sends its logits on the probe split; the target
+   * asks for them every tCycle steps, tries them as a readout swap of its classifier slot `slot`
+   * under the trust gate, and distils on the probe split once the gate accepted the source.
+   */
+  channel: z.enum(['parameter', 'output']).optional(),
+  /** Output pairs: distillation weight λ and temperature T (the loss adds λ·T²·KL(source ‖ target) on P). */
+  distill: z.object({ lambda: z.number().nonnegative().finite(), temperature: z.number().positive().finite(), batchSize: posInt.max(4096) }).optional(),
 });
 export type PlanPair = z.infer<typeof planPairSchema>;
 
@@ -89,6 +105,8 @@ export const planSchema = z.object({
    * it did not offer, a peer not registered yet), or why it has no pair at all. Never parsed.
    */
   notes: z.array(z.string().max(1000)).max(64).optional(),
+  /** Protocol 3: the public probe split of this device's input space, if the coordinator has one. */
+  probe: z.lazy(() => probeDescSchema).optional(),
 });
 export type PlanMsg = z.infer<typeof planSchema>;
 
@@ -158,7 +176,7 @@ export const feedbackSchema = z.object({
 export type FeedbackMsg = z.infer<typeof feedbackSchema>;
 
 /** Why a target slice did not start a cycle of one of its pairs (the pair waits for the next). */
-export const SKIP_REASONS = ['no_source', 'source_too_old', 'source_rank_too_low', 'in_flight', 'too_soon', 'internal'] as const;
+export const SKIP_REASONS = ['no_source', 'source_too_old', 'source_rank_too_low', 'in_flight', 'too_soon', 'internal', 'no_logits'] as const;
 export type SkipReason = (typeof SKIP_REASONS)[number];
 
 /**
@@ -192,6 +210,74 @@ export const rejectSchema = z.object({
   ref: z.object({ pairId: z.string().optional(), cycleId: count.optional(), sliceId: count.optional(), slot: z.string().optional() }).optional(),
 });
 export type RejectMsg = z.infer<typeof rejectSchema>;
+
+// ---------------------------------------------------------------- protocol 3: the output channel
+
+/**
+ * A public probe split: unlabelled examples of one input space that every device of that space
+ * may run its model on (never train on its labels). It is named, not shipped: `source` says which
+ * examples of a shipped corpus it is, and `sha256` (of the examples as float32, little-endian,
+ * row-major) lets a device check that what it loaded is the same.
+ */
+export const probeDescSchema = z.object({
+  id,
+  inputSpace: id,
+  source: z.object({ dataset: id, seed: count, offset: count }),
+  count: posInt.max(100_000),
+  /** the per-example shape the hash was taken over (the device may view it in its own layout) */
+  exampleShape: z.array(posInt).min(1).max(4),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type ProbeDesc = z.infer<typeof probeDescSchema>;
+
+/** Source device → coordinator: its model's log-probabilities on the whole probe split. */
+export const logitsSchema = z.object({
+  probeId: id,
+  /** the source's local step at which they were computed */
+  step: count,
+  /** [count, outputs] log-probabilities (any per-row constant is irrelevant: softmax ignores it) */
+  values: wireTensorSchema,
+});
+export type LogitsMsg = z.infer<typeof logitsSchema>;
+
+/** Target device → coordinator, every tCycle steps of an output pair: the start of a cycle. */
+export const teacherRequestSchema = z.object({
+  pairId: id,
+  /** device-chosen, increasing; echoed by `teacher` or `skip` (as sliceId) */
+  requestId: count,
+  step: count,
+});
+export type TeacherRequestMsg = z.infer<typeof teacherRequestSchema>;
+
+/**
+ * Coordinator → target: the source's latest logits on the probe split. phase 'trial': apply the
+ * readout swap under `gate` and send `teacher_feedback` after k steps; 'distill': the gate accepted
+ * the source, so distil on the probe split with the plan's λ (no feedback).
+ */
+export const teacherSchema = z.object({
+  pairId: id,
+  cycleId: count,
+  requestId: count,
+  phase: z.enum(['trial', 'distill']),
+  gate: z.number().min(0).max(1),
+  /** the source's step behind the logits */
+  sourceStep: count,
+  values: wireTensorSchema,
+});
+export type TeacherMsg = z.infer<typeof teacherSchema>;
+
+/** Target → coordinator, k steps after a trial `teacher`: what the gate's update needs. */
+export const teacherFeedbackSchema = z.object({
+  pairId: id,
+  cycleId: count,
+  steps: posInt,
+  /** s·⟨G_heldout, W_r − W⟩: the held-out gradient along the (capped) readout swap */
+  gateGrad: finite,
+  /** ‖K‖_F/‖W‖_F of the swap applied */
+  branchRatio: z.number().nonnegative().finite().optional(),
+  metrics: metricsSchema,
+});
+export type TeacherFeedbackMsg = z.infer<typeof teacherFeedbackSchema>;
 
 /** zod issue list → one readable line naming the fields. */
 export function describeZodError(err: z.ZodError): string {

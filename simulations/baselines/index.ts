@@ -3,7 +3,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import { modelDatasetMismatch, buildModelFor } from '../../client/models/registry.js';
 import { slotInfo } from '../../client/slot.js';
-import type { Experiment } from '../experiment/schema.js';
+import { isFleetCondition, type Experiment } from '../experiment/schema.js';
 import type { ConditionRun } from '../report/types.js';
 import { runAlone } from './alone.js';
 import { checkCopyShapes, copyConditionName, runCopy } from './copy.js';
@@ -58,7 +58,7 @@ export async function runBaseline(
   }
   const m = COPY_RANK.exec(name);
   if (m) return runCopy(e, seed, onProgress, Number(m[1]));
-  if (name === 'mergenet' || name === 'noise') {
+  if (isFleetCondition(name)) {
     throw new Error(`baseline "${name}" needs the coordinator and devices: run it with the fleet runner, not runBaseline`);
   }
   throw new Error(`unknown baseline "${name}": expected one of ${LOCAL_BASELINES.join(', ')} or copy:rank<r>`);

@@ -16,17 +16,19 @@ import { initBackend } from '../../shared/tf/backend.js';
 import { experimentConditions, isLocalCondition, preflight, runBaseline } from '../baselines/index.js';
 import { defaultPairId } from '../../coordinator/index.js';
 import { fleetCoordinatorConfig } from '../fleet/coordinator-config.js';
+import { loadDeviceData } from '../../client/data/registry.js';
+import { loadMnistAll } from '../../client/data/mnist.js';
 import { runFleetInProcess } from '../fleet/inprocess.js';
 import { runFleetInProcesses } from '../fleet/processes.js';
 import { describeModelSpec } from '../fleet/run-device.js';
 import { type DeviceProgress, type FleetPairMode, type FleetRunOptions, type FleetRunResult } from '../fleet/types.js';
 import { writeReport } from '../report/write-report.js';
 import type { ConditionRun, ExperimentResult } from '../report/types.js';
-import type { Experiment, PairSpec } from './schema.js';
+import { FLEET_BASELINES, isFleetCondition, type Experiment, type PairSpec } from './schema.js';
 import { silentProgress, type ProgressReporter } from './progress.js';
 
 export type FleetMode = 'process' | 'inprocess';
-export const FLEET_CONDITIONS = ['mergenet', 'noise'] as const;
+export const FLEET_CONDITIONS = FLEET_BASELINES;
 
 export interface RunExperimentOptions {
   /** default: the experiment's `mode` */
@@ -68,9 +70,9 @@ export function resolveConditions(e: Experiment, requested?: string[]): string[]
   if (!requested) return all;
   const out: string[] = [];
   for (const c of requested) {
-    const known = isLocalCondition(c) || (FLEET_CONDITIONS as readonly string[]).includes(c);
-    if (!known) throw new Error(`unknown condition "${c}": expected one of ${[...new Set([...all, 'alone', 'mergenet', 'noise'])].join(', ')}`);
-    if ((c === 'mergenet' || c === 'noise') && !e.pairs.some((p) => p.target.device === e.target)) {
+    const known = isLocalCondition(c) || isFleetCondition(c);
+    if (!known) throw new Error(`unknown condition "${c}": expected one of ${[...new Set([...all, 'alone', ...FLEET_BASELINES])].join(', ')}`);
+    if (isFleetCondition(c) && !e.pairs.some((p) => p.target.device === e.target)) {
       throw new Error(`condition "${c}" needs a pair whose target is "${e.target}"`);
     }
     if (c !== 'alone' && isLocalCondition(c) && !all.includes(c)) {
@@ -127,6 +129,22 @@ export function targetPairBytes(e: Experiment, run: FleetRunResult): ByteCount {
     }
   }
   for (const s of slots.values()) add(s.device, `slice:${s.slot}`, shapeOf(s.device, s.slot), s.rank);
+  // The output channel: the source's logits (once per source, whatever its pairs), the target's
+  // requests, teachers and trial feedback. They carry no slot matrix: 'full' counts them as sent.
+  const plain = (device: string, key: string) => {
+    const w = run.devices[device]?.wire[key];
+    if (!w) return;
+    sent += w.bytes;
+    full += w.bytes;
+  };
+  const outputSources = new Set<string>();
+  for (const p of pairs) {
+    const id = defaultPairId(p.source, p.target);
+    if (!run.devices[e.target]?.wire[`teacher:${id}`] && !run.devices[e.target]?.wire[`teacher_request:${id}`]) continue;
+    if (!outputSources.has(p.source.device)) plain(p.source.device, 'logits');
+    outputSources.add(p.source.device);
+    for (const k of ['teacher', 'teacher_request', 'teacher_feedback']) plain(e.target, `${k}:${id}`);
+  }
   for (const p of pairs) {
     const shape = shapeOf(p.target.device, p.target.slot);
     add(e.target, `transfer:${defaultPairId(p.source, p.target)}`, shape, rankOf(p));
@@ -179,7 +197,7 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
     bytesFullWeights: bytes.full,
     wallMs: t.wallMs,
     extra,
-    gates: pairs.map((p) => ({ pairId: p.id, decision: p.gate.decision, reason: p.gate.reason, trace: p.gateTrace })),
+    gates: pairs.map((p) => ({ pairId: p.id, decision: p.gate.decision, reason: p.gate.reason, channel: p.channel, trace: p.gateTrace })),
     sources: Object.fromEntries(Object.entries(run.devices).filter(([id]) => id !== e.target).map(([id, d]) => [id, d.curve])),
   };
 }
@@ -200,6 +218,7 @@ export async function runFleet(
     target: e.target,
     pairs: o.pairs ?? e.pairs,
     pairMode: o.pairMode,
+    probe: e.probe,
     sourceWarmup: e.sourceWarmup,
     paceTimeoutMs: e.paceTimeoutMs,
     backend: o.backend,
@@ -209,6 +228,46 @@ export async function runFleet(
     onSpawn: o.onSpawn,
   };
   return o.mode === 'process' ? runFleetInProcesses(opts) : runFleetInProcess(opts);
+}
+
+/**
+ * The experiment for a fleet condition: 'useless' freezes every source of a pair into the target
+ * (it keeps its initial weights), 'wrong' shifts every label of those sources by one class; the
+ * others run the experiment as it is.
+ */
+export function withSourceControl(e: Experiment, condition: string): Experiment {
+  if (condition !== 'useless' && condition !== 'wrong') return e;
+  const sources = new Set(e.pairs.filter((p) => p.target.device === e.target).map((p) => p.source.device));
+  return {
+    ...e,
+    devices: e.devices.map((d) => {
+      if (!sources.has(d.id)) return d;
+      if (condition === 'useless') return { ...d, frozen: true };
+      if (d.dataset.name !== 'mnist') throw new Error(`condition "wrong" shifts labels of MNIST sources only; "${d.id}" uses ${d.dataset.name}`);
+      return { ...d, dataset: { ...d.dataset, labelShift: 1 } };
+    }),
+  };
+}
+
+/**
+ * The probe split must be public: no device's train, held-out or test example may be in it. Every
+ * MNIST device takes its windows from the same seeded order, so checking positions suffices.
+ */
+export function checkProbe(e: Experiment, seed: number): void {
+  if (!e.probe) return;
+  const { offset, count } = e.probe;
+  const end = offset + count;
+  const problems: string[] = [];
+  for (const d of fleetDevices(e)) {
+    if (d.dataset.name !== 'mnist') continue;
+    const data = loadDeviceData(d.dataset, seed);
+    const start = d.dataset.offset ?? 0;
+    const stop = start + data.train.n + data.val.n;
+    if (start < end && offset < stop) problems.push(`device "${d.id}" trains or holds out examples [${start}, ${stop}) of the order, which overlaps the probe split [${offset}, ${end})`);
+    const testStart = loadMnistAll().n - data.test.n;
+    if (end > testStart) problems.push(`the probe split [${offset}, ${end}) reaches device "${d.id}"'s test split (from ${testStart})`);
+  }
+  if (problems.length) throw new Error(`experiment "${e.name}": the probe split is not public:\n  ${problems.join('\n  ')}`);
 }
 
 /** Held-out feedback needs a validation split on the pair's target. */
@@ -251,7 +310,8 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
   // and the coordinator accepts the pairs.
   preflight(e, seeds[0]);
   checkHeldout(e);
-  if (conditions.some((c) => c === 'mergenet' || c === 'noise')) fleetCoordinatorConfig(fleetDevices(e), e.pairs, 'real', new Map());
+  if (conditions.some(isFleetCondition)) fleetCoordinatorConfig(fleetDevices(e), e.pairs, 'real', new Map(), { seed: seeds[0], probe: e.probe });
+  checkProbe(e, seeds[0]);
 
   const startedAt = new Date().toISOString();
   const runs: ConditionRun[] = [];
@@ -266,8 +326,8 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
       const r0 = performance.now();
       try {
         let run: ConditionRun;
-        if (condition === 'mergenet' || condition === 'noise') {
-          const fleet = await runFleet(e, seed, {
+        if (isFleetCondition(condition)) {
+          const fleet = await runFleet(withSourceControl(e, condition), seed, {
             mode,
             pairMode: condition === 'noise' ? 'noise' : 'real',
             label: `${condition} seed ${seed}`,
@@ -296,20 +356,21 @@ export async function runExperiment(e: Experiment, opts: RunExperimentOptions = 
   progress.stop();
 
   const notes: string[] = [];
-  if (conditions.some((c) => c === 'mergenet' || c === 'noise')) {
+  if (conditions.some(isFleetCondition)) {
     notes.push(
-      `mergenet and noise ran with the real coordinator and ${fleetDevices(e).length} device clients (${mode === 'process' ? 'each device a child process' : 'all in one process'}) on loopback` +
+      `${conditions.filter(isFleetCondition).join(', ')} ran with the real coordinator and ${fleetDevices(e).length} device clients (${mode === 'process' ? 'each device a child process' : 'all in one process'}) on loopback` +
         (e.paceTimeoutMs > 0 ? `, the devices paced to the coordinator (after a target slice, the target waits up to ${e.paceTimeoutMs} ms for its answer); ` : ', the devices never waiting for the coordinator; ') +
-        'noise is the same pairs with the coordinator replacing each source slice by noise of equal shape and norm.',
+        'noise is the same pairs with the coordinator replacing each source slice by noise of equal shape and norm (and, on the output channel, each source\'s logits by Gaussian logits of their mean and spread); ' +
+        'useless is the same pairs with sources that never train (learning rate 0, their initial weights); wrong is the same pairs with sources that learn every label shifted by one class.',
       'Bytes sent: MessagePack payloads counted by the devices (slices of the paired slots, transfers to the target, feedback from it), without socket.io/WebSocket framing. ' +
         'Full weights: the same messages carrying the full m×n slot matrix instead of rank-r factors.',
       'Wall time per run: the target\'s own training time (first step to last evaluation); fleetWallS is the whole fleet run including process start-up. ' +
         'Local baselines (alone, copy, …) train the target alone in this process; in fleet runs it shares the two cores with the other devices and the coordinator, and a paced target also waits for the coordinator\'s answers: compare wall times within a kind of run, not across.',
     );
   }
-  if (conditions.some((c) => c === 'mergenet' || c === 'noise')) {
+  if (conditions.some(isFleetCondition)) {
     notes.push(
-      'mergenet and noise depend on timing (when each transfer reaches the target, relative to its steps), so they are not bit-for-bit reproducible; ' +
+      'The fleet conditions depend on timing (when each transfer reaches the target, relative to its steps), so they are not bit-for-bit reproducible; ' +
         'alone and the other local baselines are. A fleet target with no pairs reproduces alone exactly (test/fleet.test.ts).',
     );
     for (const c of FLEET_CONDITIONS) {

@@ -9,8 +9,18 @@ import { modelSpecSchema } from '../../client/models/registry.js';
 const id = z.string().min(1).max(64).regex(/^[A-Za-z0-9_.\-]+$/, 'use letters, digits and _ . - only');
 const posInt = z.number().int().positive();
 
-export const BASELINES = ['alone', 'mergenet', 'noise', 'fedavg', 'distill', 'copy'] as const;
+export const BASELINES = ['alone', 'mergenet', 'noise', 'useless', 'wrong', 'fedavg', 'distill', 'copy'] as const;
 export type Baseline = (typeof BASELINES)[number];
+/**
+ * The conditions that run the real coordinator and devices: mergenet, and its controls: 'noise'
+ * (the coordinator replaces what the source sends by noise), 'useless' (the sources never train)
+ * and 'wrong' (the sources learn every label shifted by one class).
+ */
+export const FLEET_BASELINES = ['mergenet', 'noise', 'useless', 'wrong'] as const;
+export type FleetBaseline = (typeof FLEET_BASELINES)[number];
+export function isFleetCondition(c: string): c is FleetBaseline {
+  return (FLEET_BASELINES as readonly string[]).includes(c);
+}
 
 export const deviceSchema = z.strictObject({
   id,
@@ -27,6 +37,8 @@ export const deviceSchema = z.strictObject({
   evalEvery: posInt.default(100),
   /** rank this device offers (pairs may use less) */
   rank: posInt.default(8),
+  /** never changes its weights (learning rate 0): the untrained source of the 'useless' control */
+  frozen: z.boolean().default(false),
 });
 export type DeviceSpec = z.infer<typeof deviceSchema>;
 
@@ -49,6 +61,10 @@ export const pairSpecSchema = z.strictObject({
   join: z.enum(['off', 'check', 'always']).default('off'),
   /** trust gate overrides (enabled, init, lr, guard, decideAfter, alpha) */
   gate: z.record(z.string(), z.union([z.number(), z.boolean(), z.string()])).default({}),
+  /** 'parameter' (slices), 'output' (logits on the probe split) or 'auto' (the coordinator decides) */
+  channel: z.enum(['auto', 'parameter', 'output']).default('auto'),
+  /** distillation settings of the output channel (lambda, temperature, batchSize) */
+  distill: z.record(z.string(), z.number()).default({}),
 });
 export type PairSpec = z.infer<typeof pairSpecSchema>;
 
@@ -70,6 +86,11 @@ export const experimentSchema = z
      * even when the coordinator is slower than the devices. 0: devices never wait.
      */
     paceTimeoutMs: z.number().int().nonnegative().default(30_000),
+    /**
+     * The public probe split of the output channel: MNIST examples [offset, offset + count) of each
+     * run's seeded order (checked to overlap no device's train, held-out or test window).
+     */
+    probe: z.strictObject({ offset: z.number().int().nonnegative(), count: posInt.max(10_000).default(500) }).optional(),
     /** source steps before the target starts (a source trained for a while first) */
     sourceWarmup: z.number().int().nonnegative().default(0),
     /** copy oracle: which source slot initialises which target slot (same shape required) */
@@ -103,8 +124,8 @@ export const experimentSchema = z
       }
       if (p.k > p.tCycle) ctx.addIssue({ code: 'custom', path: ['pairs', i, 'k'], message: `k (${p.k}) must not exceed tCycle (${p.tCycle})` });
     });
-    if ((e.baselines.includes('mergenet') || e.baselines.includes('noise')) && !e.pairs.some((p) => p.target.device === e.target)) {
-      ctx.addIssue({ code: 'custom', path: ['pairs'], message: `mergenet/noise need a pair whose target is "${e.target}"` });
+    if (e.baselines.some((b) => (FLEET_BASELINES as readonly string[]).includes(b)) && !e.pairs.some((p) => p.target.device === e.target)) {
+      ctx.addIssue({ code: 'custom', path: ['pairs'], message: `${FLEET_BASELINES.join('/')} need a pair whose target is "${e.target}"` });
     }
     if (e.baselines.includes('copy') && !e.copy) ctx.addIssue({ code: 'custom', path: ['copy'], message: 'the copy baseline needs a `copy` section' });
     if (e.baselines.includes('distill') && !e.distill) ctx.addIssue({ code: 'custom', path: ['distill'], message: 'the distill baseline needs a `distill` section' });

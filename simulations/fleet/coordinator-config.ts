@@ -27,6 +27,7 @@ export function fleetCoordinatorConfig(
   pairs: readonly PairSpec[],
   mode: FleetPairMode,
   tokens: ReadonlyMap<string, string>,
+  run: { seed: number; probe?: { offset: number; count: number } } = { seed: 0 },
 ): CoordinatorConfig {
   const maxRank = Math.max(64, ...pairs.map((p) => p.rank), ...devices.map((d) => d.rank));
   const obj = {
@@ -48,7 +49,11 @@ export function fleetCoordinatorConfig(
       refineLr: p.refineLr,
       gate: p.gate,
       join: p.join,
+      channel: p.channel,
+      distill: p.distill,
     })),
+    // The probe split lies in this run's seeded order, like every device's own splits.
+    probes: run.probe ? [{ dataset: 'mnist', seed: run.seed, offset: run.probe.offset, count: run.probe.count }] : [],
     limits: { maxRank },
     timing: FLEET_TIMING,
     statusEveryMs: 0,

@@ -15,7 +15,7 @@ export async function runFleetInProcess(opts: FleetRunOptions): Promise<FleetRun
   const t0 = performance.now();
   await initBackend(opts.backend, () => {});
   const tokens = new Map(opts.devices.map((d) => [d.id, randomToken()]));
-  const config = fleetCoordinatorConfig(opts.devices, opts.pairs, opts.pairMode, tokens);
+  const config = fleetCoordinatorConfig(opts.devices, opts.pairs, opts.pairMode, tokens, { seed: opts.seed, probe: opts.probe });
   let coord: RunningCoordinator | undefined;
   const prepared: PreparedDevice[] = [];
   const lastStep = new Map<string, number>();

@@ -82,7 +82,7 @@ export async function runFleetInProcesses(opts: FleetRunOptions): Promise<FleetR
   installExitHooks();
   await initBackend(opts.backend, () => {});
   const tokens = new Map(opts.devices.map((d) => [d.id, randomToken()]));
-  const config = fleetCoordinatorConfig(opts.devices, opts.pairs, opts.pairMode, tokens);
+  const config = fleetCoordinatorConfig(opts.devices, opts.pairs, opts.pairMode, tokens, { seed: opts.seed, probe: opts.probe });
   let coord: RunningCoordinator | undefined;
   const children: Child[] = [];
   let watchdog: NodeJS.Timeout | undefined;

@@ -12,6 +12,7 @@ import * as tf from '@tensorflow/tfjs';
 import { evaluateAccuracy } from '../../client/data/dataset.js';
 import { describeDataset, loadDeviceData } from '../../client/data/registry.js';
 import { DeviceClient } from '../../client/device.js';
+import { inputSpaceOf, loadShippedProbe } from '../../client/data/probe-data.js';
 import { buildModelFor, type ModelSpec } from '../../client/models/registry.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import { deviceSeed } from '../experiment/seeds.js';
@@ -70,7 +71,8 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
       model,
       data,
       rank: spec.rank,
-      trainer: { optimizer: spec.optimizer, lr: spec.lr, batchSize: spec.batchSize },
+      // A frozen device (the untrained-source control) never changes its weights.
+      trainer: { optimizer: spec.optimizer, lr: spec.frozen ? 0 : spec.lr, batchSize: spec.batchSize },
       seed: own,
       maxSteps: spec.steps,
       evalEvery: spec.evalEvery,
@@ -81,6 +83,8 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
       // Loopback: reconnect quickly should the connection drop.
       reconnect: { delayMs: 100, maxDelayMs: 2000 },
       paceTimeoutMs: job.paceTimeoutMs,
+      inputSpace: inputSpaceOf(spec.dataset.name),
+      loadProbe: loadShippedProbe,
     });
   } catch (err) {
     model.dispose();

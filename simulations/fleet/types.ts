@@ -86,6 +86,8 @@ export interface FleetRunOptions {
   /** the coordinator's pairs (may be empty: every device then trains alone) */
   pairs: PairSpec[];
   pairMode: FleetPairMode;
+  /** the public probe split of the output channel (MNIST examples of this run's seeded order) */
+  probe?: { offset: number; count: number };
   /** devices other than the target train this many steps before the target starts */
   sourceWarmup?: number;
   /** pace every device to the coordinator (see DeviceJob.paceTimeoutMs) */

@@ -118,11 +118,11 @@ export function renderMarkdown(result: ExperimentResult, summary: Summary = summ
     out.push('## Trust gate decisions', '');
     out.push(
       markdownTable(
-        ['condition', 'seed', 'pair', 'decision', 'final g', 'updates', 'reason'],
+        ['condition', 'seed', 'pair', 'channel', 'decision', 'final g', 'updates', 'reason'],
         gated.flatMap((r) =>
-          r.gates!.map((g) => [r.condition, String(r.seed), g.pairId, g.decision, (g.trace.at(-1)?.gate ?? 0).toFixed(3), String(g.trace.at(-1)?.update ?? 0), g.reason ?? '']),
+          r.gates!.map((g) => [r.condition, String(r.seed), g.pairId, g.channel ?? '', g.decision, (g.trace.at(-1)?.gate ?? 0).toFixed(3), String(g.trace.at(-1)?.update ?? 0), g.reason ?? '']),
         ),
-        ['l', 'r', 'l', 'l', 'r', 'r', 'l'],
+        ['l', 'r', 'l', 'l', 'l', 'r', 'r', 'l'],
       ),
       '',
     );

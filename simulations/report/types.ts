@@ -31,7 +31,7 @@ export interface ConditionRun {
   /** Fleet runs: the other devices' test accuracy curves, by device id. */
   sources?: Record<string, CurvePoint[]>;
   /** The trust gate of each of the target's pairs over its updates, and the guard's decision. */
-  gates?: { pairId: string; decision: string; reason?: string; trace: { update: number; gate: number }[] }[];
+  gates?: { pairId: string; decision: string; reason?: string; channel?: string; trace: { update: number; gate: number }[] }[];
 }
 
 export interface DeviceInfo {
