@@ -5,7 +5,7 @@
 // sends through an injected Outbox, so it never touches a socket: server.ts is the socket edge.
 import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
-import { tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
+import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
@@ -151,7 +151,14 @@ export class CoordinatorEngine {
     if (saved.state && saved.rank > pair.config.rank) {
       throw new CheckpointError(`checkpoint pair ${saved.id} has an adapter of rank ${saved.rank}, above the configured rank ${pair.config.rank}`);
     }
-    pair.restore(saved);
+    try {
+      pair.restore(saved);
+    } catch (err) {
+      // A state file that matches its manifest yet does not decode (written by another build, or
+      // edited): say which pair and why, and start nothing.
+      if (err instanceof CodecError) throw new CheckpointError(`checkpoint pair ${saved.id}: its state file is invalid: ${err.message}`);
+      throw err;
+    }
     if (pair.adapterStep !== saved.adapterStep) {
       throw new CheckpointError(`checkpoint pair ${saved.id}: the manifest says adapter step ${saved.adapterStep}, its state file ${pair.adapterStep}`);
     }

@@ -113,3 +113,46 @@ describe('adapter state', () => {
     expect(tf.memory().numTensors).toBe(n0);
   });
 });
+
+describe('adapter state decoding (zod)', () => {
+  const cfg = defaultAdapterConfig(2, { heads: 1, attnDim: 4, ffnDim: 4, seed: 3 });
+  const good = (): Record<string, any> => {
+    const aw = AdapterWithOptimizer.create(cfg);
+    const bytes = serializeAdapterState(aw.adapter, aw.opt);
+    aw.dispose();
+    return decodeMessage(bytes) as Record<string, any>;
+  };
+  const reason = (state: unknown): string => {
+    try {
+      deserializeAdapterState(encodeMessage(state));
+    } catch (err) {
+      expect(err).toBeInstanceOf(CodecError);
+      expect((err as CodecError).code).toBe('malformed');
+      return (err as Error).message;
+    }
+    throw new Error('the malformed state was accepted');
+  };
+
+  it('lists every problem of a malformed state in one readable line, naming each field', () => {
+    const s = good();
+    const [w0, w1] = Object.keys(s.weights);
+    delete s.weights[w0];
+    s.weights[w1] = { ...s.weights[w1], extra: 1 };
+    s.optimizer.m = 'not a map';
+    const msg = reason(s);
+    expect(msg).toMatch(/^adapter state: /);
+    expect(msg).toContain(`weights lacks "${w0}"`);
+    expect(msg).toContain(`weights["${w1}"]: unexpected key(s) "extra"`);
+    expect(msg).toContain('optimizer.m must be a map of tensors');
+  });
+
+  it('refuses a header problem before reading any tensor, and another format before its header', () => {
+    const s = good();
+    s.optimizer.step = 'seven';
+    s.config.rank = 0;
+    s.weights = null; // not reported: the header is wrong already
+    const msg = reason(s);
+    expect(msg).toBe('adapter state: invalid adapter config: rank: rank must be at least 1; optimizer.step must be a non-negative integer, got "seven"');
+    expect(reason({ ...s, format: 'other' })).toBe('adapter state: format is "other", expected "mergenet-fed/adapter-state"');
+  });
+});

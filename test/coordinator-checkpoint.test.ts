@@ -8,6 +8,10 @@ import { Checkpointer, CheckpointError, MANIFEST_NAME } from '../coordinator/che
 import { parseCoordinatorConfig } from '../coordinator/config.js';
 import { installSignalHandlers, serve, type RunningCoordinator } from '../coordinator/server.js';
 import { silentLogger } from '../shared/log.js';
+import { defaultAdapterConfig } from '../coordinator/adapter/config.js';
+import { serializeAdapterState } from '../coordinator/adapter/state.js';
+import { AdapterWithOptimizer } from '../coordinator/adapter/update.js';
+import { decodeMessage, encodeMessage } from '../shared/codec/tensor-codec.js';
 import { initBackend } from '../shared/tf/backend.js';
 import { completeCycle, FakeDevice, waitForEvent, type DecodedTransfer } from './helpers/fake-device.js';
 
@@ -146,6 +150,29 @@ describe('coordinator checkpoints', () => {
       await expect(serve(config(copy), { logger: silentLogger() })).rejects.toThrow(/does not match its manifest/);
     } finally {
       await rm(copy, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a state file that matches its manifest but does not decode, naming the pair and the reason', async () => {
+    const own = await mkdtemp(join(tmpdir(), 'mergenet-ckpt-state-'));
+    try {
+      const aw = AdapterWithOptimizer.create(defaultAdapterConfig(R));
+      const state = decodeMessage(serializeAdapterState(aw.adapter, aw.opt)) as Record<string, any>;
+      aw.dispose();
+      state.optimizer.step = -2;
+      const counters = { cyclesStarted: 0, updates: 0, drops: {} };
+      await new Checkpointer(own).save({
+        totals: { updates: 0, cyclesStarted: 0 },
+        pairs: [{
+          id: 'p', source: { device: 'src', slot: 'conv' }, target: { device: 'tgt', slot: 'dense' }, rank: R, auto: false,
+          sourceMode: 'real', nextCycleId: 0, adapterStep: 0, counters, state: encodeMessage(state),
+        }],
+      });
+      await expect(serve(config(own), { logger: silentLogger() })).rejects.toThrow(
+        'checkpoint pair p: its state file is invalid: adapter state: optimizer.step must be a non-negative integer, got -2',
+      );
+    } finally {
+      await rm(own, { recursive: true, force: true });
     }
   });
 

@@ -2,17 +2,17 @@
 // own time. Checked with a controlled clock and a recorded sleep, so nothing here depends on how
 // loaded the machine is (a measured speed ratio would).
 import * as tf from '@tensorflow/tfjs';
-import { performance } from 'node:perf_hooks';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 const sleeps: number[] = [];
-vi.mock('node:timers/promises', async (importOriginal) => {
-  const real = await importOriginal<typeof import('node:timers/promises')>();
+// The loop sleeps through client/pace.ts alone; record its sleeps instead of waiting.
+vi.mock('../client/pace.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../client/pace.js')>();
   return {
     ...real,
-    setTimeout: (ms?: number, value?: unknown) => {
-      sleeps.push(ms ?? 0);
-      return Promise.resolve(value);
+    sleep: (ms: number) => {
+      sleeps.push(ms);
+      return Promise.resolve();
     },
   };
 });
@@ -41,7 +41,7 @@ function split(n: number) {
 async function run(slowdown: number, steps: number): Promise<number[]> {
   sleeps.length = 0;
   let fake = 0;
-  const spy = vi.spyOn(performance, 'now').mockImplementation(() => ++fake);
+  const spy = vi.spyOn(globalThis.performance, 'now').mockImplementation(() => ++fake);
   try {
     const m = model();
     await new DeviceClient({

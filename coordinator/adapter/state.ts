@@ -1,21 +1,14 @@
 // Checkpoint of one adapter and its optimiser: format version, config, every weight, the AdamW
 // moments and step count, as one MessagePack message of float32 wire tensors (bit-exact).
-// Loading validates everything before it allocates a tensor, and every failure names the field.
+// Loading validates everything with zod before it allocates a tensor, and every failure names the field.
+import { z } from 'zod';
 import { CodecError, decodeMessage, encodeMessage, tensorToWire, wireToFloat32, type SizeLimit } from '../../shared/codec/tensor-codec.js';
 import { AdamW } from './adamw.js';
-import { type AdapterConfig, parseAdapterConfig } from './config.js';
+import { type AdapterConfig, adapterConfigSchema } from './config.js';
 import { LpkaAdapter, lpkaParamSpecs } from './lpka.js';
 
 export const ADAPTER_STATE_FORMAT = 'mergenet-fed/adapter-state';
 export const ADAPTER_STATE_VERSION = 1;
-
-function fail(message: string): never {
-  throw new CodecError('malformed', `adapter state: ${message}`);
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
-}
 
 function wireMap(values: Map<string, Float32Array>, shapeOf: (name: string) => number[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -45,52 +38,88 @@ export function serializeAdapterState(adapter: LpkaAdapter, opt: AdamW, limit: S
   );
 }
 
-/** Read exactly the expected tensors of `field`, rejecting missing, extra and ill-shaped ones. */
-function readTensors(field: string, raw: unknown, specs: { name: string; shape: number[] }[]): Map<string, Float32Array> {
-  if (!isRecord(raw)) fail(`${field} must be a map of tensors`);
-  const expected = new Set(specs.map((s) => s.name));
-  for (const key of Object.keys(raw)) {
-    if (!expected.has(key)) fail(`${field} has an unexpected entry "${key}"`);
-  }
-  const out = new Map<string, Float32Array>();
-  for (const { name, shape } of specs) {
-    if (!Object.hasOwn(raw, name)) fail(`${field} lacks "${name}"`);
-    const { values } = wireToFloat32(raw[name], { name: `adapter state: ${field}["${name}"]`, shape });
-    out.set(name, values);
-  }
-  return out;
+// ---- decoding: zod schemas, in three stages (identity, header, tensors), so a state of another
+// format is refused before its config is read, and the tensors are read against the shapes their
+// config implies. Every issue is reported as one readable line naming the field.
+
+const identitySchema = z.object(
+  {
+    format: z.literal(ADAPTER_STATE_FORMAT, { error: (iss) => `format is ${JSON.stringify(iss.input)}, expected "${ADAPTER_STATE_FORMAT}"` }),
+    version: z.literal(ADAPTER_STATE_VERSION, {
+      error: (iss) => `unsupported format version ${JSON.stringify(iss.input) ?? 'undefined'} (this build reads version ${ADAPTER_STATE_VERSION})`,
+    }),
+  },
+  { error: 'expected a map at the top level' },
+);
+
+const headerSchema = z.object({
+  config: adapterConfigSchema,
+  optimizer: z.object(
+    {
+      step: z.number({ error: (iss) => `optimizer.step must be a non-negative integer, got ${JSON.stringify(iss.input)}` }).refine(
+        (n) => Number.isSafeInteger(n) && n >= 0,
+        { error: (iss) => `optimizer.step must be a non-negative integer, got ${JSON.stringify(iss.input)}` },
+      ),
+      m: z.unknown(),
+      v: z.unknown(),
+    },
+    { error: 'optimizer must be a map with step, m and v' },
+  ),
+  weights: z.unknown(),
+});
+
+/** Exactly the tensors `specs` names, each float32 of its spec's shape, decoded to a Float32Array. */
+function tensorMapSchema(field: string, specs: { name: string; shape: number[] }[]) {
+  const entries = specs.map(({ name, shape }) => [
+    name,
+    z.unknown().transform((v, ctx) => {
+      if (v === undefined) {
+        ctx.addIssue({ code: 'custom', message: `${field} lacks "${name}"` });
+        return z.NEVER;
+      }
+      try {
+        return wireToFloat32(v, { name: `${field}["${name}"]`, shape }).values;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    }),
+  ]);
+  return z.strictObject(Object.fromEntries(entries) as Record<string, z.ZodType<Float32Array>>, {
+    error: (iss) =>
+      iss.code === 'unrecognized_keys' ? `${field} has an unexpected entry ${iss.keys.map((k) => JSON.stringify(k)).join(', ')}` : `${field} must be a map of tensors`,
+  });
+}
+
+/** Parse with `schema`, or throw a CodecError whose message lists every issue ("adapter state: …"). */
+function parseState<T extends z.ZodType>(schema: T, value: unknown): z.output<T> {
+  const res = schema.safeParse(value);
+  if (res.success) return res.data;
+  const lines = res.error.issues.map((i) =>
+    // The config schema's messages name the field; say it is the config they are about.
+    i.path[0] === 'config' ? `invalid adapter config: ${i.path.slice(1).join('.') || '(config)'}: ${i.message}` : i.message,
+  );
+  throw new CodecError('malformed', `adapter state: ${lines.join('; ')}`);
 }
 
 /** Inverse of serializeAdapterState. The caller owns (and disposes) the returned adapter and optimiser. */
 export function deserializeAdapterState(bytes: Uint8Array, limit: SizeLimit = {}): { adapter: LpkaAdapter; opt: AdamW } {
   const msg = decodeMessage(bytes, limit);
-  if (!isRecord(msg)) fail('expected a map at the top level');
-  if (msg.format !== ADAPTER_STATE_FORMAT) fail(`format is ${JSON.stringify(msg.format)}, expected "${ADAPTER_STATE_FORMAT}"`);
-  if (msg.version !== ADAPTER_STATE_VERSION) {
-    fail(`unsupported format version ${JSON.stringify(msg.version)} (this build reads version ${ADAPTER_STATE_VERSION})`);
-  }
-  let config: AdapterConfig;
-  try {
-    config = parseAdapterConfig(msg.config);
-  } catch (err) {
-    fail((err as Error).message);
-  }
+  parseState(identitySchema, msg);
+  const { config, optimizer } = parseState(headerSchema, msg);
   const specs = lpkaParamSpecs(config);
-  const weights = readTensors('weights', msg.weights, specs);
-  const o = msg.optimizer;
-  if (!isRecord(o)) fail('optimizer must be a map with step, m and v');
-  if (typeof o.step !== 'number' || !Number.isSafeInteger(o.step) || o.step < 0) {
-    fail(`optimizer.step must be a non-negative integer, got ${JSON.stringify(o.step)}`);
-  }
-  const m = readTensors('optimizer.m', o.m, specs);
-  const v = readTensors('optimizer.v', o.v, specs);
+  const tensors = parseState(
+    z.object({ weights: tensorMapSchema('weights', specs), m: tensorMapSchema('optimizer.m', specs), v: tensorMapSchema('optimizer.v', specs) }),
+    { weights: (msg as { weights: unknown }).weights, m: optimizer.m, v: optimizer.v },
+  );
+  const map = (r: Record<string, Float32Array>) => new Map(Object.entries(r));
 
   const adapter = new LpkaAdapter(config);
   let opt: AdamW | undefined;
   try {
-    for (const [name, values] of weights) adapter.params.get(name)!.set(values);
+    for (const [name, values] of Object.entries(tensors.weights)) adapter.params.get(name)!.set(values);
     opt = new AdamW(adapter.namedParams(), config);
-    opt.importState({ step: o.step, m, v });
+    opt.importState({ step: optimizer.step, m: map(tensors.m), v: map(tensors.v) });
     return { adapter, opt };
   } catch (err) {
     opt?.dispose();

@@ -10,7 +10,7 @@ import { deviceSeed } from '../experiment/seeds.js';
 import * as tf from '@tensorflow/tfjs';
 import type { DeviceSpec, Experiment } from '../experiment/schema.js';
 import type { ConditionRun } from '../report/types.js';
-import { deviceById, loadDataFor, LocalRun, modelFloats, yieldToEventLoop, YIELD_EVERY, type LocalProgress } from './local-training.js';
+import { deviceById, loadDataFor, LocalRun, modelFloats, type LocalProgress } from './local-training.js';
 
 export const FEDAVG_DEFAULT_EVERY = 10;
 
@@ -115,7 +115,7 @@ export async function runFedAvg(
   try {
     for (let round = 1; !target.finished; round++) {
       const active = runs.filter((r) => !r.finished);
-      for (const r of active) r.trainStep();
+      for (const r of active) await r.trainStep();
       if (round % every === 0 && active.length > 1) {
         const models = active.map((r) => r.model);
         const specs = active.map((r) => r.device);
@@ -125,7 +125,6 @@ export async function runFedAvg(
         inspect?.afterSync?.(round, models, specs);
       }
       target.evaluateIfDue();
-      if (round % YIELD_EVERY === 0) await yieldToEventLoop();
     }
   } catch (err) {
     for (const r of runs) r.dispose();

@@ -2,21 +2,21 @@
 // DeviceClient, and, once it has trained all its steps, a DeviceReport. The in-process fleet and
 // the device child process both use this, so a device is the same thing in both modes.
 //
-// The target's curve is built to match trainLocally (simulations/baselines/local-training.ts)
-// point for point: the same data (loadDeviceData(spec, seed)), the same model init and batch order
-// (deviceSeed(seed, id)), test accuracy after step s when s % evalEvery === 0 (the device's own
+// The device trains with the project's one loop (client/training-loop.ts), so the target's curve
+// matches trainLocally (simulations/baselines/local-training.ts) point for point: the same data
+// (loadDeviceData(spec, seed)), the same model init and batch order (deviceSeed(seed, id)), test accuracy after step s when s % evalEvery === 0 (the device's own
 // 'eval' events) and after the last step (measured here, after start() resolved: the model then
 // holds exactly the weights of the last step), and each point's loss the mean training loss of
 // the steps since the previous point.
 import * as tf from '@tensorflow/tfjs';
 import { evaluateAccuracy } from '../../client/data/dataset.js';
 import { describeDataset, loadDeviceData } from '../../client/data/registry.js';
+import { CurveRecorder } from '../../client/curve-recorder.js';
 import { DeviceClient } from '../../client/device.js';
 import { inputSpaceOf, loadShippedProbe } from '../../client/data/probe-data.js';
 import { buildModelFor, type ModelSpec } from '../../client/models/registry.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import { deviceSeed } from '../experiment/seeds.js';
-import type { CurvePoint } from '../report/types.js';
 import type { DeviceJob, DeviceProgress, DeviceReport } from './types.js';
 
 /** A short human description of a zoo model spec, e.g. "mlp [128]" or "cnn conv [8,16] k3, dense [64]". */
@@ -91,9 +91,9 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
     throw err;
   }
 
-  const curve: CurvePoint[] = [];
-  let lossSum = 0;
-  let lossN = 0;
+  // The device trains with the project's one loop; its 'step' and 'eval' events feed the one
+  // curve recorder, so the curve is built exactly as LocalRun builds alone's.
+  const curve = new CurveRecorder();
   let lastLoss = NaN;
   let lastAcc: number | undefined;
   let transfers = 0;
@@ -109,15 +109,12 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
     opts.onProgress({ device: spec.id, step, steps: spec.steps, loss: lastLoss, acc: lastAcc, transfers });
   };
   const addPoint = (step: number, acc: number) => {
-    curve.push({ step, acc, loss: lossN > 0 ? lossSum / lossN : undefined });
-    lossSum = 0;
-    lossN = 0;
+    curve.point(step, acc);
     lastAcc = acc;
   };
 
   client.on('step', ({ step, loss }) => {
-    lossSum += loss;
-    lossN += 1;
+    curve.addLoss(loss);
     lastLoss = loss;
     report(step, step === spec.steps);
   });
@@ -150,17 +147,17 @@ export function prepareDevice(job: DeviceJob, opts: PrepareOptions = {}): Prepar
         await client.start();
         const st = client.status();
         if (st.step !== spec.steps) throw new Error(`device "${spec.id}" stopped after ${st.step} of ${spec.steps} steps`);
-        if (job.evalTest && curve.at(-1)?.step !== st.step) addPoint(st.step, evaluateAccuracy(model, data.test));
+        if (job.evalTest && curve.last?.step !== st.step) addPoint(st.step, evaluateAccuracy(model, data.test));
         if (job.evalTest && curve.length === 0) throw new Error(`device "${spec.id}" has an empty test split`);
         const wallMs = Math.round(performance.now() - t0);
         report(st.step, true);
-        const accs = curve.map((p) => p.acc);
+        const { curve: points, finalAcc, bestAcc } = curve.summary();
         return {
           device: spec.id,
           steps: st.step,
-          curve,
-          finalAcc: accs.at(-1) ?? NaN,
-          bestAcc: accs.length ? Math.max(...accs) : NaN,
+          curve: points,
+          finalAcc,
+          bestAcc,
           wallMs,
           backend: tf.getBackend(),
           slicesSent: st.slicesSent,

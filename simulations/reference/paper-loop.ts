@@ -1,7 +1,8 @@
 // The paper's loop in one process, with no network: a source and a target train step by step and,
 // every T_cycle steps, the adapter transfers into the target through its knowledge branch
-// (docs/DESIGN.md §1 and §9). It runs the same math modules the coordinator and the device run, so it proves
-// the math before any socket is involved.
+// (docs/DESIGN.md §1 and §9). It runs the same math modules the coordinator and the device run, and
+// the project's one training loop (client/training-loop.ts; a round is one cycle), so it proves the
+// math before any socket is involved, and its 'alone' is the baselines' and the fleet's 'alone'.
 //
 // The transfer is one-way, so the source's trajectory does not depend on the condition: it is
 // trained once per seed and its slices at every cycle are replayed into each condition. That
@@ -10,11 +11,13 @@ import * as tf from '@tensorflow/tfjs';
 import { AdapterWithOptimizer } from '../../coordinator/adapter/update.js';
 import { defaultAdapterConfig, type AdapterConfig } from '../../coordinator/adapter/config.js';
 import { noiseLikeLowRank, noiseSeed } from '../../coordinator/noise.js';
-import { batchIterator, evaluateAccuracy, type DeviceData, type Batch } from '../../client/data/dataset.js';
+import { batchIterator, type DeviceData, type Batch } from '../../client/data/dataset.js';
+import type { CurvePoint } from '../../client/curve-recorder.js';
 import { projectFeedback } from '../../client/target/feedback.js';
 import { KnowledgeBranches } from '../../client/knowledge-branch.js';
 import { readSlot, slotInfo } from '../../client/slot.js';
-import { Trainer, type OptimizerName } from '../../client/trainer.js';
+import type { OptimizerName } from '../../client/trainer.js';
+import { TrainingLoop, type TrainingHooks } from '../../client/training-loop.js';
 import { lowRankSlice } from '../../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../../shared/math/low-rank.js';
 
@@ -44,11 +47,7 @@ export interface LoopConfig {
   sourceWarmup: number;
 }
 
-export interface CurvePoint {
-  step: number;
-  acc: number;
-  loss?: number;
-}
+export type { CurvePoint };
 
 export interface ConditionOutcome {
   condition: ReferenceCondition;
@@ -73,31 +72,51 @@ function* endless(split: DeviceData['train'], batchSize: number, seed: number): 
   yield* batchIterator(split, batchSize, seed, { epochs: Infinity });
 }
 
+/** The project's one training loop on a recipe: its batches, its trainer, test points every evalEvery and at the end. */
+function loopFor(recipe: DeviceRecipe, model: tf.LayersModel, seed: number, steps: number, evalEvery: number, hooks: TrainingHooks, roundSteps?: number): TrainingLoop {
+  return new TrainingLoop({
+    model,
+    train: recipe.data.train,
+    test: recipe.data.test,
+    optimizer: recipe.optimizer,
+    lr: recipe.lr,
+    batchSize: recipe.batchSize,
+    seed,
+    steps,
+    evalEvery,
+    evalAtEnd: true,
+    roundSteps,
+    hooks,
+  });
+}
+
 /** Train the source and keep its slice at every cycle step of the target's clock. */
 export function traceSource(recipe: DeviceRecipe, cfg: LoopConfig, seed: number, onStep?: () => void): SourceTrace {
   const t0 = Date.now();
   const model = recipe.build(seed);
-  slotInfo(model, cfg.sourceSlot); // fails early with the list of slots if the name is wrong
-  const trainer = new Trainer(model, { optimizer: recipe.optimizer, lr: recipe.lr });
-  const batches = endless(recipe.data.train, recipe.batchSize, seed);
   const slices = new Map<number, LowRank>();
-  const total = cfg.sourceWarmup + cfg.steps;
-  for (let s = 0; s < total; s++) {
-    const targetStep = s - cfg.sourceWarmup;
-    if (targetStep > 0 && targetStep % cfg.tCycle === 0) {
-      const W = readSlot(model, cfg.sourceSlot);
-      slices.set(targetStep, lowRankSlice(W, cfg.rank, { seed: targetStep }));
-      W.dispose();
+  try {
+    slotInfo(model, cfg.sourceSlot); // fails early with the list of slots if the name is wrong
+    const loop = loopFor(recipe, model, seed, cfg.sourceWarmup + cfg.steps, 0, {
+      onStepBegin: (s) => {
+        const targetStep = s - cfg.sourceWarmup;
+        if (targetStep > 0 && targetStep % cfg.tCycle === 0) {
+          const W = readSlot(model, cfg.sourceSlot);
+          slices.set(targetStep, lowRankSlice(W, cfg.rank, { seed: targetStep }));
+          W.dispose();
+        }
+      },
+      onStepEnd: () => onStep?.(),
+    });
+    try {
+      while (!loop.finished) loop.trainStep();
+      return { slices, finalAcc: loop.summary().finalAcc, wallMs: Date.now() - t0 };
+    } finally {
+      loop.close();
     }
-    const b = batches.next().value as Batch;
-    trainer.step(b.xs, b.ys);
-    tf.dispose([b.xs, b.ys]);
-    onStep?.();
+  } finally {
+    model.dispose();
   }
-  const finalAcc = evaluateAccuracy(model, recipe.data.test);
-  trainer.dispose();
-  model.dispose();
-  return { slices, finalAcc, wallMs: Date.now() - t0 };
 }
 
 export function disposeTrace(trace: SourceTrace): void {
@@ -120,20 +139,15 @@ export function runTarget(
   const t0 = Date.now();
   const model = recipe.build(seed);
   slotInfo(model, cfg.targetSlot);
-  const trainer = new Trainer(model, { optimizer: recipe.optimizer, lr: recipe.lr });
   const branches = new KnowledgeBranches(model);
   const adapter = condition === 'alone' ? undefined : AdapterWithOptimizer.create(defaultAdapterConfig(cfg.rank, { seed, ...cfg.adapter }));
-  const batches = endless(recipe.data.train, recipe.batchSize, seed);
   const heldout = cfg.feedback === 'heldout' ? endless(recipe.data.val, recipe.batchSize, seed + 7919) : undefined;
 
   interface Window { input: { target: LowRank; source: LowRank }; generated: LowRank; scale: number; endStep: number; G?: tf.Tensor2D }
   let win: Window | undefined;
-  const curve: CurvePoint[] = [];
   let cycles = 0;
   let ratioSum = 0;
   let capBound = 0;
-  let lossSum = 0;
-  let lossN = 0;
 
   const closeWindow = (w: Window, G: tf.Tensor2D) => {
     const { gA, gB } = projectFeedback(G, w.generated, w.scale);
@@ -144,67 +158,62 @@ export function runTarget(
     disposeLowRank(w.generated);
   };
 
-  for (let step = 0; step < cfg.steps; step++) {
-    if (adapter && step > 0 && step % cfg.tCycle === 0) {
-      const src = trace.slices.get(step);
-      if (src) {
-        const W = branches.weight(cfg.targetSlot);
-        const target = lowRankSlice(W, cfg.rank, { seed: step });
-        W.dispose();
-        const source: LowRank =
-          condition === 'noise' ? noiseLikeLowRank(src, noiseSeed(seed, step)) : { A: src.A.clone(), B: src.B.clone() };
-        const generated = adapter.forward(target, source);
-        const r = branches.set('pair', cfg.targetSlot, generated, target, cfg.tau);
-        ratioSum += r.weightNorm > 0 ? r.branchNorm / r.weightNorm : 0;
-        if (r.scale < 1) capBound++;
-        cycles++;
-        win = { input: { target, source }, generated, scale: r.scale, endStep: step + cfg.k };
-        if (!heldout) trainer.startAccumulating(cfg.targetSlot);
-      }
-    }
-    const b = batches.next().value as Batch;
-    if (win && heldout) {
+  // A round is one cycle: the transfer at its start, feedback k steps later.
+  const loop: TrainingLoop = loopFor(recipe, model, seed, cfg.steps, cfg.evalEvery, {
+    onRoundBegin: (_round, step) => {
+      const src = adapter && step > 0 ? trace.slices.get(step) : undefined;
+      if (!adapter || !src) return;
+      const W = branches.weight(cfg.targetSlot);
+      const target = lowRankSlice(W, cfg.rank, { seed: step });
+      W.dispose();
+      const source: LowRank =
+        condition === 'noise' ? noiseLikeLowRank(src, noiseSeed(seed, step)) : { A: src.A.clone(), B: src.B.clone() };
+      const generated = adapter.forward(target, source);
+      const r = branches.set('pair', cfg.targetSlot, generated, target, cfg.tau);
+      ratioSum += r.weightNorm > 0 ? r.branchNorm / r.weightNorm : 0;
+      if (r.scale < 1) capBound++;
+      cycles++;
+      win = { input: { target, source }, generated, scale: r.scale, endStep: step + cfg.k };
+      if (!heldout) loop.trainer.startAccumulating(cfg.targetSlot);
+    },
+    onStepBegin: () => {
+      if (!win || !heldout) return;
       // held-out feedback: the gradient of the loss on val data at the weights being trained
       const hb = heldout.next().value as Batch;
-      const g = trainer.gradientOn(hb.xs, hb.ys, cfg.targetSlot);
+      const g = loop.trainer.gradientOn(hb.xs, hb.ys, cfg.targetSlot);
       const prev = win.G;
       win.G = prev ? (tf.add(prev, g) as tf.Tensor2D) : g;
       if (prev) { prev.dispose(); g.dispose(); }
       tf.dispose([hb.xs, hb.ys]);
-    }
-    lossSum += trainer.step(b.xs, b.ys);
-    lossN++;
-    tf.dispose([b.xs, b.ys]);
-    if (win && step + 1 === win.endStep) {
-      let G: tf.Tensor2D;
-      if (heldout) G = win.G!;
-      else {
-        G = trainer.takeAccumulated(cfg.targetSlot).G;
-        trainer.stopAccumulating(cfg.targetSlot);
+    },
+    onStepEnd: (step) => {
+      if (win && step === win.endStep) {
+        let G: tf.Tensor2D;
+        if (heldout) G = win.G!;
+        else {
+          G = loop.trainer.takeAccumulated(cfg.targetSlot).G;
+          loop.trainer.stopAccumulating(cfg.targetSlot);
+        }
+        closeWindow(win, G);
+        win = undefined;
       }
-      closeWindow(win, G);
-      win = undefined;
-    }
-    if ((step + 1) % cfg.evalEvery === 0 || step + 1 === cfg.steps) {
-      curve.push({ step: step + 1, acc: evaluateAccuracy(model, recipe.data.test), loss: lossSum / Math.max(1, lossN) });
-      lossSum = 0;
-      lossN = 0;
-    }
-    onStep?.();
-  }
+      onStep?.();
+    },
+  }, cfg.tCycle);
+
+  while (!loop.finished) loop.trainStep();
   if (win) {
     // the run ended inside a window: its feedback is simply not sent
     win.G?.dispose();
     disposeLowRank(win.input.target);
     disposeLowRank(win.input.source);
     disposeLowRank(win.generated);
-    if (!heldout) trainer.stopAccumulating(cfg.targetSlot);
+    if (!heldout) loop.trainer.stopAccumulating(cfg.targetSlot);
   }
-  const finalAcc = curve[curve.length - 1].acc;
-  const bestAcc = Math.max(...curve.map((p) => p.acc));
+  const { curve, finalAcc, bestAcc } = loop.summary();
   onFinish?.(model);
   branches.dispose();
-  trainer.dispose();
+  loop.close();
   adapter?.dispose();
   model.dispose();
   return {

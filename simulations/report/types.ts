@@ -3,12 +3,10 @@
 /** Training condition of the target. Variants such as 'mergenet:heldout' are allowed. */
 export type Condition = 'alone' | 'mergenet' | 'noise' | 'fedavg' | 'distill' | 'copy' | (string & {});
 
-export interface CurvePoint {
-  step: number;
-  /** Test accuracy, 0..1. */
-  acc: number;
-  loss?: number;
-}
+import type { CurvePoint } from '../../client/curve-recorder.js';
+
+/** One point of an accuracy curve: defined once, with the recorder every training loop uses. */
+export type { CurvePoint };
 
 export interface ConditionRun {
   condition: Condition;
