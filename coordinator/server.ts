@@ -232,6 +232,8 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     this.metrics.close();
     let checkpointError: unknown;
     try {
+      // Adapter work still running in workers lands before the last checkpoint reads the state.
+      await this.engine.drain();
       await this.checkpoint();
     } catch (err) {
       checkpointError = err;
@@ -242,6 +244,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
       await new Promise<void>((resolve) => this.io!.close(() => resolve()));
     }
     this.engine.dispose();
+    await this.engine.closeAdapterHost();
     this.log.info({ url: this.url }, 'coordinator closed');
     if (checkpointError) throw checkpointError;
   }
