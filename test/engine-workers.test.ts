@@ -11,16 +11,19 @@ import type { StepResult } from '../coordinator/adapter/adamw.js';
 import type { AdapterConfig } from '../coordinator/adapter/config.js';
 import type { Factors } from '../coordinator/adapter/lpka.js';
 import type { AdapterHost } from '../coordinator/adapter-host.js';
+import { deserializeAdapterState } from '../coordinator/adapter/state.js';
+import { AdapterPool } from '../coordinator/adapter-pool.js';
 import { Checkpointer } from '../coordinator/checkpoint.js';
 import { parseCoordinatorConfig } from '../coordinator/config.js';
 import { CoordinatorEngine, type EngineOptions, type Outbox, type Sender } from '../coordinator/engine.js';
 import { CoordinatorMetrics } from '../coordinator/metrics.js';
+import { installSignalHandlers, serve } from '../coordinator/server.js';
 import { wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import { silentLogger } from '../shared/log.js';
 import { ProtocolError } from '../shared/protocol/errors.js';
 import type { FeedbackMsg, SkipMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { initBackend } from '../shared/tf/backend.js';
-import { pseudoRandom, wire } from './helpers/fake-device.js';
+import { FakeDevice, pseudoRandom, wire } from './helpers/fake-device.js';
 import { parsePrometheusText, sampleValue } from './helpers/prom-text.js';
 import { waitUntil } from './helpers/wait-until.js';
 
@@ -313,5 +316,77 @@ describe('engine with adapters in worker threads', () => {
     }
     expect(e.of('transfer').length).toBe(4);
     await e.close();
+  });
+});
+
+describe('SIGTERM while adapter workers are busy', () => {
+  let dir: string;
+  beforeAll(async () => {
+    await initBackend();
+    dir = await mkdtemp(join(tmpdir(), 'mergenet-sigterm-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('the coordinator waits for the updates it accepted, checkpoints them, and exits 0', async () => {
+    // A real pool whose update replies wait for the test: the signal comes while all are out.
+    const pool = new AdapterPool(2);
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let updatesOut = 0;
+    const host: AdapterHost = {
+      size: pool.size,
+      create: (id, cfg) => pool.create(id, cfg),
+      forward: (id, t, s) => pool.forward(id, t, s),
+      update: (id, gA, gB) => {
+        updatesOut++;
+        const p = pool.update(id, gA, gB);
+        return gate.then(() => p);
+      },
+      exportState: (id) => pool.exportState(id),
+      restore: (id, b) => pool.restore(id, b),
+      drop: (id) => pool.drop(id),
+      close: () => pool.close(),
+    };
+    const ids = ['t0', 't1', 't2'];
+    const config = parseCoordinatorConfig({
+      devices: [{ id: 'src', token: 'src-secret' }, ...ids.map((id) => ({ id, token: `${id}-secret` }))],
+      defaults: { rank: R, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
+      pairs: ids.map((id) => ({ id: `p-${id}`, source: { device: 'src', slot: 'w' }, target: { device: id, slot: 'w' } })),
+      checkpoint: { dir, everyUpdates: 1000 },
+      statusEveryMs: 0,
+    });
+    const coord = await serve(config, { logger: silentLogger(), adapterHost: host });
+    const src = await FakeDevice.connect({ url: coord.url, deviceId: 'src', token: 'src-secret' });
+    await src.register([{ name: 'w', shape: SRC }]);
+    const tgts = await Promise.all(ids.map((id) => FakeDevice.connect({ url: coord.url, deviceId: id, token: `${id}-secret` })));
+    for (const t of tgts) await t.register([{ name: 'w', shape: TGT }]);
+    src.sendSlice({ slot: 'w', sliceId: 0, step: 0, rank: R, m: SRC[0], n: SRC[1] });
+    await src.barrier();
+    const transfers = await Promise.all(
+      tgts.map((t, i) => {
+        const p = t.next('transfer');
+        t.sendSlice({ slot: 'w', sliceId: 1 + i, step: 1, rank: R, m: TGT[0], n: TGT[1] });
+        return p;
+      }),
+    );
+    tgts.forEach((t, i) => t.sendFeedback(transfers[i]));
+    await waitUntil(() => updatesOut === 3, 10_000, 'three updates handed to the workers');
+    expect(coord.status().totals.queueDepth).toBe(3);
+    const exited = new Promise<number>((resolve) => {
+      const uninstall = installSignalHandlers(coord, silentLogger(), (code) => {
+        uninstall();
+        resolve(code);
+      });
+    });
+    process.emit('SIGTERM', 'SIGTERM');
+    open();
+    expect(await exited).toBe(0);
+    for (const d of [src, ...tgts]) d.close();
+    const loaded = (await new Checkpointer(dir).load())!;
+    expect(loaded.totals.updates).toBe(3);
+    expect(loaded.pairs.map((p) => [p.id, p.adapterStep, p.counters.updates])).toEqual(ids.map((id) => [`p-${id}`, 1, 1]));
+    for (const p of loaded.pairs) expect(deserializeAdapterState(p.state!).opt.stepCount).toBe(1);
   });
 });
