@@ -330,7 +330,8 @@ describe('SIGTERM while adapter workers are busy', () => {
   });
 
   it('the coordinator waits for the updates it accepted, checkpoints them, and exits 0', async () => {
-    // A real pool whose update replies wait for the test: the signal comes while all are out.
+    // A real pool whose updates wait for the test to let them through: the signal comes while all
+    // three are out, and they reach the workers only after the shutdown has begun.
     const pool = new AdapterPool(2);
     let open!: () => void;
     const gate = new Promise<void>((resolve) => (open = resolve));
@@ -341,8 +342,7 @@ describe('SIGTERM while adapter workers are busy', () => {
       forward: (id, t, s) => pool.forward(id, t, s),
       update: (id, gA, gB) => {
         updatesOut++;
-        const p = pool.update(id, gA, gB);
-        return gate.then(() => p);
+        return gate.then(() => pool.update(id, gA, gB));
       },
       exportState: (id) => pool.exportState(id),
       restore: (id, b) => pool.restore(id, b),
