@@ -346,7 +346,16 @@ export class CoordinatorEngine {
       }
     }
     this.sendPlan(from.deviceId, true);
-    for (const d of this.registry.registered()) if (d.id !== from.deviceId) this.sendPlan(d.id, false);
+    // Only the plans of devices sharing a pair with this one can change (with autoPair, any
+    // device's): asking every device made each registration O(devices × pairs).
+    const peers = new Set<string>();
+    for (const pair of this.pairs.values()) {
+      if (pair.source.device === from.deviceId) peers.add(pair.target.device);
+      if (pair.target.device === from.deviceId) peers.add(pair.source.device);
+    }
+    for (const d of this.registry.registered()) {
+      if (d.id !== from.deviceId && (this.config.autoPair.enabled || peers.has(d.id))) this.sendPlan(d.id, false);
+    }
     this.notify('register', { deviceId: from.deviceId, session: from.session });
   }
 
