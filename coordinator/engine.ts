@@ -176,9 +176,14 @@ export class CoordinatorEngine {
 
   private async writeCheckpoint(): Promise<void> {
     const checkpointer = this.checkpointer!;
-    // Serialize every adapter now. From workers, each pair's state comes with its own counters
-    // (Pair.snapshotAsync): consistent per pair, while the other pairs keep cycling meanwhile.
-    const pairs = this.host ? await Promise.all([...this.pairs.values()].map((p) => p.snapshotAsync())) : [...this.pairs.values()].map((p) => p.snapshot());
+    // Serialize every adapter that took a step since the last checkpoint (the others' files are
+    // reused: with many pairs, most are unchanged between two checkpoints). From workers, each
+    // pair's state comes with its own counters (Pair.snapshotAsync): consistent per pair, while
+    // the other pairs keep cycling meanwhile.
+    const entry = (p: Pair) => (p.hasAdapter && checkpointer.hasState(p.id, p.adapterStep) ? p.snapshotUnchanged() : undefined);
+    const pairs = this.host
+      ? await Promise.all([...this.pairs.values()].map((p) => entry(p) ?? p.snapshotAsync()))
+      : [...this.pairs.values()].map((p) => entry(p) ?? p.snapshot());
     for (const saved of this.pendingRestore.values()) pairs.push(saved);
     const updates = this.totalUpdates;
     const cyclesStarted = [...this.pairs.values()].reduce((a, p) => a + p.counters.cyclesStarted, 0);

@@ -236,6 +236,11 @@ export class Pair {
     return this.entry(state);
   }
 
+  /** This pair as a checkpoint entry whose adapter state is the previous checkpoint's (same step). */
+  snapshotUnchanged(): CheckpointPair {
+    return { ...this.entry(undefined), stateUnchanged: true };
+  }
+
   /** This pair as a checkpoint entry; the adapter is serialized now, synchronously. */
   snapshot(): CheckpointPair {
     return this.entry(this.exportState());

@@ -3,7 +3,7 @@
 // per busy pair (the latest wins, superseded ones are answered and counted), sheds cycles when the
 // pool is saturated, and counts a feedback deadline from the transfer's send; drain() lets every
 // accepted update land before the last checkpoint.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +13,7 @@ import type { Factors } from '../coordinator/adapter/lpka.js';
 import type { AdapterHost } from '../coordinator/adapter-host.js';
 import { deserializeAdapterState } from '../coordinator/adapter/state.js';
 import { AdapterPool } from '../coordinator/adapter-pool.js';
-import { Checkpointer } from '../coordinator/checkpoint.js';
+import { Checkpointer, MANIFEST_NAME } from '../coordinator/checkpoint.js';
 import { parseCoordinatorConfig } from '../coordinator/config.js';
 import { CoordinatorEngine, type EngineOptions, type Outbox, type Sender } from '../coordinator/engine.js';
 import { CoordinatorMetrics } from '../coordinator/metrics.js';
@@ -315,6 +315,41 @@ describe('engine with adapters in worker threads', () => {
       expect(Buffer.from(p.state!).equals(Buffer.from((await e.engine.adapterState(p.id))!))).toBe(true);
     }
     expect(e.of('transfer').length).toBe(4);
+    await e.close();
+  });
+
+  it('a checkpoint rewrites only the adapters that stepped since the previous one', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'mergenet-incremental-'));
+    dirs.push(dir);
+    const e = setup(3, { workers: 2, checkpointDir: dir });
+    await e.engine.restore();
+    const manifest = async () => JSON.parse(await readFile(join(dir, MANIFEST_NAME), 'utf8')) as { pairs: { id: string; adapterStep: number; state?: { file: string } }[] };
+    const cycle = async (targets: number[], sliceIds: number[]) => {
+      const before = e.of('feedback_ack').length;
+      const sent = e.of('transfer').length;
+      targets.forEach((i, k) => e.slice(e.tgts[i], TGT, sliceIds[k]));
+      await waitUntil(() => e.of('transfer').length === sent + targets.length, 20_000, 'transfers');
+      for (const t of e.of<TransferMsg>('transfer').slice(sent)) {
+        const i = Number(t.pairId.slice(3));
+        e.engine.feedback(e.tgts[i](), e.feedback(t, i));
+      }
+      await waitUntil(() => e.of('feedback_ack').length === before + targets.length, 20_000, 'acks');
+    };
+    e.slice(e.src, SRC, 0);
+    await cycle([0, 1, 2], [1, 2, 3]);
+    await e.engine.checkpoint();
+    const first = await manifest();
+    await cycle([1], [4]);
+    await e.engine.checkpoint();
+    const second = await manifest();
+    const file = (m: typeof first, id: string) => m.pairs.find((p) => p.id === id)!.state!.file;
+    expect(file(second, 'p-t0')).toBe(file(first, 'p-t0'));
+    expect(file(second, 'p-t2')).toBe(file(first, 'p-t2'));
+    expect(file(second, 'p-t1')).not.toBe(file(first, 'p-t1'));
+    // the reused files are still there, and the whole checkpoint loads bit for bit
+    const loaded = (await new Checkpointer(dir).load())!;
+    expect(loaded.pairs.map((p) => [p.id, p.adapterStep])).toEqual([['p-t0', 1], ['p-t1', 2], ['p-t2', 1]]);
+    for (const p of loaded.pairs) expect(Buffer.from(p.state!).equals(Buffer.from((await e.engine.adapterState(p.id))!))).toBe(true);
     await e.close();
   });
 });
