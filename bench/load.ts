@@ -72,9 +72,13 @@ async function main(): Promise<void> {
   const coord = await serve(config, { logger: createLogger('coordinator', process.env.MERGENET_LOG_LEVEL ?? 'warn') });
   let updates = 0;
   coord.on('update', () => updates++);
-  const rss: { t: number; mb: number }[] = [];
+  const rss: { t: number; mb: number; heapMb: number; externalMb: number }[] = [];
   const t0 = performance.now();
-  const sampler = setInterval(() => rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(process.memoryUsage().rss) }), 5000);
+  const sampler = setInterval(() => {
+    // heap and external are the main thread's; RSS also holds the adapter workers' heaps
+    const m = process.memoryUsage();
+    rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(m.rss), heapMb: mb(m.heapUsed), externalMb: mb(m.external) });
+  }, 5000);
 
   const here = dirname(fileURLToPath(import.meta.url));
   const child = fork(join(here, 'load-devices.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
