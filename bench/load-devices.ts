@@ -42,6 +42,8 @@ export interface LoadDevicesReport {
   latencyMs: number[];
   lateRegisterMs: (number | null)[];
   rejects: Record<string, number>;
+  /** target slices answered with a skip, by reason */
+  skips: Record<string, number>;
   disconnects: number;
 }
 
@@ -89,6 +91,10 @@ class SimDevice {
       this.stats.rejects[r.code] = (this.stats.rejects[r.code] ?? 0) + 1;
     });
     socket.on('transfer', (b) => this.onTransfer(b));
+    socket.on('skip', (b) => {
+      const r = decodeMessage(b) as { reason: string };
+      this.stats.skips[r.reason] = (this.stats.skips[r.reason] ?? 0) + 1;
+    });
     socket.on('disconnect', () => {
       this.stats.disconnects++;
     });
@@ -153,6 +159,7 @@ class SimDevice {
         cycleId: m.cycleId,
         steps: 1,
         scale: 1,
+        gateGrad: 0,
         gA: randomWire(rows, r, 0.01),
         gB: randomWire(r, cols, 0.01),
         metrics: { step: this.step, loss: 1 },
@@ -169,7 +176,7 @@ class SimDevice {
 async function run(job: LoadDevicesJob): Promise<LoadDevicesReport> {
   const stats: LoadDevicesReport = {
     registered: 0, failedToRegister: 0, registerAllMs: 0, loadMs: 0, slicesSent: 0, transfers: 0, feedbackSent: 0,
-    latencyMs: [], lateRegisterMs: [], rejects: {}, disconnects: 0,
+    latencyMs: [], lateRegisterMs: [], rejects: {}, skips: {}, disconnects: 0,
   };
   let measuring = false;
   const latencies: number[] = [];

@@ -45,8 +45,9 @@ async function main(): Promise<void> {
     .option('--late <n>', 'late devices that register during the load', positiveInt, 5)
     .option('--checkpoint-every <n>', 'checkpoint every n adapter updates (0: off)', (v) => Number(v), 50)
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
+    .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
-    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number }>();
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto' }>();
   const shapes = SLOT_SETS[o.slots];
   if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
   const pairs = Math.floor(o.devices / 2);
@@ -58,7 +59,9 @@ async function main(): Promise<void> {
   const dir = o.checkpointEvery > 0 ? await mkdtemp(join(tmpdir(), 'mergenet-load-')) : undefined;
   const config = parseCoordinatorConfig({
     devices: [...devices, ...late].map((d) => ({ id: d.id, token: d.token })),
-    defaults: { rank: o.rank, tCycle: 1, k: 1 },
+    // The LPKA runs every cycle (no pass-through start, no guard to stop a pair): the load is the adapter's.
+    defaults: { rank: o.rank, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
+    throughput: { adapterWorkers: o.workers },
     pairs: Array.from({ length: pairs }, (_, i) => ({ id: `p${i}`, source: { device: `d${2 * i}`, slot: 's' }, target: { device: `d${2 * i + 1}`, slot: 't' } })),
     checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery } : {},
     statusEveryMs: 0,
@@ -69,9 +72,13 @@ async function main(): Promise<void> {
   const coord = await serve(config, { logger: createLogger('coordinator', process.env.MERGENET_LOG_LEVEL ?? 'warn') });
   let updates = 0;
   coord.on('update', () => updates++);
-  const rss: { t: number; mb: number }[] = [];
+  const rss: { t: number; mb: number; heapMb: number; externalMb: number }[] = [];
   const t0 = performance.now();
-  const sampler = setInterval(() => rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(process.memoryUsage().rss) }), 5000);
+  const sampler = setInterval(() => {
+    // heap and external are the main thread's; RSS also holds the adapter workers' heaps
+    const m = process.memoryUsage();
+    rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(m.rss), heapMb: mb(m.heapUsed), externalMb: mb(m.external) });
+  }, 5000);
 
   const here = dirname(fileURLToPath(import.meta.url));
   const child = fork(join(here, 'load-devices.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -118,7 +125,9 @@ async function main(): Promise<void> {
     eventLoopLagMs: { p50: +(lag.percentile(50) / 1e6).toFixed(1), p99: +(lag.percentile(99) / 1e6).toFixed(1), max: +(lag.max / 1e6).toFixed(1) },
     lateRegisterMs: { each: report.lateRegisterMs, max: lateOk.length ? lateOk[lateOk.length - 1] : null, timedOut: report.lateRegisterMs.filter((x) => x === null).length },
     rssMb: rss,
+    adapterWorkers: status.totals.adapterWorkers ?? 0,
     drops: status.drops,
+    skips: report.skips,
     rejects: report.rejects,
     device: { slicesSent: report.slicesSent, transfers: report.transfers, feedbackSent: report.feedbackSent, disconnects: report.disconnects },
   };
@@ -130,7 +139,7 @@ async function main(): Promise<void> {
       `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered, ${result.adapterUpdatesPerSec} updates/s; ` +
       `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
       `loop lag p99 ${result.eventLoopLagMs.p99} ms; late register max ${result.lateRegisterMs.max} ms (${result.lateRegisterMs.timedOut} timed out); ` +
-      `RSS ${rssFirst} → ${rssLast} MB; drops ${JSON.stringify(status.drops)}; rejects ${JSON.stringify(report.rejects)}\n`,
+      `RSS ${rssFirst} → ${rssLast} MB; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
   );
 }
 

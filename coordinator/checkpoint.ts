@@ -73,6 +73,11 @@ export interface CheckpointPair {
   gate?: GateState;
   alignment?: Alignment;
   state?: Uint8Array;
+  /**
+   * Saving only: the adapter state is the one of the last checkpoint this Checkpointer wrote or
+   * loaded (same adapter step; see hasState), whose file is reused instead of writing it again.
+   */
+  stateUnchanged?: boolean;
 }
 
 export interface CheckpointData {
@@ -121,6 +126,8 @@ async function syncDir(dir: string): Promise<void> {
 export class Checkpointer {
   private generation = 0;
   private queue: Promise<unknown> = Promise.resolve();
+  /** each pair's state file in the last checkpoint written or loaded, with its adapter step */
+  private readonly files = new Map<string, { adapterStep: number; ref: NonNullable<CheckpointManifest['pairs'][number]['state']> }>();
 
   constructor(readonly dir: string) {}
 
@@ -156,9 +163,18 @@ export class Checkpointer {
       }
       const { state: _s, ...rest } = p;
       pairs.push({ ...rest, state });
+      if (p.state) this.files.set(p.id, { adapterStep: p.adapterStep, ref: p.state });
     }
     this.generation = Math.max(this.generation, manifest.generation);
     return { generation: manifest.generation, savedAt: manifest.savedAt, totals: manifest.totals, pairs };
+  }
+
+  /**
+   * Whether the last checkpoint written or loaded holds this pair's state at this adapter step,
+   * so that the next save may pass it as `stateUnchanged` (the state changes only with a step).
+   */
+  hasState(pairId: string, adapterStep: number): boolean {
+    return this.files.get(pairId)?.adapterStep === adapterStep;
   }
 
   /** Queue a save of `data`; resolves when it is durable. Returns the generation written. */
@@ -183,9 +199,15 @@ export class Checkpointer {
     };
     const keep = new Set<string>([MANIFEST_NAME]);
     for (const [i, p] of data.pairs.entries()) {
-      const { state, ...rest } = p;
+      const { state, stateUnchanged, ...rest } = p;
       let stateRef: CheckpointManifest['pairs'][number]['state'];
-      if (state) {
+      if (stateUnchanged) {
+        // Unchanged since the last checkpoint: its file is already durable.
+        const prev = this.files.get(p.id);
+        if (!prev || prev.adapterStep !== p.adapterStep) throw new CheckpointError(`pair ${p.id}: no saved state at adapter step ${p.adapterStep} to reuse`);
+        stateRef = prev.ref;
+        keep.add(prev.ref.file);
+      } else if (state) {
         const file = fileNameFor(i, p.id, generation);
         await writeFileAtomic(join(this.dir, file), state);
         keep.add(file);
@@ -197,6 +219,8 @@ export class Checkpointer {
     await syncDir(this.dir);
     await writeFileAtomic(join(this.dir, MANIFEST_NAME), Buffer.from(JSON.stringify(manifest, null, 2) + '\n', 'utf8'));
     await syncDir(this.dir);
+    this.files.clear();
+    for (const p of manifest.pairs) if (p.state) this.files.set(p.id, { adapterStep: p.adapterStep, ref: p.state });
     for (const name of await readdir(this.dir)) {
       if (keep.has(name)) continue;
       if (/^pair-.*\.g\d+\.bin$/.test(name) || isAtomicTempName(name)) {

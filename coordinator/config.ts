@@ -2,6 +2,7 @@
 // field (e.g. `pairs[1].target.slot: required`). Tokens given by environment variable or file are
 // resolved here, at load, so that a missing secret fails at start-up and not at the first handshake.
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -181,6 +182,14 @@ const rawConfigSchema = z.strictObject({
       sourceMaxAgeMs: posInt.default(120_000),
     })
     .prefault({}),
+  /** Where adapters run (docs/DESIGN.md §11): 0 on the event loop; N or 'auto' (one per core) in worker threads. */
+  throughput: z
+    .strictObject({
+      adapterWorkers: z.union([z.literal('auto'), nonNegInt.max(256)]).default(0),
+      /** adapter requests waiting in the pool, per worker, beyond which new cycles are skipped as `overloaded` */
+      maxQueuedPerWorker: posInt.default(8),
+    })
+    .prefault({}),
   checkpoint: z
     .strictObject({
       dir: z.string().min(1).optional(),
@@ -276,6 +285,8 @@ export interface CoordinatorConfig {
   autoPair: { enabled: boolean; slot: 'first' | string; sourceMode: SourceMode };
   limits: { maxMessageBytes: number; maxRank: number };
   timing: { cycleTimeoutMs: number; sourceMaxAgeMs: number };
+  /** adapterWorkers resolved ('auto': the cores); 0: adapters run on the event loop */
+  throughput: { adapterWorkers: number; maxQueuedPerWorker: number };
   checkpoint: { dir?: string; everyUpdates: number };
   statusEveryMs: number;
 }
@@ -426,6 +437,10 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     autoPair: raw.autoPair,
     limits: raw.limits,
     timing: raw.timing,
+    throughput: {
+      adapterWorkers: raw.throughput.adapterWorkers === 'auto' ? availableParallelism() : raw.throughput.adapterWorkers,
+      maxQueuedPerWorker: raw.throughput.maxQueuedPerWorker,
+    },
     checkpoint: {
       dir: raw.checkpoint.dir === undefined ? undefined : resolve(baseDir, raw.checkpoint.dir),
       everyUpdates: raw.checkpoint.everyUpdates,

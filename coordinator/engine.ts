@@ -6,6 +6,10 @@
 import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
+import type { StepResult } from './adapter/adamw.js';
+import { factorShapes, factorsOf, type AdapterHost } from './adapter-host.js';
+import { AdapterPool } from './adapter-pool.js';
+import { Backpressure } from './backpressure.js';
 import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
@@ -16,7 +20,7 @@ import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint
 import { CoalescingWriter } from './checkpoint-coalescer.js';
 import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
-import { Pair, type CycleDropReason } from './pair.js';
+import { Pair, type CycleDropReason, type InFlightCycle } from './pair.js';
 import { autoPairConfigs, autoPairRank, planFor, planNotes } from './plan.js';
 import { OutputChannelRouter } from './output-channel.js';
 import { ProbeSplits } from './probe-splits.js';
@@ -55,6 +59,12 @@ export interface RestoreSummary {
   pairs?: number;
 }
 
+/** What tests and benchmarks may inject. */
+export interface EngineOptions {
+  /** where adapters run instead of a worker pool of throughput.adapterWorkers threads */
+  adapterHost?: AdapterHost;
+}
+
 function fail(code: ErrorCode, reason: string): never {
   throw new ProtocolError(code, reason);
 }
@@ -78,6 +88,11 @@ export class CoordinatorEngine {
   /** The public probe splits and the output channel's routing (docs/DESIGN.md §10). */
   readonly probes: ProbeSplits;
   private readonly output: OutputChannelRouter;
+  /** Adapters off the event loop (created when first needed), and the backpressure of their cycles. */
+  private host?: AdapterHost;
+  private readonly work = new Backpressure();
+  /** Set by drain(): no new cycle starts. */
+  private closing = false;
 
   constructor(
     private readonly config: CoordinatorConfig,
@@ -86,10 +101,12 @@ export class CoordinatorEngine {
     private readonly notify: Notify,
     /** the clock of sweep() and status (injected by tests; messages carry their own `now`) */
     private readonly now: () => number = Date.now,
+    opts: EngineOptions = {},
   ) {
     this.startedAt = now();
+    this.host = opts.adapterHost;
     this.registry = new Registry(config.devices);
-    for (const pc of config.pairs) this.pairs.set(pc.id, new Pair(pc));
+    for (const pc of config.pairs) this.pairs.set(pc.id, new Pair(pc, () => this.adapterHost()));
     if (config.checkpoint.dir) this.checkpointer = new Checkpointer(config.checkpoint.dir);
     this.probes = new ProbeSplits(config.probes);
     this.output = new OutputChannelRouter(config, this.registry, this.probes, outbox, log, {
@@ -178,8 +195,14 @@ export class CoordinatorEngine {
 
   private async writeCheckpoint(): Promise<void> {
     const checkpointer = this.checkpointer!;
-    // Serialize every adapter now, synchronously, so the checkpoint is one consistent instant.
-    const pairs = [...this.pairs.values()].map((p) => p.snapshot());
+    // Serialize every adapter that took a step since the last checkpoint (the others' files are
+    // reused: with many pairs, most are unchanged between two checkpoints). From workers, each
+    // pair's state comes with its own counters (Pair.snapshotAsync): consistent per pair, while
+    // the other pairs keep cycling meanwhile.
+    const entry = (p: Pair) => (p.hasAdapter && checkpointer.hasState(p.id, p.adapterStep) ? p.snapshotUnchanged() : undefined);
+    const pairs = this.host
+      ? await Promise.all([...this.pairs.values()].map((p) => entry(p) ?? p.snapshotAsync()))
+      : [...this.pairs.values()].map((p) => entry(p) ?? p.snapshot());
     for (const saved of this.pendingRestore.values()) pairs.push(saved);
     const updates = this.totalUpdates;
     const cyclesStarted = [...this.pairs.values()].reduce((a, p) => a + p.counters.cyclesStarted, 0);
@@ -197,6 +220,7 @@ export class CoordinatorEngine {
       deviceRejects: this.deviceRejects,
       pairs: [...this.pairs.values()],
       drops: this.drops,
+      adapterHost: this.host ? { workers: this.host.size, queued: this.work.queued, pending: this.work.pending } : undefined,
     });
   }
 
@@ -208,10 +232,41 @@ export class CoordinatorEngine {
     return this.pairs.get(pairId)?.exportState();
   }
 
+  /** The same, wherever the adapter lives (from its worker, in order after its pending requests). */
+  adapterState(pairId: string): Promise<Uint8Array | undefined> {
+    return this.pairs.get(pairId)?.exportStateAsync() ?? Promise.resolve(undefined);
+  }
+
+  /**
+   * Stop starting cycles and wait for the adapter work in the workers: every update whose feedback
+   * was accepted lands in the adapters (so a checkpoint after this holds it). Held slices are let go.
+   */
+  async drain(): Promise<void> {
+    this.closing = true;
+    this.work.clearHeld();
+    await this.work.drain();
+  }
+
   /** Dispose every adapter, remembered cycle input and stored slice. */
   dispose(): void {
     for (const p of this.pairs.values()) p.dispose();
     this.registry.dispose();
+  }
+
+  /** Stop the adapter workers (after dispose(); their state is gone). */
+  async closeAdapterHost(): Promise<void> {
+    const host = this.host;
+    this.host = undefined;
+    await host?.close();
+  }
+
+  /** The adapter host, creating the worker pool the config asks for on first use. */
+  private adapterHost(): AdapterHost | undefined {
+    if (!this.host && this.config.throughput.adapterWorkers > 0) {
+      this.host = new AdapterPool(this.config.throughput.adapterWorkers);
+      this.log.info({ workers: this.host.size }, 'adapter worker pool started');
+    }
+    return this.host;
   }
 
   // ---------------------------------------------------------------- connections and drops
@@ -227,8 +282,12 @@ export class CoordinatorEngine {
       this.outbox.disconnect(previousSocketId);
     }
     for (const pair of this.pairs.values()) {
-      // every cycle in flight belongs to an earlier session: this one was just created
-      if (pair.target.device === deviceId && pair.inFlight) this.dropCycle(pair, 'session_replaced');
+      if (pair.target.device !== deviceId) continue;
+      // every cycle in flight belongs to an earlier session: this one was just created (an update
+      // already running in a worker completes; its feedback was accepted)
+      if (pair.inFlight && !pair.inFlight.applying) this.dropCycle(pair, 'session_replaced');
+      // a slice held for the pair came on the old connection
+      this.work.take(pair.id);
     }
     return session;
   }
@@ -311,7 +370,16 @@ export class CoordinatorEngine {
       }
     }
     this.sendPlan(from.deviceId, true);
-    for (const d of this.registry.registered()) if (d.id !== from.deviceId) this.sendPlan(d.id, false);
+    // Only the plans of devices sharing a pair with this one can change (with autoPair, any
+    // device's): asking every device made each registration O(devices × pairs).
+    const peers = new Set<string>();
+    for (const pair of this.pairs.values()) {
+      if (pair.source.device === from.deviceId) peers.add(pair.target.device);
+      if (pair.target.device === from.deviceId) peers.add(pair.source.device);
+    }
+    for (const d of this.registry.registered()) {
+      if (d.id !== from.deviceId && (this.config.autoPair.enabled || peers.has(d.id))) this.sendPlan(d.id, false);
+    }
     this.notify('register', { deviceId: from.deviceId, session: from.session });
   }
 
@@ -319,7 +387,7 @@ export class CoordinatorEngine {
   private createAutoPairs(): void {
     for (const pc of autoPairConfigs(this.config, this.registry.registered(), this.pairs.values())) {
       const id = pc.id;
-      let pair = new Pair(pc);
+      let pair = new Pair(pc, () => this.adapterHost());
       const saved = this.pendingRestore.get(id);
       if (saved) {
         try {
@@ -329,7 +397,7 @@ export class CoordinatorEngine {
           // blocking every registration.
           this.log.error({ err, pairId: id }, 'could not restore an auto pair; it starts fresh');
           pair.dispose();
-          pair = new Pair(pc);
+          pair = new Pair(pc, () => this.adapterHost());
         }
         this.pendingRestore.delete(id);
       }
@@ -504,6 +572,9 @@ export class CoordinatorEngine {
       const msg: SkipMsg = { pairId: pair.id, sliceId: slice.sliceId, reason };
       this.outbox.send(from.connectionId, EVENTS.skip, msg);
     };
+    // Where the adapter runs in a worker, a busy pair holds the slice instead (backpressure.ts).
+    const host = pair.usesAdapter ? this.adapterHost() : undefined;
+    if (host && (pair.inFlight || this.work.isForwarding(pair.id)) && !pair.inFlightExpired(now)) return this.holdSlice(pair, slice, from);
     if (pair.inFlight) {
       if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
       else return skip('in_flight');
@@ -515,6 +586,12 @@ export class CoordinatorEngine {
     const last = pair.counters.lastCycleStep;
     // A step count that went backwards means the device restarted its training: count afresh.
     if (last !== undefined && slice.step >= last && slice.step - last < pair.config.tCycle) return skip('too_soon');
+    if (host) {
+      if (this.closing) return;
+      // Saturated: shed this cycle rather than queue it behind the others.
+      if (this.work.queued >= this.config.throughput.maxQueuedPerWorker * host.size) return skip('overloaded');
+      return this.startCycleInWorker(pair, slice, src, from, skip);
+    }
 
     let cycleId: number | undefined;
     try {
@@ -557,6 +634,106 @@ export class CoordinatorEngine {
     }
   }
 
+  /**
+   * Hold a target slice for a busy pair (its one pending slice). The slice it supersedes is
+   * answered with a skip and counted as a `superseded` drop.
+   */
+  private holdSlice(pair: Pair, slice: StoredSlice, from: Sender): void {
+    const old = this.work.hold(pair.id, { sliceId: slice.sliceId, from });
+    if (!old) return;
+    this.countDrop('superseded');
+    pair.countDrop('superseded');
+    const msg: SkipMsg = { pairId: pair.id, sliceId: old.sliceId, reason: 'superseded' };
+    this.outbox.send(old.from.connectionId, EVENTS.skip, msg);
+  }
+
+  /** The pair is free again: start its held slice, if that is still the target's latest. */
+  private resume(pair: Pair): void {
+    if (this.closing || pair.inFlight || this.work.isForwarding(pair.id)) return;
+    const held = this.work.take(pair.id);
+    if (!held || !pair.active) return;
+    const slice = this.registry.latestSlice(pair.target.device, pair.target.slot);
+    if (!slice || slice.sliceId !== held.sliceId || slice.session !== held.from.session) return;
+    if (this.registry.get(pair.target.device)?.session !== held.from.session) return;
+    this.tryStartCycle(pair, slice, { ...held.from, now: this.now() });
+  }
+
+  /**
+   * tryStartCycle where the adapter lives in a worker: the input is made here, the forward runs
+   * there, and the transfer leaves when it returns. The cycle's deadline counts from then.
+   */
+  private startCycleInWorker(pair: Pair, slice: StoredSlice, src: StoredSlice, from: Sender, skip: (reason: SkipReason) => void): void {
+    let input;
+    try {
+      pair.ensureAdapter();
+      const r = pair.rank;
+      input = pair.prepareCycle(truncateLowRank(slice, r), truncateLowRank(src, r));
+    } catch (err) {
+      this.log.error({ err, pairId: pair.id }, 'could not start a cycle');
+      return skip('internal');
+    }
+    const host = pair.remoteHost!;
+    const sliceId = slice.sliceId;
+    const step = slice.step;
+    const sourceStep = src.step;
+    const t0 = performance.now();
+    this.work
+      .forward(pair.id, host.forward(pair.id, factorsOf(input.target), factorsOf(input.source)))
+      .then(
+        (out) => {
+          const adapterMs = performance.now() - t0;
+          // The world may have moved on while the worker ran.
+          if (this.closing || !pair.active) {
+            disposeLowRank(input.target);
+            disposeLowRank(input.source);
+            return;
+          }
+          if (this.registry.get(pair.target.device)?.session !== from.session) {
+            disposeLowRank(input.target);
+            disposeLowRank(input.source);
+            this.countDrop('session_replaced');
+            pair.countDrop('session_replaced');
+            return;
+          }
+          const shapes = factorShapes(out);
+          const { cycleId, gate } = pair.commitCycle(input, shapes, true, {
+            session: from.session,
+            sliceId,
+            step,
+            now: this.now(),
+            timeoutMs: this.config.timing.cycleTimeoutMs,
+            sourceStep,
+          });
+          const msg: TransferMsg = {
+            pairId: pair.id,
+            cycleId,
+            sliceId,
+            slot: pair.target.slot,
+            A: tensorToWire(out.A, shapes.A),
+            B: tensorToWire(out.B, shapes.B),
+            adapterStep: pair.adapterStep,
+            gate,
+          };
+          try {
+            this.outbox.send(from.connectionId, EVENTS.transfer, msg, { maxBytes: this.config.limits.maxMessageBytes });
+          } catch (err) {
+            this.log.error({ err, pairId: pair.id, cycleId }, 'could not send a transfer');
+            this.dropCycle(pair, 'internal');
+            return;
+          }
+          this.notify('cycle', { pairId: pair.id, cycleId, sliceId, targetDevice: pair.target.device, sourceMode: pair.config.sourceMode, adapterStep: pair.adapterStep, gate, adapterMs });
+        },
+        (err) => {
+          disposeLowRank(input.target);
+          disposeLowRank(input.source);
+          this.log.error({ err, pairId: pair.id }, 'could not start a cycle');
+          skip('internal');
+        },
+      )
+      .catch((err: unknown) => this.log.error({ err, pairId: pair.id }, 'cycle bookkeeping failed'))
+      .finally(() => this.resume(pair));
+  }
+
   /** Abandon a pair's in-flight cycle (its input is disposed) and count it. */
   private dropCycle(pair: Pair, reason: CycleDropReason): void {
     const c = pair.dropInFlight(reason);
@@ -570,7 +747,11 @@ export class CoordinatorEngine {
   sweep(): void {
     try {
       const now = this.now();
-      for (const pair of this.pairs.values()) if (pair.inFlightExpired(now)) this.dropCycle(pair, 'cycle_timeout');
+      for (const pair of this.pairs.values()) {
+        if (!pair.inFlightExpired(now)) continue;
+        this.dropCycle(pair, 'cycle_timeout');
+        this.resume(pair);
+      }
     } catch (err) {
       this.log.error({ err }, 'sweep failed');
     }
@@ -609,6 +790,7 @@ export class CoordinatorEngine {
       const what = ended === 'completed' ? 'was already applied' : msg.cycleId >= pair.nextCycleId ? 'was never started' : 'is not in flight';
       fail('stale_cycle', `cycle ${msg.cycleId} of pair ${pair.id} ${what} (${now})`);
     }
+    if (c.applying) fail('stale_cycle', `cycle ${msg.cycleId} of pair ${pair.id} is being applied`);
     if (c.session !== from.session) fail('session_replaced', `cycle ${c.cycleId} was sent to an earlier connection of this device`);
     if (from.now > c.deadline) {
       this.dropCycle(pair, 'cycle_timeout');
@@ -618,6 +800,7 @@ export class CoordinatorEngine {
     const gB = wireToFloat32(msg.gB, { name: 'feedback.gB', shape: c.outShapes.B });
 
     // Valid: apply.
+    if (c.adapterRan && pair.remoteHost) return this.feedbackInWorker(pair, c, gA.values, gB.values, from, msg);
     const tA = tf.tensor2d(gA.values, c.outShapes.A, 'float32');
     const tB = tf.tensor2d(gB.values, c.outShapes.B, 'float32');
     let res;
@@ -629,7 +812,41 @@ export class CoordinatorEngine {
       tA.dispose();
       tB.dispose();
     }
-    const adapterMs = performance.now() - t0;
+    this.feedbackApplied(pair, c.cycleId, res, from, msg, performance.now() - t0);
+  }
+
+  /**
+   * feedback() where the adapter lives in a worker: its update runs there, and the cycle counts as
+   * in flight (and cannot time out or be replaced) until it is back; then the same bookkeeping.
+   */
+  private feedbackInWorker(pair: Pair, c: InFlightCycle, gA: Float32Array, gB: Float32Array, from: Sender, msg: FeedbackMsg): void {
+    c.applying = true;
+    const host = pair.remoteHost!;
+    const t0 = performance.now();
+    // Exact copies: a view may share a larger buffer, which postMessage would copy whole.
+    this.work
+      .track(host.update(pair.id, gA.slice(), gB.slice()))
+      .then(
+        (step: StepResult) => {
+          const res = pair.completeFeedback(step, msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc, sourceGrad: msg.sourceGrad });
+          this.feedbackApplied(pair, c.cycleId, res, from, msg, performance.now() - t0);
+        },
+        (err: unknown) => {
+          pair.failFeedback();
+          throw err;
+        },
+      )
+      .catch((err: unknown) => {
+        // What the edge does for a synchronous failure: counted once, as internal.
+        this.log.error({ err, pairId: pair.id, cycleId: c.cycleId }, 'adapter update failed');
+        this.countReject(from.deviceId, 'internal', pair.id);
+        this.notify('drop', { code: 'internal', reason: ERROR_CODES.internal, event: 'feedback', deviceId: from.deviceId, pairId: pair.id, cycleId: c.cycleId });
+      })
+      .finally(() => this.resume(pair));
+  }
+
+  /** After an update (or the gate's step alone): metrics, ack, events, the periodic checkpoint. */
+  private feedbackApplied(pair: Pair, cycleId: number, res: { adapter?: StepResult; gate: ReturnType<Pair['completeFeedback']>['gate'] }, from: Sender, msg: FeedbackMsg, adapterMs: number): void {
     if (msg.branchRatio !== undefined) pair.lastBranchRatio = msg.branchRatio;
     this.registry.setMetrics(from.deviceId, msg.metrics, from.now);
     this.totalUpdates++;
@@ -637,10 +854,10 @@ export class CoordinatorEngine {
     const gradNorm = res.adapter?.gradNorm ?? 0;
     const clipped = res.adapter?.clipped ?? false;
     // The cycle is complete: tell the target (its feedback counted, and the step it produced).
-    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: step, updates: pair.counters.updates };
+    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: cycleId, adapterStep: step, updates: pair.counters.updates };
     this.outbox.send(from.connectionId, EVENTS.feedbackAck, ack);
-    this.log.debug({ pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
-    this.notify('update', { pairId: pair.id, cycleId: c.cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
+    this.log.debug({ pairId: pair.id, cycleId: cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
+    this.notify('update', { pairId: pair.id, cycleId: cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
     if (res.gate.decided) this.gateDecided(pair);
     this.periodicCheckpoint();
   }

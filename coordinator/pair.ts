@@ -7,6 +7,7 @@ import { disposeLowRank } from '../shared/math/low-rank.js';
 import type { ErrorCode } from '../shared/protocol/errors.js';
 import { deserializeAdapterState, serializeAdapterState } from './adapter/state.js';
 import { AdapterWithOptimizer } from './adapter/update.js';
+import type { AdapterHost } from './adapter-host.js';
 import type { StepResult } from './adapter/adamw.js';
 import type { CheckpointPair, PairCountersSnapshot } from './checkpoint.js';
 import { hash32, pairAdapterConfig, type Endpoint, type PairConfig } from './config.js';
@@ -39,6 +40,8 @@ export interface InFlightCycle {
   adapterRan: boolean;
   /** shapes of A′ and B′: the feedback's gA and gB must have these */
   outShapes: { A: [number, number]; B: [number, number] };
+  /** accepted feedback whose update is running in a worker: the cycle can no longer time out or be replaced */
+  applying?: boolean;
 }
 
 export interface PairCounters {
@@ -93,6 +96,8 @@ export class Pair {
   /** g after each update (at most GATE_TRACE entries: every other one is dropped when full), for reports */
   readonly gateTrace: { update: number; gate: number }[] = [];
   private model?: AdapterWithOptimizer;
+  /** The optimiser step of an adapter that lives in an AdapterHost (undefined: none there). */
+  private remoteStep?: number;
   private readonly ended = new Map<number, Ended>();
   /**
    * Every cycle that ended by its deadline, kept for the coordinator's lifetime (not only the last
@@ -102,7 +107,11 @@ export class Pair {
   private readonly timedOut = new Set<number>();
   private readonly seed: number;
 
-  constructor(readonly config: PairConfig) {
+  constructor(
+    readonly config: PairConfig,
+    /** where the adapter lives if not on this thread (the engine's worker pool); asked when first needed */
+    private readonly hostOf?: () => AdapterHost | undefined,
+  ) {
     this.id = config.id;
     this.source = config.source;
     this.target = config.target;
@@ -112,12 +121,17 @@ export class Pair {
   }
 
   get hasAdapter(): boolean {
-    return this.model !== undefined;
+    return this.model !== undefined || this.remoteStep !== undefined;
   }
 
   /** Optimiser steps taken (0 before the adapter exists). */
   get adapterStep(): number {
-    return this.model?.step ?? 0;
+    return this.model?.step ?? this.remoteStep ?? 0;
+  }
+
+  /** The host holding this pair's adapter, if it lives off the event loop. */
+  get remoteHost(): AdapterHost | undefined {
+    return this.remoteStep !== undefined ? this.hostOf?.() : undefined;
   }
 
   /**
@@ -157,11 +171,17 @@ export class Pair {
 
   /** Create the adapter at the current effective rank, unless it exists or is not used. */
   ensureAdapter(): void {
-    if (this.model || this.alignment === undefined || !this.usesAdapter) return;
+    if (this.hasAdapter || this.alignment === undefined || !this.usesAdapter) return;
     const cfg = pairAdapterConfig(this.config, this.rank);
     // A pass-through start learns refinements at its own (small) rate.
     if (this.alignment !== 'none') cfg.lr = this.config.refineLr;
-    this.model = AdapterWithOptimizer.create(cfg);
+    const host = this.hostOf?.();
+    if (host) {
+      // Requests of a pair reach its worker in order, so nothing waits for this; should it fail,
+      // the pair's next forward fails (no adapter there) and that cycle is dropped as internal.
+      host.create(this.id, cfg).catch(() => undefined);
+      this.remoteStep = 0;
+    } else this.model = AdapterWithOptimizer.create(cfg);
   }
 
   /** The join-time transfer the target is asked for (pass-through starts only), if any. */
@@ -184,7 +204,16 @@ export class Pair {
     if (saved.state) {
       const { adapter, opt } = deserializeAdapterState(saved.state);
       this.model?.dispose();
-      this.model = new AdapterWithOptimizer(adapter, opt);
+      this.model = undefined;
+      const host = this.hostOf?.();
+      if (host) {
+        // Read here for the rank and step; the state itself moves to the pair's worker (in order,
+        // ahead of any forward; a failure there fails the next forward, as in ensureAdapter).
+        this.remoteStep = opt.stepCount;
+        adapter.dispose();
+        opt.dispose();
+        host.restore(this.id, saved.state).catch(() => undefined);
+      } else this.model = new AdapterWithOptimizer(adapter, opt);
       this.rank = adapter.config.rank;
     }
     this.nextCycleId = saved.nextCycleId;
@@ -199,11 +228,38 @@ export class Pair {
 
   /** Bytes of the adapter and optimiser state (undefined before the adapter exists). */
   exportState(): Uint8Array | undefined {
+    if (this.remoteStep !== undefined) throw new Error(`pair ${this.id}: the adapter lives in a worker; use exportStateAsync()`);
     return this.model ? serializeAdapterState(this.model.adapter, this.model.opt) : undefined;
+  }
+
+  /** The same bytes, wherever the adapter lives. */
+  async exportStateAsync(): Promise<Uint8Array | undefined> {
+    const host = this.remoteHost;
+    return host ? host.exportState(this.id) : this.exportState();
+  }
+
+  /**
+   * This pair as a checkpoint entry, wherever the adapter lives. From a worker, the counters are
+   * read when its state arrives: the worker answers a pair's requests in order, so every update
+   * in that state has had its reply (and its bookkeeping) on this thread by then.
+   */
+  async snapshotAsync(): Promise<CheckpointPair> {
+    if (!this.remoteHost) return this.snapshot();
+    const state = await this.exportStateAsync();
+    return this.entry(state);
+  }
+
+  /** This pair as a checkpoint entry whose adapter state is the previous checkpoint's (same step). */
+  snapshotUnchanged(): CheckpointPair {
+    return { ...this.entry(undefined), stateUnchanged: true };
   }
 
   /** This pair as a checkpoint entry; the adapter is serialized now, synchronously. */
   snapshot(): CheckpointPair {
+    return this.entry(this.exportState());
+  }
+
+  private entry(state: Uint8Array | undefined): CheckpointPair {
     const c = this.counters;
     const counters: PairCountersSnapshot = { cyclesStarted: c.cyclesStarted, updates: c.updates, drops: { ...c.drops } };
     if (c.lastGradNorm !== undefined) counters.lastGradNorm = c.lastGradNorm;
@@ -220,7 +276,7 @@ export class Pair {
       counters,
       gate: this.gate.state(),
       alignment: this.alignment,
-      state: this.exportState(),
+      state,
     };
   }
 
@@ -234,7 +290,7 @@ export class Pair {
 
   /** True if a cycle is in flight and its deadline has passed. */
   inFlightExpired(now: number): boolean {
-    return this.inFlight !== undefined && now > this.inFlight.deadline;
+    return this.inFlight !== undefined && !this.inFlight.applying && now > this.inFlight.deadline;
   }
 
   /**
@@ -249,36 +305,64 @@ export class Pair {
     source: LowRank,
     opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number; sourceStep?: number },
   ): { cycleId: number; out: LowRank; gate: number } {
-    if (this.inFlight) throw new Error(`pair ${this.id}: a cycle is already in flight`);
+    const input = this.prepareCycle(target, source);
+    let out: LowRank;
+    try {
+      out = this.model ? this.model.forward(input.target, input.source) : { A: tf.clone(input.target.A), B: tf.clone(input.target.B) };
+    } catch (err) {
+      disposeLowRank(input.target);
+      disposeLowRank(input.source);
+      throw err;
+    }
+    const outShapes = { A: [out.A.shape[0], out.A.shape[1]] as [number, number], B: [out.B.shape[0], out.B.shape[1]] as [number, number] };
+    const { cycleId, gate } = this.commitCycle(input, outShapes, this.model !== undefined, opts);
+    return { cycleId, out, gate };
+  }
+
+  /**
+   * The first half of startCycle: the adapter's input (noise in place of the source in sourceMode
+   * 'noise', the pass-through start), for the cycle numbered nextCycleId. Takes ownership of
+   * `target` and `source`; the caller owns the result until it passes it to commitCycle.
+   */
+  prepareCycle(target: LowRank, source: LowRank): { target: LowRank; source: LowRank } {
+    if (this.inFlight) {
+      disposeLowRank(target);
+      disposeLowRank(source);
+      throw new Error(`pair ${this.id}: a cycle is already in flight`);
+    }
     if (this.alignment === undefined) {
       disposeLowRank(target);
       disposeLowRank(source);
       throw new Error(`pair ${this.id}: the slot shapes are not known yet`);
     }
     this.ensureAdapter();
-    const cycleId = this.nextCycleId;
     let src = source;
     if (this.config.sourceMode === 'noise') {
-      src = noiseLikeLowRank(source, noiseSeed(this.seed, cycleId));
+      src = noiseLikeLowRank(source, noiseSeed(this.seed, this.nextCycleId));
       disposeLowRank(source);
     }
-    let start: LowRank;
-    let out: LowRank;
     try {
-      start = this.alignment === 'none' ? target : passThroughStart(this.alignment, target, src);
+      const start = this.alignment === 'none' ? target : passThroughStart(this.alignment, target, src);
       if (start !== target) disposeLowRank(target);
+      return { target: start, source: src };
     } catch (err) {
       disposeLowRank(target);
       disposeLowRank(src);
       throw err;
     }
-    try {
-      out = this.model ? this.model.forward(start, src) : { A: tf.clone(start.A), B: tf.clone(start.B) };
-    } catch (err) {
-      disposeLowRank(start);
-      disposeLowRank(src);
-      throw err;
-    }
+  }
+
+  /**
+   * The second half: the transfer made from `input` is about to be sent, so the cycle is in
+   * flight from `opts.now` (its deadline counts from there) and owns `input`.
+   */
+  commitCycle(
+    input: { target: LowRank; source: LowRank },
+    outShapes: { A: [number, number]; B: [number, number] },
+    adapterRan: boolean,
+    opts: { session: string; sliceId: number; step: number; now: number; timeoutMs: number; sourceStep?: number },
+  ): { cycleId: number; gate: number } {
+    const cycleId = this.nextCycleId;
     const gate = this.gate.value;
     this.nextCycleId++;
     this.inFlight = {
@@ -287,10 +371,10 @@ export class Pair {
       sliceId: opts.sliceId,
       startedAt: opts.now,
       deadline: opts.now + opts.timeoutMs,
-      input: { target: start, source: src },
+      input,
       gate,
-      adapterRan: this.model !== undefined,
-      outShapes: { A: [out.A.shape[0], out.A.shape[1]], B: [out.B.shape[0], out.B.shape[1]] },
+      adapterRan,
+      outShapes,
     };
     this.counters.cyclesStarted++;
     this.counters.lastTransferAt = opts.now;
@@ -299,7 +383,7 @@ export class Pair {
       this.counters.sourceStepFirst ??= opts.sourceStep;
       this.counters.sourceStepLast = opts.sourceStep;
     }
-    return { cycleId, out, gate };
+    return { cycleId, gate };
   }
 
   /**
@@ -391,9 +475,25 @@ export class Pair {
     const c = this.inFlight;
     if (!c) throw new Error(`pair ${this.id}: no cycle in flight`);
     let res: StepResult | undefined;
-    let gate: GateStep;
     try {
       if (c.adapterRan && this.model && c.input) res = this.model.update(c.input, { gA, gB });
+    } catch (err) {
+      // The caller reports and counts the failure; the cycle cannot be retried.
+      this.endCycle(c, 'internal');
+      throw err;
+    }
+    return this.completeFeedback(res, gateGrad, now, target);
+  }
+
+  /**
+   * The rest of applyFeedback, once the adapter's step (`res`, where it ran; from a worker, or
+   * above) is taken: the gate's step, the cycle's end, the counters.
+   */
+  completeFeedback(res: StepResult | undefined, gateGrad: number, now: number, target: TargetReport = {}): { adapter?: StepResult; gate: GateStep } {
+    const c = this.inFlight;
+    if (!c) throw new Error(`pair ${this.id}: no cycle in flight`);
+    let gate: GateStep;
+    try {
       // With no shared axis the start is the target's own slice, so "the source's part" of the
       // gradient would be the target's own top slice: the guard tests the whole ⟨G, A′B′ − AB⟩
       // instead. (Measured, even that lets a learning adapter through; hence such pairs run only
@@ -401,10 +501,10 @@ export class Pair {
       const report = this.alignment === 'none' ? { ...target, sourceGrad: gateGrad } : target;
       gate = this.gate.step(gateGrad, c.gate, report);
     } catch (err) {
-      // The caller reports and counts the failure; the cycle cannot be retried.
       this.endCycle(c, 'internal');
       throw err;
     }
+    if (res && this.remoteStep !== undefined) this.remoteStep = res.step;
     this.endCycle(c, 'completed');
     this.counters.updates++;
     if (res) {
@@ -419,6 +519,11 @@ export class Pair {
       this.gateTrace.splice(0, this.gateTrace.length, ...kept);
     }
     return { adapter: res, gate };
+  }
+
+  /** The worker's update of the cycle in flight failed: the cycle ends as internal (counted by the caller). */
+  failFeedback(): void {
+    if (this.inFlight) this.endCycle(this.inFlight, 'internal');
   }
 
   dispose(): void {

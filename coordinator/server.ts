@@ -25,7 +25,7 @@ import { initBackend } from '../shared/tf/backend.js';
 import { checkHandshake } from './auth.js';
 import type { CoordinatorConfig } from './config.js';
 import { DashboardFeed } from './dashboard-feed.js';
-import { CoordinatorEngine, type RestoreSummary, type Sender } from './engine.js';
+import { CoordinatorEngine, type EngineOptions, type RestoreSummary, type Sender } from './engine.js';
 import type { CoordinatorEvents } from './events.js';
 import { LogLimiter } from './log-limiter.js';
 import { httpRoutes } from './http-routes.js';
@@ -57,6 +57,8 @@ export interface ServeOptions {
   clock?: () => number;
   /** How often the dashboard samples the status and pushes it to open pages, ms (default 1000). */
   dashboardEveryMs?: number;
+  /** Where adapters run, instead of the pool throughput.adapterWorkers asks for (tests hold its replies). */
+  adapterHost?: EngineOptions['adapterHost'];
 }
 
 export interface RunningCoordinator {
@@ -73,6 +75,8 @@ export interface RunningCoordinator {
   close(): Promise<void>;
   /** Serialized adapter state of a pair (undefined before its adapter exists). */
   exportAdapterState(pairId: string): Uint8Array | undefined;
+  /** The same, wherever the adapter lives (exportAdapterState throws where it lives in a worker). */
+  adapterState(pairId: string): Promise<Uint8Array | undefined>;
   on<E extends keyof CoordinatorEvents>(event: E, cb: (...args: CoordinatorEvents[E]) => void): this;
   once<E extends keyof CoordinatorEvents>(event: E, cb: (...args: CoordinatorEvents[E]) => void): this;
   off<E extends keyof CoordinatorEvents>(event: E, cb: (...args: CoordinatorEvents[E]) => void): this;
@@ -118,6 +122,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     private readonly log: Logger,
     private readonly clock: () => number = Date.now,
     dashboardEveryMs = 1000,
+    engineOptions: EngineOptions = {},
   ) {
     super();
     this.logBudget = new LogLimiter({ now: clock });
@@ -143,6 +148,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
       },
       (event, ...args) => this.emit(event, ...args),
       clock,
+      engineOptions,
     );
   }
 
@@ -215,6 +221,10 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     return this.engine.exportAdapterState(pairId);
   }
 
+  adapterState(pairId: string): Promise<Uint8Array | undefined> {
+    return this.engine.adapterState(pairId);
+  }
+
   checkpoint(): Promise<void> {
     return this.engine.checkpoint();
   }
@@ -232,6 +242,8 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     this.metrics.close();
     let checkpointError: unknown;
     try {
+      // Adapter work still running in workers lands before the last checkpoint reads the state.
+      await this.engine.drain();
       await this.checkpoint();
     } catch (err) {
       checkpointError = err;
@@ -242,6 +254,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
       await new Promise<void>((resolve) => this.io!.close(() => resolve()));
     }
     this.engine.dispose();
+    await this.engine.closeAdapterHost();
     this.log.info({ url: this.url }, 'coordinator closed');
     if (checkpointError) throw checkpointError;
   }
@@ -393,7 +406,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
 export async function serve(config: CoordinatorConfig, opts: ServeOptions = {}): Promise<RunningCoordinator> {
   const log = opts.logger ?? createLogger('coordinator');
   await initBackend(opts.backend, (line) => log.info(line));
-  const c = new Coordinator(config, log, opts.clock, opts.dashboardEveryMs);
+  const c = new Coordinator(config, log, opts.clock, opts.dashboardEveryMs, { adapterHost: opts.adapterHost });
   try {
     c.restored = await c.engine.restore();
     await c.listen();

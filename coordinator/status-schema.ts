@@ -88,6 +88,8 @@ export const statusSnapshotSchema = z.strictObject({
     inFlight: count,
     drops: count,
     queueDepth: count.optional(),
+    adapterWorkers: count.optional(),
+    pendingSlices: count.optional(),
   }),
   drops: counts,
   wire: z.strictObject({ in: wireCounts, out: wireCounts }).optional(),

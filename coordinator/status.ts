@@ -77,8 +77,12 @@ export interface StatusSnapshot {
     inFlight: number;
     /** every drop: refused messages (including refused handshakes) and abandoned cycles */
     drops: number;
-    /** work waiting in the coordinator's queue, where it has one (absent: none) */
+    /** work waiting in the coordinator's queue, where it has one (absent: none): adapter requests handed to workers */
     queueDepth?: number;
+    /** adapter worker threads (absent: adapters run on the event loop) */
+    adapterWorkers?: number;
+    /** pairs holding a pending target slice until their cycle in flight ends */
+    pendingSlices?: number;
   };
   /** the same drops, by reason (an error code of shared/protocol/errors.ts) */
   drops: Record<string, number>;
@@ -105,6 +109,8 @@ export interface StatusInput {
   deviceRejects: Map<string, Record<string, number>>;
   pairs: Pair[];
   drops: Record<string, number>;
+  /** the worker pool, where adapters run in one */
+  adapterHost?: { workers: number; queued: number; pending: number };
   /** totals carried over from a restored checkpoint are already in the pairs' counters */
 }
 
@@ -176,6 +182,7 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
       updates: pairs.reduce((a, p) => a + p.updates, 0),
       inFlight: pairs.filter((p) => p.inFlight).length,
       drops: sum(s.drops),
+      ...(s.adapterHost ? { queueDepth: s.adapterHost.queued, adapterWorkers: s.adapterHost.workers, pendingSlices: s.adapterHost.pending } : {}),
     },
     drops: { ...s.drops },
   };

@@ -176,7 +176,7 @@ export const feedbackSchema = z.object({
 export type FeedbackMsg = z.infer<typeof feedbackSchema>;
 
 /** Why a target slice did not start a cycle of one of its pairs (the pair waits for the next). */
-export const SKIP_REASONS = ['no_source', 'source_too_old', 'source_rank_too_low', 'in_flight', 'too_soon', 'internal', 'no_logits'] as const;
+export const SKIP_REASONS = ['no_source', 'source_too_old', 'source_rank_too_low', 'in_flight', 'too_soon', 'internal', 'superseded', 'overloaded', 'no_logits'] as const;
 export type SkipReason = (typeof SKIP_REASONS)[number];
 
 /**
