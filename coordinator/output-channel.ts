@@ -163,7 +163,9 @@ export class OutputChannelRouter {
       dropExpired(pair);
       fail('cycle_timeout', `cycle ${c.cycleId} of pair ${pair.id} expired ${from.now - c.deadline} ms ago`);
     }
-    const step = pair.applyOutputFeedback(msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc });
+    const classes = this.registry.get(pair.target.device)?.registration?.outputs;
+    const readout = msg.readout && classes ? { ...msg.readout, classes } : undefined;
+    const step = pair.applyOutputFeedback(msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc, readout });
     if (msg.branchRatio !== undefined) pair.lastBranchRatio = msg.branchRatio;
     this.hooks.setMetrics(from.deviceId, msg.metrics, from.now);
     const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: c.cycleId, adapterStep: 0, updates: pair.counters.updates };

@@ -388,14 +388,15 @@ export class Pair {
 
   /**
    * Run the output channel. Its trial has no source-only gradient for the 'source' guard to test,
-   * so that guard becomes the reference's early decision (keep the source if, after decideAfter
-   * trial updates, its gate has risen); the gate's state (a restored one too) carries over.
+   * so that guard becomes 'readout': after decideAfter trial updates, keep the source if its gate
+   * rose and its readout labels the target's held-out examples better than chance. The gate's
+   * state (a restored one too) carries over.
    */
   useOutputChannel(): void {
     this.channel = 'output';
     this.alignment = undefined;
     if (this.gate.config.guard === 'source' || this.gate.config.guard === 'signtest') {
-      this.gate = new TrustGate({ ...this.gate.config, guard: 'early' }, this.gate.state());
+      this.gate = new TrustGate({ ...this.gate.config, guard: 'readout' }, this.gate.state());
     }
   }
 

@@ -18,6 +18,7 @@ import { probeHash } from '../probe/probe-hash.js';
 import { PROB_EPSILON } from '../trainer.js';
 import { ProbeDistiller } from './probe-distiller.js';
 import { ReadoutFitter } from './readout-trial.js';
+import type { RidgeFit } from '../../shared/math/ridge.js';
 
 /** How a device gets a probe split's examples: it already has them (a shipped corpus). */
 export type ProbeLoader = (desc: ProbeDesc) => { x: Float32Array; exampleShape: number[] } | Promise<{ x: Float32Array; exampleShape: number[] }>;
@@ -43,6 +44,8 @@ interface TrialWindow {
   scale: number;
   delta: tf.Tensor2D;
   branchRatio?: number;
+  /** the ridge fit behind the swap: its accuracy on the held-out split goes with the feedback */
+  readout: RidgeFit;
 }
 
 export interface OutputChannelEvents {
@@ -227,12 +230,13 @@ export class OutputChannel {
     this.fitter ??= new ReadoutFitter(this.o.model, pair.slot, this.probe!.x);
     this.closeWindow(t.pairId);
     const W = this.o.branches.weight(pair.slot);
-    let D: tf.Tensor2D;
+    let fit: { D: tf.Tensor2D; readout: RidgeFit };
     try {
-      D = this.fitter.swap(t.values, t.classes, W);
+      fit = this.fitter.fit(t.values, t.classes, W);
     } finally {
       W.dispose();
     }
+    const D = fit.D;
     const upd = this.o.branches.setDelta(t.pairId, pair.slot, D, pair.tau, t.gate, { keepDelta: true });
     this.windows.set(t.pairId, {
       pairId: t.pairId,
@@ -244,6 +248,7 @@ export class OutputChannel {
       scale: upd.scale,
       delta: upd.delta!,
       branchRatio: upd.weightNorm > 0 ? upd.branchNorm / upd.weightNorm : undefined,
+      readout: fit.readout,
     });
     this.trialsApplied += 1;
   }
@@ -281,6 +286,10 @@ export class OutputChannel {
         G.dispose();
       }
       const msg: TeacherFeedbackMsg = { pairId: w.pairId, cycleId: w.cycleId, steps: Math.max(1, step - w.openedAt), gateGrad, metrics };
+      if (this.fitter) {
+        const r = this.fitter.readoutHits(w.readout, this.heldoutBatch.xs, this.heldoutBatch.ys);
+        if (r.n > 0) msg.readout = r;
+      }
       if (w.branchRatio !== undefined && Number.isFinite(w.branchRatio)) msg.branchRatio = w.branchRatio;
       this.closeWindow(w.pairId);
       if (!Number.isFinite(gateGrad) || !teacherFeedbackSchema.safeParse(msg).success) {

@@ -27,11 +27,17 @@
 //               own state, not to a cycle count: a target that memorises in 8 cycles decides then.
 // - 'early':    after `decideAfter` updates, refuse for good unless θ has risen above its start
 //               (a fixed count; the reference's rule);
+// - 'readout':  the output channel's trial (docs/DESIGN.md §10): after `decideAfter` updates, keep
+//               the source only if its gate rose AND the readout of its logits, applied to the
+//               target's own held-out examples, labels them better than chance (one-sided binomial
+//               test at alphaReadout on the trial's mean accuracy). The gate alone is not enough:
+//               an untrained source's readout mostly shrinks the target's classifier, which a
+//               held-out loss likes once the target has memorised its labels (measured: 1 of 5).
 // - 'none':     never decide (the gate alone).
 // Pure: no tensors, no I/O. Its state is plain numbers, checkpointed as JSON.
 import { z } from 'zod';
 
-export const GATE_GUARDS = ['source', 'signtest', 'early', 'none'] as const;
+export const GATE_GUARDS = ['source', 'signtest', 'early', 'readout', 'none'] as const;
 export type GateGuard = (typeof GATE_GUARDS)[number];
 
 export const gateConfigSchema = z.strictObject({
@@ -53,6 +59,8 @@ export const gateConfigSchema = z.strictObject({
   alpha: z.number().positive().max(0.5).default(0.05),
   /** significance of the 'source' guard: a useless source passes it with about this chance */
   alphaSource: z.number().positive().max(0.5).default(0.01),
+  /** significance of the 'readout' guard's test against chance */
+  alphaReadout: z.number().positive().max(0.5).default(0.01),
 });
 export type GateConfig = z.infer<typeof gateConfigSchema>;
 export const DEFAULT_GATE_CONFIG: GateConfig = gateConfigSchema.parse({});
@@ -71,6 +79,11 @@ export const gateStateSchema = z.object({
   /** held-out gradients that said adding the source's slice lowers the loss (wins) or raises it */
   wins: z.number().int().nonnegative().default(0),
   losses: z.number().int().nonnegative().default(0),
+  /** 'readout': held-out examples the trial's readouts labelled right, and examples tried, summed over updates */
+  readoutHits: z.number().int().nonnegative().default(0),
+  readoutN: z.number().int().nonnegative().default(0),
+  /** 'readout': the number of classes (the chance level is 1/classes) */
+  classes: z.number().int().positive().optional(),
   decision: z.enum(['pending', 'accepted', 'refused']),
   /** the update at which the guard decided, and why */
   decidedAt: z.number().int().nonnegative().optional(),
@@ -83,17 +96,18 @@ export function sigmoid(x: number): number {
   return x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x));
 }
 
-/** P(X ≥ k) for X ~ Binomial(n, ½): the one-sided p-value of k downward pushes out of n. */
-export function binomialUpperTail(k: number, n: number): number {
+/** P(X ≥ k) for X ~ Binomial(n, p) (p ½ by default): a one-sided p-value of k successes out of n. */
+export function binomialUpperTail(k: number, n: number, p = 0.5): number {
   if (k <= 0) return 1;
   if (k > n) return 0;
   // Sum in log space: n is at most a few hundred, exact enough and never overflows.
   let logC = 0; // log C(n, 0)
   let total = 0;
-  const logHalfN = -n * Math.LN2;
+  const lp = Math.log(p);
+  const lq = Math.log1p(-p);
   for (let i = 0; i <= n; i++) {
     if (i > 0) logC += Math.log(n - i + 1) - Math.log(i);
-    if (i >= k) total += Math.exp(logC + logHalfN);
+    if (i >= k) total += Math.exp(logC + i * lp + (n - i) * lq);
   }
   return Math.min(1, total);
 }
@@ -104,6 +118,8 @@ export interface TargetReport {
   trainAcc?: number;
   /** s·⟨G, A′B′⟩, the source's part of the gate gradient ('source') */
   sourceGrad?: number;
+  /** 'readout': the trial's readout on the target's held-out split: hits of n, among `classes` */
+  readout?: { hits: number; n: number; classes: number };
 }
 
 export interface GateStep {
@@ -122,7 +138,7 @@ export class TrustGate {
 
   constructor(config: Partial<GateConfig> = {}, state?: GateState) {
     this.config = gateConfigSchema.parse(config);
-    this.s = state ? gateStateSchema.parse(state) : { theta: this.config.init, m: 0, v: 0, t: 0, ups: 0, downs: 0, wins: 0, losses: 0, decision: 'pending' };
+    this.s = state ? gateStateSchema.parse(state) : { theta: this.config.init, m: 0, v: 0, t: 0, ups: 0, downs: 0, wins: 0, losses: 0, readoutHits: 0, readoutN: 0, decision: 'pending' };
   }
 
   /** The factor the device applies: sigmoid(θ); 1 when the gate is disabled; 0 once refused. */
@@ -189,6 +205,11 @@ export class TrustGate {
         else if (target.sourceGrad > 0) s.losses += 1;
       }
     }
+    if (s.decision === 'pending' && target.readout && target.readout.n > 0) {
+      s.readoutHits += target.readout.hits;
+      s.readoutN += target.readout.n;
+      s.classes = target.readout.classes;
+    }
     const memorised = target.trainAcc !== undefined && target.trainAcc >= this.config.memorisedAt;
     const decided = this.decide(memorised);
     return { dTheta, before, after: this.value, decided };
@@ -230,6 +251,20 @@ export class TrustGate {
     if (s.t < decideAfter) return undefined;
     const g = sigmoid(s.theta);
     const g0 = sigmoid(init);
+    if (guard === 'readout') {
+      if (s.theta <= init) return finish('refused', `after ${s.t} updates the gate is ${g.toFixed(3)}, not above its start ${g0.toFixed(3)}`);
+      if (s.readoutN === 0 || !s.classes) return finish('refused', `after ${s.t} updates the gate rose to ${g.toFixed(3)}, but no readout accuracy was reported`);
+      // The held-out examples are the same at every update: test the trial's mean accuracy on one
+      // held-out split's worth of examples, not the pooled count (which would overstate n).
+      const perUpdate = Math.max(1, Math.round(s.readoutN / s.t));
+      const acc = s.readoutHits / s.readoutN;
+      const hits = Math.round(acc * perUpdate);
+      const chance = 1 / s.classes;
+      const p = binomialUpperTail(hits, perUpdate, chance);
+      const record = `the readout labelled ${(100 * acc).toFixed(0)} % of ${perUpdate} held-out examples right (chance ${(100 * chance).toFixed(0)} %, p ${p.toPrecision(2)})`;
+      if (p >= this.config.alphaReadout) return finish('refused', `after ${s.t} updates the gate rose to ${g.toFixed(3)}, but ${record}: no better than chance`);
+      return finish('accepted', `after ${s.t} updates the gate rose from ${g0.toFixed(3)} to ${g.toFixed(3)} and ${record}`);
+    }
     if (s.theta <= init) return finish('refused', `after ${s.t} updates the gate is ${g.toFixed(3)}, not above its start ${g0.toFixed(3)}`);
     return finish('accepted', `after ${s.t} updates the gate rose from ${g0.toFixed(3)} to ${g.toFixed(3)}`);
   }

@@ -275,6 +275,11 @@ export const teacherFeedbackSchema = z.object({
   gateGrad: finite,
   /** ‖K‖_F/‖W‖_F of the swap applied */
   branchRatio: z.number().nonnegative().finite().optional(),
+  /**
+   * The readout W_r itself as a classifier of the target's held-out examples: how many of `n` it
+   * labelled right. The coordinator's guard keeps a source only if this beats chance.
+   */
+  readout: z.object({ hits: count, n: posInt }).refine((r) => r.hits <= r.n, 'hits must not exceed n').optional(),
   metrics: metricsSchema,
 });
 export type TeacherFeedbackMsg = z.infer<typeof teacherFeedbackSchema>;
