@@ -3,11 +3,10 @@
 // loop (or sleeps, when a slowdown stands in for weak hardware) so socket events are handled
 // between steps. It also keeps the loss, accuracy and speed figures and runs the evaluations.
 import type * as tf from '@tensorflow/tfjs';
-import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { batchIterator, evaluateAccuracy, featureSize, withInputShape, type Batch, type DeviceData, type Split } from './data/dataset.js';
 import type { EvalEvent } from './device-events.js';
 import { Trainer, type OptimizerName } from './trainer.js';
+import { sleep, yieldToEventLoop } from './yield.js';
 
 /** The model's per-example input shape, when fully known. */
 function modelInputShape(model: tf.LayersModel): number[] | undefined {
@@ -108,7 +107,7 @@ export class LocalTrainingLoop {
       const spent = performance.now() - t0;
       // Yield every step: socket events (transfers, plans) are handled between steps.
       if (slowdown > 1) await sleep((slowdown - 1) * spent);
-      else await new Promise<void>((r) => setImmediate(r));
+      else await yieldToEventLoop();
     }
   }
 
