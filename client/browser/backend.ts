@@ -11,7 +11,25 @@ export const BROWSER_BACKENDS: readonly BrowserBackend[] = ['auto', 'webgl', 'wa
 
 let wasmPathsSet = false;
 
-/** Activate `want` (auto: webgl, then wasm, then cpu); resolves to the backend in use. */
+/**
+ * The WebGL renderer's name when it is a software rasteriser (SwiftShader, llvmpipe: a headless or
+ * GPU-less browser), where tfjs's webgl backend runs several times slower than wasm; else undefined.
+ */
+export function softwareWebgl(): string | undefined {
+  try {
+    const gl = document.createElement('canvas').getContext('webgl');
+    if (!gl) return undefined;
+    const info = gl.getExtension('WEBGL_debug_renderer_info');
+    const name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    return /swiftshader|llvmpipe|softpipe|software/i.test(name) ? name : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Activate `want` (auto: webgl on a real GPU, then wasm, then cpu); resolves to the backend in use.
+ */
 export async function initBrowserBackend(want: BrowserBackend, wasmPrefix: string): Promise<string> {
   if (!wasmPathsSet) {
     // Only the non-threaded builds are used: threads need a cross-origin-isolated page.
@@ -20,7 +38,7 @@ export async function initBrowserBackend(want: BrowserBackend, wasmPrefix: strin
   }
   // wasm lacks a few gradient kernels conv nets need (docs/DESIGN.md §8): the same patch as in Node.
   registerWasmGradientKernels();
-  const order: string[] = want === 'auto' ? ['webgl', 'wasm', 'cpu'] : [want];
+  const order: string[] = want === 'auto' ? (softwareWebgl() ? ['wasm', 'webgl', 'cpu'] : ['webgl', 'wasm', 'cpu']) : [want];
   const failures: string[] = [];
   for (const name of order) {
     try {
