@@ -1,14 +1,18 @@
 // The browser device in real headless Chromium (playwright-core, Debian's chromium): a coordinator
 // and one Node device; the page at /device joins as a second device and the two cycle both ways.
 // Also: the same device math in both runtimes, a wrong token refused with the coordinator's message
-// shown, and a reconnect that training survives. A screenshot of the page mid-run goes to docs/.
-import { mkdir } from 'node:fs/promises';
+// shown, a reconnect that training survives, and image files picked from disk as the data. A
+// screenshot of the page mid-run goes to test-artifacts/ (and docs/ with MERGENET_DOCS_SCREENSHOT=1).
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { deflateSync } from 'node:zlib';
 import type * as tf from '@tensorflow/tfjs';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_MATH_PROBE, mathProbe, type MathProbeOutput } from '../client/browser/math-probe.js';
+import { loadMnistAll } from '../client/data/mnist.js';
 import { loadDeviceData } from '../client/data/registry.js';
 import { DeviceClient } from '../client/device.js';
 import { buildModel } from '../client/models/mnist-models.js';
@@ -20,6 +24,7 @@ import { launchChromium, type Chromium } from './helpers/chromium.js';
 import { waitFor } from './helpers/two-device-fleet.js';
 
 const DOCS = resolve(__dirname, '../docs');
+const ARTIFACTS = resolve(__dirname, '../test-artifacts');
 const TOKENS = { node: 'tok-node-1', browser: 'tok-browser-1' };
 const CYCLES = 10;
 
@@ -86,6 +91,37 @@ async function joinAs(page: Page, token: string): Promise<void> {
 
 const sum = (rec: Record<string, number>) => Object.values(rec).reduce((a, b) => a + b, 0);
 const updatesOf = (s: StatusSnapshot, id: string) => s.pairs.find((p) => p.id === id)?.updates ?? 0;
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(buf: Buffer): number {
+  let c = 0xffffffff;
+  for (const b of buf) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A grey-level PNG (8-bit, no filter) of `side`×`side` values in [0, 255]. */
+function greyPng(pixels: Uint8Array, side: number): Buffer {
+  const chunk = (type: string, data: Buffer) => {
+    const head = Buffer.alloc(8);
+    head.writeUInt32BE(data.length, 0);
+    head.write(type, 4, 'latin1');
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])), 0);
+    return Buffer.concat([head, data, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(side, 0);
+  ihdr.writeUInt32BE(side, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 0; // grey
+  const rows = Buffer.alloc(side * (side + 1));
+  for (let y = 0; y < side; y++) rows.set(pixels.subarray(y * side, (y + 1) * side), y * (side + 1) + 1);
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(rows)), chunk('IEND', Buffer.alloc(0))]);
+}
 
 function maxAbsDiff(a: number[], b: number[]): number {
   expect(a.length).toBe(b.length);
@@ -175,9 +211,12 @@ describe('the browser device in chromium', () => {
     expect(Number(await page.textContent('[data-testid="step"]'))).toBeGreaterThan(0);
     expect(await page.textContent('[data-testid="val-acc"]')).toMatch(/^\d+\.\d %$/);
     expect(await page.textContent('[data-testid="pairs"]')).toMatch(/node-to-browser \(target, dense_0, r8\).*browser-to-node \(source, dense_0, r8\)/);
-    await mkdir(DOCS, { recursive: true });
-    await page.screenshot({ path: join(DOCS, 'browser-device.png'), fullPage: true });
-    expect(existsSync(join(DOCS, 'browser-device.png'))).toBe(true);
+    // A screenshot mid-run: test-artifacts/ (git-ignored) every run; docs/browser-device.png, the
+    // README's, only when asked (MERGENET_DOCS_SCREENSHOT=1), so a test run leaves the tree clean.
+    await mkdir(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'browser-device.png'), fullPage: true });
+    expect(existsSync(join(ARTIFACTS, 'browser-device.png'))).toBe(true);
+    if (process.env.MERGENET_DOCS_SCREENSHOT === '1') await page.screenshot({ path: join(DOCS, 'browser-device.png'), fullPage: true });
 
     // Offline and back: the transport is cut; the page keeps training and reconnects, and cycles resume.
     const before = st.step;
@@ -204,6 +243,43 @@ describe('the browser device in chromium', () => {
     // The form is usable again, and the refused attempt did not disturb the running pair.
     expect(await page.isDisabled('[data-testid="join"]')).toBe(false);
     await page.close();
+  });
+
+  it('trains on image files picked from disk, labelled by their folders, and cycles', async () => {
+    // digits/3/*.png and digits/7/*.png: real MNIST digits drawn dark on light, as a scan would be
+    // (the page inverts a light page to MNIST's light-on-dark).
+    const dir = await mkdtemp(join(tmpdir(), 'mergenet-images-'));
+    try {
+      const all = loadMnistAll();
+      for (const digit of [3, 7]) {
+        await mkdir(join(dir, 'digits', String(digit)), { recursive: true });
+        let written = 0;
+        for (let i = 0; i < all.n && written < 20; i++) {
+          if (all.y[i] !== digit) continue;
+          const px = Uint8Array.from(all.x.subarray(i * 784, (i + 1) * 784), (v) => 255 - Math.round(255 * v));
+          await writeFile(join(dir, 'digits', String(digit), `${written}.png`), greyPng(px, 28));
+          written += 1;
+        }
+      }
+      const page = await openDevicePage();
+      await page.fill('[data-testid="device-id"]', 'browser');
+      await page.fill('[data-testid="token"]', TOKENS.browser);
+      await page.selectOption('[data-testid="model"]', 'mlp-64');
+      await page.selectOption('[data-testid="dataset"]', 'folder');
+      await page.setInputFiles('[data-testid="folder"]', join(dir, 'digits'));
+      await page.selectOption('[data-testid="backend"]', 'wasm');
+      await page.click('[data-testid="join"]');
+      await page.waitForFunction(`/data: images, 32 training, 4 held-out and 4 test examples/.test(document.querySelector('[data-testid="log"]').textContent)`, undefined, { timeout: 30_000 });
+      // It trains and takes part in its pairs like the shard-fed device did.
+      await page.waitForFunction(`(() => { const s = window.mergenet.status(); return s && s.connected && s.step > 50 && s.transfersApplied >= 3; })()`, undefined, { timeout: 60_000, polling: 100 });
+      const s = coord!.status().devices.find((d) => d.id === 'browser')!;
+      expect(s.model?.task).toBe('images');
+      expect(s.slots).toContainEqual({ name: 'out', shape: [64, 2] });
+      expect(pageErrors).toEqual([]);
+      await page.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

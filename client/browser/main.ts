@@ -202,7 +202,10 @@ async function join(ev: SubmitEvent): Promise<void> {
     device.on('disconnect', ({ reason }) => logLine(`disconnected (${reason}): training goes on offline`));
     device.on('transfer', () => {
       transfers += 1;
-      if (transfers === 1 || transfers % 10 === 0) logLine(`transfers applied: ${transfers}`);
+      if (transfers === 1 || transfers % 10 === 0) {
+        logLine(`transfers applied: ${transfers}`);
+        render(); // the counters agree with the log line at once, not at the next refresh
+      }
     });
     device.on('eval', (e) => state.evals.push(e));
     device.on('reject', (r) => logLine(`coordinator rejected a ${r.event ?? ''} message: ${r.code}: ${r.reason}`));
