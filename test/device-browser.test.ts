@@ -64,6 +64,27 @@ afterAll(async () => {
   await coord?.close();
 });
 
+/** The Node device, once (each test may run alone with -t: those that cycle start it). */
+function startNodeDevice(): void {
+  if (nodeDevice) return;
+  const data = loadDeviceData({ name: 'mnist', task: 'digit', trainSize: 500, valSize: 200, testSize: 500, offset: 0, layout: 'flat' }, 1);
+  nodeModel = buildModel({ kind: 'mlp', inputShape: [784], hidden: [64], classes: 10 }, 2);
+  nodeDevice = new DeviceClient({
+    url: coord!.url,
+    deviceId: 'node',
+    token: TOKENS.node,
+    model: nodeModel,
+    data,
+    rank: 8,
+    trainer: { optimizer: 'adam', lr: 0.002, batchSize: 32 },
+    seed: 2,
+    evalEvery: 25,
+    description: { name: 'node mlp', architecture: 'mlp 784-64-10', task: data.task, modality: 'image' },
+    reconnect: { delayMs: 50, maxDelayMs: 500 },
+  });
+  nodeRun = nodeDevice.start();
+}
+
 async function openDevicePage(): Promise<Page> {
   const page = await chrome!.browser.newPage();
   page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -154,22 +175,7 @@ describe('the browser device in chromium', () => {
   });
 
   it('joins as a second device and cycles both ways with the Node device: 0 drops, 0 rejects', async () => {
-    const data = loadDeviceData({ name: 'mnist', task: 'digit', trainSize: 500, valSize: 200, testSize: 500, offset: 0, layout: 'flat' }, 1);
-    nodeModel = buildModel({ kind: 'mlp', inputShape: [784], hidden: [64], classes: 10 }, 2);
-    nodeDevice = new DeviceClient({
-      url: coord!.url,
-      deviceId: 'node',
-      token: TOKENS.node,
-      model: nodeModel,
-      data,
-      rank: 8,
-      trainer: { optimizer: 'adam', lr: 0.002, batchSize: 32 },
-      seed: 2,
-      evalEvery: 25,
-      description: { name: 'node mlp', architecture: 'mlp 784-64-10', task: data.task, modality: 'image' },
-      reconnect: { delayMs: 50, maxDelayMs: 500 },
-    });
-    nodeRun = nodeDevice.start();
+    startNodeDevice();
 
     const page = await openDevicePage();
     await joinAs(page, TOKENS.browser);
@@ -204,7 +210,7 @@ describe('the browser device in chromium', () => {
     expect(st.transfersApplied).toBeGreaterThanOrEqual(CYCLES);
     expect(st.feedbackAcked).toBeGreaterThanOrEqual(CYCLES - 1);
     expect(sum(st.rejects)).toBe(0);
-    expect(nodeDevice.status().transfersApplied).toBeGreaterThanOrEqual(CYCLES);
+    expect(nodeDevice!.status().transfersApplied).toBeGreaterThanOrEqual(CYCLES);
     // …and what a person sees: progress, an accuracy, transfers applied, the chart drawn.
     await page.waitForFunction(`Number(document.querySelector('[data-testid="acc-chart"]').dataset.points) >= 2`, undefined, { timeout: 30_000 });
     expect(Number(await page.textContent('[data-testid="transfers-applied"]'))).toBeGreaterThanOrEqual(CYCLES);
@@ -261,6 +267,7 @@ describe('the browser device in chromium', () => {
           written += 1;
         }
       }
+      startNodeDevice();
       const page = await openDevicePage();
       await page.fill('[data-testid="device-id"]', 'browser');
       await page.fill('[data-testid="token"]', TOKENS.browser);
