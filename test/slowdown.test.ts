@@ -6,13 +6,14 @@ import { performance } from 'node:perf_hooks';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 const sleeps: number[] = [];
-vi.mock('node:timers/promises', async (importOriginal) => {
-  const real = await importOriginal<typeof import('node:timers/promises')>();
+// The loop sleeps through client/yield.ts (isomorphic: no node:timers/promises in the device core).
+vi.mock('../client/yield.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../client/yield.js')>();
   return {
     ...real,
-    setTimeout: (ms?: number, value?: unknown) => {
-      sleeps.push(ms ?? 0);
-      return Promise.resolve(value);
+    sleep: (ms: number) => {
+      sleeps.push(ms);
+      return Promise.resolve();
     },
   };
 });
