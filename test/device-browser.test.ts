@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { deflateSync } from 'node:zlib';
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_MATH_PROBE, mathProbe, type MathProbeOutput } from '../client/browser/math-probe.js';
@@ -157,7 +157,13 @@ describe('the browser device in chromium', () => {
     const inBrowser = (await page.evaluate(
       `window.mergenet.mathProbe(${JSON.stringify(DEFAULT_MATH_PROBE)}, 'wasm')`,
     )) as MathProbeOutput;
+    // Tensor hygiene in both runtimes: a second probe leaves as many tensors alive as there were.
+    const browserTensors = (await page.evaluate('window.mergenet.numTensors()')) as number;
+    await page.evaluate(`window.mergenet.mathProbe(${JSON.stringify(DEFAULT_MATH_PROBE)}, 'wasm')`);
+    expect(await page.evaluate('window.mergenet.numTensors()')).toBe(browserTensors);
+    const nodeTensors = tf.memory().numTensors;
     const inNode = mathProbe(DEFAULT_MATH_PROBE);
+    expect(tf.memory().numTensors).toBe(nodeTensors);
     expect(inBrowser.backend).toBe('wasm');
     expect(inNode.backend).toBe('wasm');
     // Non-trivial values: a rank-8 slice of a 784×64 weight, a capped branch, a non-zero gradient.

@@ -4,7 +4,7 @@
 // then on this tab is a device like any Node one: the same DeviceClient (client/device.ts) trains
 // continuously, sends slices, applies transfers and sends feedback over socket.io, keeps training
 // while offline and reconnects. Only this file, backend.ts and image-folder.ts know of the DOM.
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import { pino } from 'pino';
 import { decodeShard } from '../../shared/data/shard.js';
 import type { DeviceData } from '../data/dataset.js';
@@ -236,6 +236,8 @@ declare global {
       evals(): EvalEvent[];
       dropConnection(): void;
       mathProbe(input: MathProbeInput, backend: BrowserBackend): Promise<MathProbeOutput>;
+      /** tensors alive in tfjs (tests check that the probe frees what it makes) */
+      numTensors(): number;
     };
   }
 }
@@ -248,6 +250,7 @@ window.mergenet = {
     await initBrowserBackend(backend, `${location.origin}/device/wasm/`);
     return mathProbe(input);
   },
+  numTensors: () => tf.memory().numTensors,
 };
 
 function prefill(): void {

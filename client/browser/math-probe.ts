@@ -87,7 +87,7 @@ export function mathProbe(input: MathProbeInput = DEFAULT_MATH_PROBE): MathProbe
     // G on a seeded batch at W_eff = W + K, as a target's feedback window sums it.
     const xs = tf.tensor2d(seededArray(batch * inputs, rng, 0.5).map((v) => v + 0.5), [batch, inputs]);
     const labels = Array.from({ length: batch }, () => Math.floor(rng() * classes));
-    const ys = tf.oneHot(tf.tensor1d(labels, 'int32'), classes).toFloat();
+    const ys = tf.tidy(() => tf.oneHot(tf.tensor1d(labels, 'int32'), classes).toFloat());
     const G = trainer.gradientOn(xs, ys, 'dense_0');
     const fb = projectFeedback(G, generated, upd.scale * gate);
     const gateGrad = upd.scale * tf.tidy(() => tf.sum(tf.mul(G, delta)).dataSync()[0]);
