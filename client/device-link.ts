@@ -2,8 +2,6 @@
 // auth, reconnection with backoff, refusal of fatal handshakes, decoding and validating inbound
 // messages, encoding outbound ones and counting their bytes. It knows nothing of models or
 // cycles: what arrives goes to typed handlers, which only queue, so training never waits on it.
-import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage } from '../shared/codec/tensor-codec.js';
 import type { Logger } from '../shared/log.js';
@@ -26,6 +24,7 @@ import {
 } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
 import { describeConnectFailure, type ConnectFailure } from './connect-failure.js';
+import { sleep } from './yield.js';
 
 /**
  * Handshake refusals that retrying cannot fix (the same auth would be refused again): start()
@@ -126,7 +125,7 @@ export class DeviceLink {
   /** payload bytes by message key (see DeviceStatus.wire) */
   readonly wire: Record<string, { messages: number; bytes: number }> = {};
   private socket: DeviceSocket | undefined;
-  private reconnectTimer: NodeJS.Timeout | undefined;
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private manualAttempts = 0;
   /** failed attempts since the last successful connection */
   private failedAttempts = 0;
@@ -173,14 +172,14 @@ export class DeviceLink {
     if (!socket?.connected) return false;
     const plan = this.opts.plan();
     if (event !== EVENTS.register && !plan) return false;
-    let buf: Buffer;
+    let buf: Uint8Array;
     try {
       buf = encodeMessage(msg, { maxBytes: plan?.maxMessageBytes });
     } catch (err) {
       this.opts.log.error({ event, err: (err as Error).message }, 'message not sent');
       return false;
     }
-    (socket.emit as (ev: string, p: Buffer) => unknown)(event, buf);
+    (socket.emit as (ev: string, p: Uint8Array) => unknown)(event, buf);
     this.countWire(wireKey, buf);
     return true;
   }

@@ -13,8 +13,7 @@
 //   slice-schedule.ts (when slices are due), without sockets.
 // This class composes them and owns what ties them together: the current plan and session.
 import type * as tf from '@tensorflow/tfjs';
-import { EventEmitter } from 'node:events';
-import { performance } from 'node:perf_hooks';
+import { TypedEmitter } from './emitter.js';
 import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
@@ -122,7 +121,7 @@ function bump(rec: Record<string, number>, key: string): void {
   rec[key] = (rec[key] ?? 0) + 1;
 }
 
-export class DeviceClient extends EventEmitter<DeviceEvents> {
+export class DeviceClient extends TypedEmitter<DeviceEvents> {
   readonly deviceId: string;
   private readonly opts: DeviceClientOptions;
   private readonly log: Logger;
@@ -148,7 +147,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
   private everConnected = false;
   private lastConnectFailure: ConnectAttemptFailure | undefined;
   private connectAttempts = 0;
-  private connectTimer: NodeJS.Timeout | undefined;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
   /** the coordinator URL as used (a missing scheme added) */
   readonly url: string;
 
@@ -307,7 +306,7 @@ export class DeviceClient extends EventEmitter<DeviceEvents> {
         this.fatal = new CoordinatorUnreachableError(this.url, limit, this.connectAttempts, this.lastConnectFailure);
         this.stopping = true;
       }, limit);
-      this.connectTimer.unref();
+      (this.connectTimer as { unref?: () => void }).unref?.(); // Node: do not keep the process alive
     }
     this.link.connect();
     let failure: unknown;

@@ -6,11 +6,11 @@
 //
 // Each step: round begin (every roundSteps steps), step begin, one Trainer.step on the next batch,
 // step end, an evaluation when due, round end. The callers' work lives in the hooks, as in discojs'
-// Trainer. No Node built-ins here (globalThis.performance, client/pace.ts), so it runs in a browser.
+// Trainer. No Node built-ins here (globalThis.performance, client/yield.ts), so it runs in a browser.
 import type * as tf from '@tensorflow/tfjs';
 import { batchIterator, evaluateAccuracy, featureSize, withInputShape, type Batch, type Split } from './data/dataset.js';
 import { CurveRecorder, type CurveSummary } from './curve-recorder.js';
-import { sleep, yieldToEventLoop } from './pace.js';
+import { sleep, yieldToEventLoop } from './yield.js';
 import { Trainer, type OptimizerName } from './trainer.js';
 
 /** Minibatches the training accuracy is averaged over (the guard's "memorised" test). */

@@ -1,11 +1,13 @@
 // The coordinator's plain-HTTP side, on the same port as socket.io (which takes /socket.io/ and
 // hands every other request here): /healthz, /status, /metrics, the dashboard page, its event
-// stream and its static files. Everything but /healthz and the static files needs a viewer token.
+// stream and its static files; the browser device's page under /device. Everything but /healthz,
+// the static files and /device needs a viewer token.
 import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../shared/log.js';
+import { serveDevicePage } from './device-page/routes.js';
 import type { DashboardFeed } from './dashboard-feed.js';
 import type { CoordinatorMetrics } from './metrics.js';
 import type { StatusSnapshot } from './status.js';
@@ -97,7 +99,9 @@ export function httpRoutes(deps: HttpRoutesDeps): (req: IncomingMessage, res: Se
       if (authorized(req, res, url, true)) deps.feed.subscribe(res);
       return;
     }
-    json(res, 404, { error: 'not_found', message: `no such endpoint: ${path} (served: /, /healthz, /status, /metrics, /events, /socket.io/)` });
+    // The browser device's page, bundle, wasm files and demo data (coordinator/device-page/).
+    if ((path === '/device' || path.startsWith('/device/')) && (await serveDevicePage(req, res, url))) return;
+    json(res, 404, { error: 'not_found', message: `no such endpoint: ${path} (served: /, /healthz, /status, /metrics, /events, /device, /socket.io/)` });
   };
 
   return (req, res) => {

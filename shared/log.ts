@@ -5,7 +5,8 @@ export type { Logger };
 
 /** True under the CLI's --debug (which sets MERGENET_DEBUG=1): only then do logs carry stack traces. */
 export function debugEnabled(): boolean {
-  return process.env.MERGENET_DEBUG === '1';
+  // globalThis.process: this module also runs in the browser device (no process there).
+  return globalThis.process?.env?.MERGENET_DEBUG === '1';
 }
 
 /** An error as a log field: type, message and code; the stack only with --debug. */

@@ -2,44 +2,32 @@
 // .ci/run installs it) against a coordinator with two devices. The pair table and the cycles
 // chart must change as cycles happen; a screenshot is saved as an artifact.
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { chromium, type BrowserContext } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../shared/tf/backend.js';
+import { launchChromium, type Chromium } from './helpers/chromium.js';
 import { startTwoDeviceFleet, VIEWER_TOKEN, type Fleet } from './helpers/two-device-fleet.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = resolve(__dirname, '../test-artifacts');
 
 let fleet: Fleet | undefined;
-let browser: BrowserContext | undefined;
-let profile: string | undefined;
+let chrome: Chromium | undefined;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: apt-get install -y --no-install-recommends chromium (.ci/run does), or set CHROMIUM_PATH`);
   await initBackend();
-  // A fresh user-data-dir, and nothing that reaches out to the network on its own.
-  profile = await mkdtemp(join(tmpdir(), 'mergenet-chromium-'));
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1440, height: 1000 },
-  });
+  chrome = await launchChromium();
   fleet = await startTwoDeviceFleet({ dashboardEveryMs: 250 });
 });
 
 afterAll(async () => {
-  await browser?.close().catch(() => undefined);
+  await chrome?.close();
   await fleet?.stop();
-  if (profile) await rm(profile, { recursive: true, force: true });
 });
 
 describe('dashboard in chromium', () => {
   it('shows devices and pairs, and its pair table and cycles chart move as cycles happen', async () => {
-    const page = await browser!.newPage();
+    const page = await chrome!.browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
     page.on('console', (m) => {

@@ -5,9 +5,9 @@ import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 const sleeps: number[] = [];
-// The loop sleeps through client/pace.ts alone; record its sleeps instead of waiting.
-vi.mock('../client/pace.js', async (importOriginal) => {
-  const real = await importOriginal<typeof import('../client/pace.js')>();
+// The loop sleeps through client/yield.ts (isomorphic: no node:timers/promises in the device core).
+vi.mock('../client/yield.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../client/yield.js')>();
   return {
     ...real,
     sleep: (ms: number) => {

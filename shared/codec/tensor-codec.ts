@@ -6,8 +6,37 @@
 // that comes back as a byte array; older versions wrote one byte per element). Received bins can
 // sit at unaligned byte offsets inside a socket frame, so they are always copied into a fresh
 // Float32Array.
+//
+// The same module runs in the browser device (no Node built-ins: test/browser-core.test.ts). There
+// is no Buffer there: msgpackr then packs a plain Uint8Array as a standard `bin` (its byte-array
+// class is Uint8Array) and decodes a `bin` to one, so "binary" means a Buffer in Node and a plain
+// Uint8Array in a browser (see isBin).
 import { C1, Packr, Unpackr } from 'msgpackr';
-import { endianness } from 'node:os';
+
+/** Node's Buffer where there is one (Node), undefined in a browser. */
+const NodeBuffer: typeof Buffer | undefined = (globalThis as { Buffer?: typeof Buffer }).Buffer;
+
+/** Bytes of a MessagePack `bin` as this runtime decodes them: a Buffer in Node, a Uint8Array elsewhere. */
+function isBin(v: unknown): v is Uint8Array {
+  if (NodeBuffer) return NodeBuffer.isBuffer(v);
+  return v instanceof Uint8Array && v.constructor === Uint8Array;
+}
+
+/** A zeroed byte array that msgpackr packs as a standard `bin` in this runtime. */
+function allocBin(bytes: number): Uint8Array {
+  return NodeBuffer ? NodeBuffer.alloc(bytes) : new Uint8Array(bytes);
+}
+
+/** A view of `bytes` of the type msgpackr decodes from (no copy). */
+function binView(bytes: Uint8Array | ArrayBuffer): Uint8Array {
+  if (bytes instanceof ArrayBuffer) return NodeBuffer ? NodeBuffer.from(bytes) : new Uint8Array(bytes);
+  if (!NodeBuffer) return bytes;
+  return NodeBuffer.isBuffer(bytes) ? bytes : NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function littleEndian(): boolean {
+  return new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+}
 
 export type CodecErrorCode = 'oversize' | 'malformed' | 'bad_tensor' | 'shape_mismatch' | 'non_finite';
 
@@ -38,7 +67,7 @@ export const MAX_DEPTH = 32;
 /** Dimensions above this are certainly a malformed shape, not a model. */
 const MAX_DIM = 1 << 24;
 
-if (endianness() !== 'LE') {
+if (!littleEndian()) {
   throw new Error('mergenet-fed assumes a little-endian host (float32 bytes are sent as-is)');
 }
 
@@ -56,6 +85,7 @@ export interface SizeLimit {
   maxBytes?: number;
 }
 
+/** A Buffer in Node; a plain Uint8Array in a browser (no Buffer there; the type is Node's view). */
 export function encodeMessage(value: unknown, opts: SizeLimit = {}): Buffer {
   const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   const out = packr.pack(value);
@@ -68,11 +98,10 @@ export function encodeMessage(value: unknown, opts: SizeLimit = {}): Buffer {
 export function decodeMessage(bytes: unknown, opts: SizeLimit = {}): unknown {
   const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   // Decoded as a Buffer (a view, no copy), so every MessagePack `bin` comes back as a Buffer and an
-  // extension that decodes to a typed array (msgpackr's 0x74) can be told apart from it.
-  let buf: Buffer;
-  if (Buffer.isBuffer(bytes)) buf = bytes;
-  else if (bytes instanceof Uint8Array) buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  else if (bytes instanceof ArrayBuffer) buf = Buffer.from(bytes);
+  // extension that decodes to a typed array (msgpackr's 0x74) can be told apart from it. (In a
+  // browser both are Uint8Arrays; only the coordinator's own messages are decoded there.)
+  let buf: Uint8Array;
+  if (bytes instanceof Uint8Array || bytes instanceof ArrayBuffer) buf = binView(bytes);
   else throw new CodecError('malformed', `expected a binary payload, got ${describe(bytes)}`);
   if (buf.byteLength > max) {
     throw new CodecError('oversize', `message is ${buf.byteLength} bytes, above the limit of ${max}`);
@@ -136,7 +165,7 @@ export function tensorToWire(values: Float32Array, shape: readonly number[]): Wi
   // A Buffer, not a plain Uint8Array: with moreTypes, msgpackr packs a plain Uint8Array as its own
   // typed-array extension (ext 0x74), which other MessagePack libraries cannot read; a Buffer is
   // packed as a standard `bin`.
-  const data = Buffer.alloc(values.byteLength);
+  const data = allocBin(values.byteLength);
   data.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
   return { dtype: 'float32', shape: [...shape], data };
 }
@@ -175,7 +204,7 @@ export function wireToFloat32(w: unknown, check: WireCheck = {}): { values: Floa
   }
   // A Buffer: what decodeMessage makes of a `bin` and what tensorToWire makes. A plain typed array
   // here came from a MessagePack extension, which the protocol does not allow.
-  if (!Buffer.isBuffer(t.data)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${show(t.data)}`);
+  if (!isBin(t.data)) throw new CodecError('bad_tensor', `${name}: data must be binary (bin), got ${show(t.data)}`);
   const expectedBytes = 4 * numel(shape as number[]);
   if (t.data.byteLength !== expectedBytes) {
     throw new CodecError('bad_tensor', `${name}: data has ${t.data.byteLength} bytes, shape [${shape.join(', ')}] needs ${expectedBytes}`);
