@@ -177,12 +177,12 @@ describe('the readout trial', () => {
       const trainer = new Trainer(model, { optimizer: 'adam', lr: 1e-3 });
       const branches = new KnowledgeBranches(model);
       const fitter = new ReadoutFitter(model, 'out', px);
-      const gate = new TrustGate({ guard: 'early', decideAfter: 10 });
+      const gate = new TrustGate({ guard: 'readout', decideAfter: 10 });
       const held = splitTensors(data.val);
       const batches = batchIterator(data.train, 32, 1, { epochs: Infinity });
       for (let u = 0; u < 10 && gate.decision === 'pending'; u++) {
         const W = branches.weight('out');
-        const D = fitter.swap(teacher, 10, W);
+        const { D, readout } = fitter.fit(teacher, 10, W);
         W.dispose();
         const g = gate.value;
         const upd = branches.setDelta('p', 'out', D, 1, g, { keepDelta: true });
@@ -194,17 +194,20 @@ describe('the readout trial', () => {
         const G = trainer.gradientOn(held.xs, held.ys, 'out');
         const gateGrad = upd.scale * tf.tidy(() => tf.sum(tf.mul(G, upd.delta!)).dataSync()[0]);
         tf.dispose([G, upd.delta!]);
-        gate.step(gateGrad, g);
+        gate.step(gateGrad, g, { readout: { ...fitter.readoutHits(readout, held.xs, held.ys), classes: 10 } });
       }
       branches.remove('p');
       tf.dispose([held.xs, held.ys]);
       trainer.dispose();
       model.dispose();
+      reasons.push(gate.reason ?? '');
       return gate.decision;
     };
+    const reasons: string[] = [];
     const before = tf.memory().numTensors;
     expect(decide(logitsOf(true))).toBe('accepted');
     expect(decide(logitsOf(false))).toBe('refused');
+    expect(reasons[0]).toMatch(/the readout labelled [5-9]\d % of 20 held-out examples right/);
     expect(tf.memory().numTensors).toBe(before);
     px.dispose();
   }, 120_000);

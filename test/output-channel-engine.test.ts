@@ -9,7 +9,7 @@ import { CoordinatorEngine, type Outbox, type Sender } from '../coordinator/engi
 import { silentLogger } from '../shared/log.js';
 import { ProtocolError } from '../shared/protocol/errors.js';
 import { CodecError } from '../shared/codec/tensor-codec.js';
-import type { PlanMsg, RegisterMsg, TeacherMsg } from '../shared/protocol/messages.js';
+import { teacherFeedbackSchema, type PlanMsg, type RegisterMsg, type TeacherMsg } from '../shared/protocol/messages.js';
 import { loadProbeExamples } from '../client/data/probe-data.js';
 import { initBackend } from '../shared/tf/backend.js';
 import { wire } from './helpers/fake-device.js';
@@ -153,6 +153,34 @@ describe('output channel: logits at the boundary', () => {
 });
 
 describe('output channel: a trial cycle', () => {
+  it('refuses a source whose gate rose but whose readout labels the held-out examples no better than chance', () => {
+    const { engine, join, sent } = setup();
+    const src = join('src', { shape: [64, CLASSES] });
+    const tgt = join('tgt', { shape: [128, CLASSES] });
+    engine.logits(src(), { probeId: engine.probes.all()[0].id, step: 5, values: logitsOf(() => -2) });
+    for (let i = 0; i < 3; i++) {
+      engine.teacherRequest(tgt(), { pairId: 'p', requestId: i, step: i });
+      const msg = sent.at(-1)!.msg as unknown as TeacherMsg;
+      // The held-out loss likes the swap (it shrinks an over-confident classifier), but the
+      // readout is at chance: 3 of 20 with 10 classes.
+      engine.teacherFeedback(tgt(), { pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: -1, readout: { hits: 3, n: 20 }, metrics: { step: i, loss: 1 } });
+    }
+    const gate = engine.status('http://x').pairs[0].gate;
+    expect(gate.decision).toBe('refused');
+    expect(gate.reason).toMatch(/gate rose to .*, but the readout labelled 15 % of 20 held-out examples right .*no better than chance/);
+  });
+
+  it('refuses a readout that claims more hits than examples', () => {
+    const { engine, join, sent } = setup();
+    const src = join('src', { shape: [64, CLASSES] });
+    const tgt = join('tgt', { shape: [128, CLASSES] });
+    engine.logits(src(), { probeId: engine.probes.all()[0].id, step: 5, values: logitsOf(() => -2) });
+    engine.teacherRequest(tgt(), { pairId: 'p', requestId: 0, step: 0 });
+    const msg = sent.at(-1)!.msg as unknown as TeacherMsg;
+    const parsed = teacherFeedbackSchema.safeParse({ pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: 0, readout: { hits: 21, n: 20 }, metrics: { step: 0, loss: 1 } });
+    expect(parsed.success).toBe(false);
+  });
+
   it('answers a request with the latest logits, takes one gate step per trial feedback, and refuses a source whose gate fell', () => {
     const { engine, join, sent, clock } = setup();
     const src = join('src', { shape: [64, CLASSES] });
@@ -192,9 +220,10 @@ describe('output channel: a trial cycle', () => {
     for (let i = 0; i < 3; i++) {
       engine.teacherRequest(tgt(), { pairId: 'p', requestId: i, step: i });
       const msg = sent.at(-1)!.msg as unknown as TeacherMsg;
-      engine.teacherFeedback(tgt(), { pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: -1, metrics: { step: i, loss: 1 } });
+      engine.teacherFeedback(tgt(), { pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: -1, readout: { hits: 15, n: 20 }, metrics: { step: i, loss: 1 } });
     }
     expect(engine.status('http://x').pairs[0].gate).toMatchObject({ decision: 'accepted' });
+    expect(engine.status('http://x').pairs[0].gate.reason).toMatch(/the readout labelled 75 % of 20 held-out examples right \(chance 10 %/);
     engine.teacherRequest(tgt(), { pairId: 'p', requestId: 10, step: 10 });
     const d = sent.at(-1)!.msg as unknown as TeacherMsg;
     expect(d.phase).toBe('distill');
