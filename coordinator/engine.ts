@@ -478,21 +478,31 @@ export class CoordinatorEngine {
     const want = pair.config.channel;
     if (want === 'parameter') {
       pair.channel = 'parameter';
+      pair.channelReason = 'as configured';
       return undefined;
     }
     const whyNotOutput = this.output.whyNot(pair);
+    const space = this.registry.get(pair.target.device)?.registration?.inputSpace;
+    const outputWhy = `both devices read "${space}" and share probe split "${this.probes.forSpace(space)?.id}"; the source's logits on it are tried as a readout of this classifier, then distilled if the gate keeps the source`;
     if (want === 'output') {
       if (whyNotOutput) return `output channel: ${whyNotOutput}`;
       pair.useOutputChannel();
+      pair.channelReason = `as configured; ${outputWhy}`;
       return undefined;
     }
     const shared = tShape[0] === sShape[0] && tShape[1] === sShape[1];
     if (shared || pair.config.align !== 'auto' || whyNotOutput) {
       pair.channel = 'parameter';
+      pair.channelReason = shared
+        ? `the slots have one shape [${tShape.join(', ')}]: the source's slice is swapped in under the trust gate`
+        : pair.config.align !== 'auto'
+          ? `align '${pair.config.align}' is configured`
+          : `the slots share no shape, and no output channel: ${whyNotOutput}`;
       if (!shared && pair.config.align === 'auto' && whyNotOutput) pair.outputRefusal = whyNotOutput;
       return undefined;
     }
     pair.useOutputChannel();
+    pair.channelReason = `the slots share no axis ([${sShape.join(', ')}] → [${tShape.join(', ')}]); ${outputWhy}`;
     return undefined;
   }
 

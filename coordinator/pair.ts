@@ -87,6 +87,8 @@ export class Pair {
    * source's logits on the probe split ('output', docs/DESIGN.md §10).
    */
   channel?: 'parameter' | 'output';
+  /** why the pair got its channel, for the plan's notes */
+  channelReason?: string;
   /** why 'auto' could not take the output channel for a pair whose slots share no axis */
   outputRefusal?: string;
   /** Where the adapter's output starts; fixed once both slot shapes are known. */

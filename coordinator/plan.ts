@@ -57,6 +57,8 @@ export function planNotes(deviceId: string, pairs: Iterable<Pair>, registry: Reg
         notes.push(`pair ${p.id}: waiting for peer device "${peer.device}" to register (no cycles until it does)`);
       } else if (!registry.slotShape(peer.device, peer.slot)) {
         notes.push(`pair ${p.id}: peer device "${peer.device}" did not offer slot "${peer.slot}" (no cycles until it does)`);
+      } else if (p.channelReason) {
+        notes.push(`pair ${p.id}: ${p.channel} channel: ${p.channelReason}`);
       }
     }
   }

@@ -103,6 +103,7 @@ describe('output channel: the plan', () => {
     const hash = createHash('sha256').update(new Uint8Array(ex.x.buffer)).digest('hex');
     expect(plan.probe).toMatchObject({ inputSpace: 'mnist', count: COUNT, source: { dataset: 'mnist', seed: 3, offset: 7000 }, sha256: hash });
     expect(lastPlan('src').pairs[0]).toMatchObject({ role: 'source', channel: 'output' });
+    expect(plan.notes).toContain('pair p: output channel: the slots share no axis ([64, 10] → [128, 10]); both devices read "mnist" and share probe split "mnist-s3-o7000-n20"; the source\'s logits on it are tried as a readout of this classifier, then distilled if the gate keeps the source');
   });
 
   it('keeps slots of one shape on the parameter channel', () => {
@@ -110,6 +111,7 @@ describe('output channel: the plan', () => {
     join('src', { shape: [128, CLASSES] });
     join('tgt', { shape: [128, CLASSES] });
     expect(lastPlan('tgt').pairs[0].channel).toBeUndefined();
+    expect(lastPlan('tgt').notes?.join('\n')).toMatch(/pair p: parameter channel: the slots have one shape \[128, 10\]/);
   });
 
   it('refuses a cross-task pair (digit → parity) with the reason, in the plan notes', () => {
