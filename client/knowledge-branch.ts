@@ -89,14 +89,8 @@ export class KnowledgeBranches {
     gate = 1,
     opts: { keepDelta?: boolean } = {},
   ): BranchUpdate & { delta?: tf.Tensor2D } {
-    if (!(Number.isFinite(tau) && tau > 0)) throw new Error(`tau must be a finite number > 0, got ${tau}`);
-    if (!(gate >= 0 && gate <= 1)) throw new Error(`gate must be in [0, 1], got ${gate}`);
-    const old = this.branches.get(pairId);
-    if (old && old.layer !== layer) {
-      throw new Error(`pair "${pairId}" already has a branch on layer "${old.layer}", not "${layer}"; remove it first`);
-    }
-    const variable = slotVariable(this.model, layer);
-    const [m, n] = slotShapeOf(variable.shape);
+    // tau, gate and the pair's layer are checked by setDelta, before anything changes.
+    const [m, n] = slotShapeOf(slotVariable(this.model, layer).shape);
     checkFactors(`pair "${pairId}" generated (A′, B′)`, generated, m, n, layer);
     checkFactors(`pair "${pairId}" current slice (A, B)`, current, m, n, layer);
 

@@ -12,6 +12,7 @@ import type { FeedbackAckMsg, LogitsMsg, SkipMsg, SkipReason, TeacherFeedbackMsg
 import { hash32, type CoordinatorConfig } from './config.js';
 import type { Outbox, Sender } from './engine.js';
 import { noiseSeed } from './noise.js';
+import { mulberry32 } from '../shared/math/prng.js';
 import type { Pair } from './pair.js';
 import type { ProbeSplits } from './probe-splits.js';
 import type { Registry } from './registry.js';
@@ -35,14 +36,7 @@ function noiseLogits(like: Float32Array, seed: number): Float32Array {
   let sq = 0;
   for (const v of like) sq += (v - mean) * (v - mean);
   const std = Math.sqrt(sq / like.length) || 1;
-  let a = seed >>> 0;
-  const rand = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rand = mulberry32(seed);
   const out = new Float32Array(like.length);
   for (let i = 0; i < out.length; i += 2) {
     const u = Math.max(rand(), 1e-12);

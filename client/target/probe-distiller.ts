@@ -4,23 +4,12 @@
 // target learns the source's function on inputs it has never had labels for. Transport-free.
 import * as tf from '@tensorflow/tfjs';
 import { PROB_EPSILON } from '../trainer.js';
+import { mulberry32 } from '../../shared/math/prng.js';
 
 export interface DistillSettings {
   lambda: number;
   temperature: number;
   batchSize: number;
-}
-
-/** mulberry32: a small seeded generator, so the probe minibatches are reproducible. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export class ProbeDistiller {

@@ -1,16 +1,7 @@
 // Seeded random numbers for tests: deterministic, so a failure reproduces with the same values.
 
-/** mulberry32: uniform in [0, 1), the same stream for the same 32-bit seed. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32: uniform in [0, 1), the same stream for the same 32-bit seed (the project's own). */
+export { mulberry32 } from '../../shared/math/prng.js';
 
 /** One standard normal draw (Box–Muller); consumes two values of rng. */
 export function gaussian(rng: () => number): number {
