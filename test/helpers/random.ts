@@ -1,7 +1,9 @@
 // Seeded random numbers for tests: deterministic, so a failure reproduces with the same values.
 
 /** mulberry32: uniform in [0, 1), the same stream for the same 32-bit seed (the project's own). */
-export { mulberry32 } from '../../shared/math/prng.js';
+import { mulberry32 } from '../../shared/math/prng.js';
+
+export { mulberry32 };
 
 /** One standard normal draw (Box–Muller); consumes two values of rng. */
 export function gaussian(rng: () => number): number {
