@@ -45,9 +45,10 @@ async function main(): Promise<void> {
     .option('--late <n>', 'late devices that register during the load', positiveInt, 5)
     .option('--checkpoint-every <n>', 'checkpoint every n adapter updates (0: off)', (v) => Number(v), 50)
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
+    .option('--max-queued <n>', 'throughput.maxQueuedPerWorker (default: the config default)', positiveInt)
     .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
-    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto' }>();
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number }>();
   const shapes = SLOT_SETS[o.slots];
   if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
   const pairs = Math.floor(o.devices / 2);
@@ -61,7 +62,7 @@ async function main(): Promise<void> {
     devices: [...devices, ...late].map((d) => ({ id: d.id, token: d.token })),
     // The LPKA runs every cycle (no pass-through start, no guard to stop a pair): the load is the adapter's.
     defaults: { rank: o.rank, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
-    throughput: { adapterWorkers: o.workers },
+    throughput: { adapterWorkers: o.workers, ...(o.maxQueued ? { maxQueuedPerWorker: o.maxQueued } : {}) },
     pairs: Array.from({ length: pairs }, (_, i) => ({ id: `p${i}`, source: { device: `d${2 * i}`, slot: 's' }, target: { device: `d${2 * i + 1}`, slot: 't' } })),
     checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery } : {},
     statusEveryMs: 0,
