@@ -45,9 +45,10 @@ async function main(): Promise<void> {
     .option('--late <n>', 'late devices that register during the load', positiveInt, 5)
     .option('--checkpoint-every <n>', 'checkpoint every n adapter updates (0: off)', (v) => Number(v), 50)
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
+    .option('--max-queued <n>', 'throughput.maxQueuedPerWorker (default: the config default)', positiveInt)
     .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
-    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto' }>();
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number }>();
   const shapes = SLOT_SETS[o.slots];
   if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
   const pairs = Math.floor(o.devices / 2);
@@ -61,7 +62,7 @@ async function main(): Promise<void> {
     devices: [...devices, ...late].map((d) => ({ id: d.id, token: d.token })),
     // The LPKA runs every cycle (no pass-through start, no guard to stop a pair): the load is the adapter's.
     defaults: { rank: o.rank, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
-    throughput: { adapterWorkers: o.workers },
+    throughput: { adapterWorkers: o.workers, ...(o.maxQueued ? { maxQueuedPerWorker: o.maxQueued } : {}) },
     pairs: Array.from({ length: pairs }, (_, i) => ({ id: `p${i}`, source: { device: `d${2 * i}`, slot: 's' }, target: { device: `d${2 * i + 1}`, slot: 't' } })),
     checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery } : {},
     statusEveryMs: 0,
@@ -87,6 +88,7 @@ async function main(): Promise<void> {
     connectConcurrency: o.connectConcurrency, connectTimeoutMs: 15_000,
   };
   let updatesAtLoadStart = 0;
+  let cpuAtLoadStart = process.cpuUsage();
   let loadStartedAt = 0;
   const report = await new Promise<LoadDevicesReport>((resolve, reject) => {
     child.on('message', (m: { kind: string; report?: LoadDevicesReport }) => {
@@ -94,6 +96,7 @@ async function main(): Promise<void> {
         // measure the load phase only
         updatesAtLoadStart = updates;
         loadStartedAt = performance.now();
+        cpuAtLoadStart = process.cpuUsage();
         lag.reset();
       } else if (m.kind === 'report') resolve(m.report!);
     });
@@ -101,6 +104,9 @@ async function main(): Promise<void> {
     child.send(job);
   });
   const loadSeconds = (performance.now() - loadStartedAt) / 1000;
+  // CPU of this process (every thread: the event loop and the adapter workers) over the load phase
+  const cpu = process.cpuUsage(cpuAtLoadStart);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   lag.disable();
   clearInterval(sampler);
   const status = coord.status();
@@ -121,6 +127,7 @@ async function main(): Promise<void> {
     offeredCyclesPerSec: +(pairs * (1000 / o.sliceMs)).toFixed(1),
     pairCyclesPerSec: +(report.transfers / (report.loadMs / 1000)).toFixed(1),
     adapterUpdatesPerSec: +(loadUpdates / loadSeconds).toFixed(1),
+    coordinatorCpu: { cores: +(cpuSeconds / loadSeconds).toFixed(2), msPerUpdate: loadUpdates ? +((cpuSeconds * 1000) / loadUpdates).toFixed(2) : null },
     sliceToTransferMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), n: lat.length },
     eventLoopLagMs: { p50: +(lag.percentile(50) / 1e6).toFixed(1), p99: +(lag.percentile(99) / 1e6).toFixed(1), max: +(lag.max / 1e6).toFixed(1) },
     lateRegisterMs: { each: report.lateRegisterMs, max: lateOk.length ? lateOk[lateOk.length - 1] : null, timedOut: report.lateRegisterMs.filter((x) => x === null).length },
@@ -138,7 +145,7 @@ async function main(): Promise<void> {
     `bench:load ${o.devices} devices (${o.slots} slots, r ${o.rank}): registered ${report.registered} in ${report.registerAllMs} ms; ` +
       `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered, ${result.adapterUpdatesPerSec} updates/s; ` +
       `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
-      `loop lag p99 ${result.eventLoopLagMs.p99} ms; late register max ${result.lateRegisterMs.max} ms (${result.lateRegisterMs.timedOut} timed out); ` +
+      `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register max ${result.lateRegisterMs.max} ms (${result.lateRegisterMs.timedOut} timed out); ` +
       `RSS ${rssFirst} → ${rssLast} MB; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
   );
 }

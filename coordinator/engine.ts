@@ -6,16 +6,16 @@
 import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
-import type { StepResult } from './adapter/adamw.js';
-import { factorShapes, factorsOf, type AdapterHost } from './adapter-host.js';
-import { AdapterPool } from './adapter-pool.js';
-import { Backpressure } from './backpressure.js';
 import type { Logger } from '../shared/log.js';
 import { disposeLowRank, truncateLowRank } from '../shared/math/low-rank.js';
 import { ERROR_CODES, ProtocolError, type ErrorCode } from '../shared/protocol/errors.js';
 import { EVENTS, type CoordinatorEvent, type CoordinatorMessage } from '../shared/protocol/events.js';
 import type { FeedbackAckMsg, FeedbackMsg, LogitsMsg, Metrics, PlanMsg, RegisterMsg, SkipMsg, SkipReason, SliceMsg, TeacherFeedbackMsg, TeacherRequestMsg, TransferMsg } from '../shared/protocol/messages.js';
 import { PROTOCOL_VERSION } from '../shared/protocol/version.js';
+import type { StepResult } from './adapter/adamw.js';
+import { factorShapes, factorsOf, type AdapterHost } from './adapter-host.js';
+import { AdapterPool } from './adapter-pool.js';
+import { Backpressure } from './backpressure.js';
 import { Checkpointer, CheckpointError, type CheckpointPair } from './checkpoint.js';
 import { CoalescingWriter } from './checkpoint-coalescer.js';
 import type { CoordinatorConfig } from './config.js';
@@ -864,10 +864,10 @@ export class CoordinatorEngine {
     const gradNorm = res.adapter?.gradNorm ?? 0;
     const clipped = res.adapter?.clipped ?? false;
     // The cycle is complete: tell the target (its feedback counted, and the step it produced).
-    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId: cycleId, adapterStep: step, updates: pair.counters.updates };
+    const ack: FeedbackAckMsg = { pairId: pair.id, cycleId, adapterStep: step, updates: pair.counters.updates };
     this.outbox.send(from.connectionId, EVENTS.feedbackAck, ack);
-    this.log.debug({ pairId: pair.id, cycleId: cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
-    this.notify('update', { pairId: pair.id, cycleId: cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
+    this.log.debug({ pairId: pair.id, cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
+    this.notify('update', { pairId: pair.id, cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
     if (res.gate.decided) this.gateDecided(pair);
     this.periodicCheckpoint();
   }

@@ -4,7 +4,7 @@
 // pool is saturated, and counts a feedback deadline from the transfer's send; drain() lets every
 // accepted update land before the last checkpoint.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StepResult } from '../coordinator/adapter/adamw.js';
@@ -351,6 +351,16 @@ describe('engine with adapters in worker threads', () => {
     expect(loaded.pairs.map((p) => [p.id, p.adapterStep])).toEqual([['p-t0', 1], ['p-t1', 2], ['p-t2', 1]]);
     for (const p of loaded.pairs) expect(Buffer.from(p.state!).equals(Buffer.from((await e.engine.adapterState(p.id))!))).toBe(true);
     await e.close();
+  });
+});
+
+describe('throughput config', () => {
+  it('defaults to adapters on the event loop; auto is one worker per core; errors name the field', () => {
+    const base = { devices: [{ id: 'a', token: 'x' }] };
+    expect(parseCoordinatorConfig(base).throughput).toEqual({ adapterWorkers: 0, maxQueuedPerWorker: 8 });
+    expect(parseCoordinatorConfig({ ...base, throughput: { adapterWorkers: 'auto' } }).throughput.adapterWorkers).toBe(availableParallelism());
+    expect(() => parseCoordinatorConfig({ ...base, throughput: { adapterWorkers: -1 } })).toThrow(/throughput\.adapterWorkers/);
+    expect(() => parseCoordinatorConfig({ ...base, throughput: { maxQueuedPerWorker: 0 } })).toThrow(/throughput\.maxQueuedPerWorker/);
   });
 });
 
