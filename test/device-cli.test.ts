@@ -74,7 +74,7 @@ describe('mergenet-fed CLI', () => {
         if (/listening on http:\/\/127\.0\.0\.1:\d+/.test(out)) kill('SIGTERM');
       },
     });
-    expect(r.stdout).toMatch(/coordinator listening on http:\/\/127\.0\.0\.1:\d+ \(protocol 2; 1 devices/);
+    expect(r.stdout).toMatch(/coordinator listening on http:\/\/127\.0\.0\.1:\d+ \(protocol 3; 1 devices/);
     expect(r.code).toBe(0);
     const bad = join(dir, 'bad.yaml');
     await writeFile(bad, 'devices:\n  - { id: x }\npairs: 3\n');
