@@ -446,12 +446,17 @@ export class Pair {
     this.endCycle(c, 'completed');
     this.counters.updates++;
     this.counters.lastUpdateAt = now;
-    this.gateTrace.push({ update: this.counters.updates, gate: gate.after });
+    this.traceGate(gate.after);
+    return gate;
+  }
+
+  /** Record g after an update; halve the resolution rather than forget the start (the decision lives there). */
+  private traceGate(g: number): void {
+    this.gateTrace.push({ update: this.counters.updates, gate: g });
     if (this.gateTrace.length > GATE_TRACE) {
       const kept = this.gateTrace.filter((_, i) => i % 2 === 0);
       this.gateTrace.splice(0, this.gateTrace.length, ...kept);
     }
-    return gate;
   }
 
   /** How a cycle that is not in flight ended, if it ended recently. */
@@ -515,12 +520,7 @@ export class Pair {
       this.counters.lastClipped = res.clipped;
     }
     this.counters.lastUpdateAt = now;
-    this.gateTrace.push({ update: this.counters.updates, gate: gate.after });
-    if (this.gateTrace.length > GATE_TRACE) {
-      // Halve the resolution rather than forget the start: the early decision lives there.
-      const kept = this.gateTrace.filter((_, i) => i % 2 === 0);
-      this.gateTrace.splice(0, this.gateTrace.length, ...kept);
-    }
+    this.traceGate(gate.after);
     return { adapter: res, gate };
   }
 
