@@ -1,11 +1,12 @@
 // What a DeviceClient reports: its status snapshot and the events it emits. Kept apart so the
 // transport (device-link.ts) and the cycle logic (transfer-apply.ts, local-training-loop.ts) can
 // speak these types without importing the client that composes them.
+import type { OutputChannelStatus } from './target/output-channel.js';
 import type { PlanMsg, PlanPair, RejectMsg } from '../shared/protocol/messages.js';
 
 export interface DeviceStatus {
   /** the output channel (protocol 3): the probe split, logits sent, trials applied, pairs distilling */
-  output: { probe?: string; probeProblem?: string; logitsSent: number; requestsSent: number; trialsApplied: number; distilling: string[]; kept: string[] };
+  output: OutputChannelStatus;
   deviceId: string;
   step: number;
   connected: boolean;

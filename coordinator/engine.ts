@@ -112,7 +112,6 @@ export class CoordinatorEngine {
     this.output = new OutputChannelRouter(config, this.registry, this.probes, outbox, log, {
       gateDecided: (pair) => this.gateDecided(pair),
       updated: () => this.countUpdate(),
-      countDrop: (code) => this.countDrop(code),
       setMetrics: (id, m, now) => this.registry.setMetrics(id, m, now),
     });
   }
@@ -897,7 +896,7 @@ export class CoordinatorEngine {
   /** `teacher_request` {pairId, requestId, step}: an output pair's target starts a cycle. */
   teacherRequest(from: Sender, msg: TeacherRequestMsg): void {
     this.registrationOf(from);
-    this.output.teacherRequest(from, this.pairs.get(msg.pairId), msg, from.now, (p) => this.dropCycle(p, 'cycle_timeout'));
+    this.output.teacherRequest(from, this.pairs.get(msg.pairId), msg, (p) => this.dropCycle(p, 'cycle_timeout'));
   }
 
   /** `teacher_feedback` {pairId, cycleId, steps, gateGrad, metrics}: a step of an output pair's gate. */

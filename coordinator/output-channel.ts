@@ -53,7 +53,6 @@ export interface OutputChannelHooks {
   gateDecided(pair: Pair): void;
   /** an update was applied (the engine counts it and may checkpoint) */
   updated(pair: Pair): void;
-  countDrop(code: string): void;
   setMetrics(deviceId: string, msg: TeacherFeedbackMsg['metrics'], now: number): void;
 }
 
@@ -110,7 +109,8 @@ export class OutputChannelRouter {
   }
 
   /** `teacher_request` {pairId, requestId, step}: start a cycle of an output pair, or say why not. */
-  teacherRequest(from: Sender, pair: Pair | undefined, msg: TeacherRequestMsg, now: number, dropExpired: (pair: Pair) => void): void {
+  teacherRequest(from: Sender, pair: Pair | undefined, msg: TeacherRequestMsg, dropExpired: (pair: Pair) => void): void {
+    const now = from.now;
     if (!pair || pair.target.device !== from.deviceId || pair.channel !== 'output' || !pair.active) {
       fail('unknown_pair', `no active output pair "${msg.pairId}" has device "${from.deviceId}" as its target`);
     }

@@ -48,6 +48,19 @@ interface TrialWindow {
   readout: RidgeFit;
 }
 
+/** The output channel's part of the device status. */
+export interface OutputChannelStatus {
+  probe?: string;
+  probeProblem?: string;
+  logitsSent: number;
+  requestsSent: number;
+  trialsApplied: number;
+  /** pairs whose distillation term is on */
+  distilling: string[];
+  /** pairs whose tried readout was kept in the weight */
+  kept: string[];
+}
+
 export interface OutputChannelEvents {
   ignore(reason: string, detail: string, pairId?: string): void;
   log(level: 'info' | 'warn', obj: object, msg: string): void;
@@ -170,9 +183,10 @@ export class OutputChannel {
       return tf.log(tf.clipByValue(probs, PROB_EPSILON, 1));
     });
     try {
+      // dataSync returns a fresh copy: the tensor can go once it is taken.
       const data = values.dataSync() as Float32Array;
       this.logitsSent += 1;
-      return { probeId: this.probe.desc.id, step, values: tensorToWire(Float32Array.from(data), values.shape) };
+      return { probeId: this.probe.desc.id, step, values: tensorToWire(data, values.shape) };
     } finally {
       values.dispose();
     }
@@ -316,7 +330,7 @@ export class OutputChannel {
     return n;
   }
 
-  status(): { probe?: string; probeProblem?: string; logitsSent: number; requestsSent: number; trialsApplied: number; distilling: string[]; kept: string[] } {
+  status(): OutputChannelStatus {
     return {
       probe: this.probe?.desc.id,
       probeProblem: this.probeProblem,

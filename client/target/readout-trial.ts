@@ -53,11 +53,6 @@ export class ReadoutFitter {
    * D = W_r − W for the teacher's logits `teacher` [count, classes] (row-major), with W the
    * trained weight of the classifier slot (without any branch). The caller owns D.
    */
-  swap(teacher: Float32Array, classes: number, W: tf.Tensor2D): tf.Tensor2D {
-    return this.fit(teacher, classes, W).D;
-  }
-
-  /** D as swap() gives it, with the ridge fit (W_r and its intercept) behind it. */
   fit(teacher: Float32Array, classes: number, W: tf.Tensor2D): { D: tf.Tensor2D; readout: RidgeFit } {
     const variable = slotVariable(this.model, this.layer);
     const [d, c] = slotShapeOf(variable.shape);
