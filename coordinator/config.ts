@@ -124,8 +124,8 @@ const pairSchema = z.strictObject({
   refineLr: z.number().nonnegative().finite().optional(),
   /** The pair's trust gate (merged over defaults.gate). */
   gate: gateOverridesSchema.optional(),
-  /** Join-time transfer (default defaults.join): off, check (kept if the held-out loss falls), always. */
-  join: z.enum(['off', 'check', 'always']).optional(),
+  /** Join-time transfer (default defaults.join): off, check (kept if the held-out loss falls), always, once (always, and the pair ends there: no live channel follows). */
+  join: z.enum(['off', 'check', 'always', 'once']).optional(),
   /**
    * What the pair exchanges (default defaults.channel): 'parameter' (slices of the slots), 'output'
    * (the source's logits on the probe split: readout trial, then distillation), or 'auto': the
@@ -154,7 +154,7 @@ const rawConfigSchema = z.strictObject({
       align: alignSchema.default('auto'),
       refineLr: z.number().nonnegative().finite().default(0),
       gate: gateOverridesSchema.default({}),
-      join: z.enum(['off', 'check', 'always']).default('off'),
+      join: z.enum(['off', 'check', 'always', 'once']).default('off'),
       channel: z.enum(CHANNELS).default('auto'),
       distill: distillSchema.prefault({}),
     })
@@ -241,7 +241,7 @@ export interface PairConfig {
   /** The trust gate, fully resolved. */
   gate: GateConfig;
   /** Join-time transfer at the target's first transfer (pass-through starts only). */
-  join: 'off' | 'check' | 'always';
+  join: 'off' | 'check' | 'always' | 'once';
   /** defaults.adapter merged with the pair's own overrides. */
   adapter: AdapterOverrides;
   /** Created by autoPair rather than listed in the config. */
@@ -276,7 +276,7 @@ export interface CoordinatorConfig {
     align: AlignSetting;
     refineLr: number;
     gate: GateConfig;
-    join: 'off' | 'check' | 'always';
+    join: 'off' | 'check' | 'always' | 'once';
     channel: ChannelSetting;
     distill: DistillConfig;
   };

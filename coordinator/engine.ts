@@ -21,6 +21,7 @@ import { CoalescingWriter } from './checkpoint-coalescer.js';
 import type { CoordinatorConfig } from './config.js';
 import type { Notify } from './events.js';
 import { Pair, type CycleDropReason, type InFlightCycle } from './pair.js';
+import type { TargetReport } from './gate/trust-gate.js';
 import { autoPairConfigs, autoPairRank, planFor, planNotes } from './plan.js';
 import { OutputChannelRouter } from './output-channel.js';
 import { ProbeSplits } from './probe-splits.js';
@@ -420,6 +421,11 @@ export class CoordinatorEngine {
       pair.inactiveReason = `refused by its trust gate: ${pair.gate.reason ?? 'refused'}`;
       return;
     }
+    if (pair.joinDone) {
+      pair.active = false;
+      pair.inactiveReason = `join only (join: once): the source's slice went into the target's weight at its first transfer; no live channel follows`;
+      return;
+    }
     if (sShape && tShape && pair.channel === undefined) {
       const why = this.resolveChannel(pair, tShape, sShape);
       if (why) {
@@ -807,16 +813,17 @@ export class CoordinatorEngine {
     }
     const gA = wireToFloat32(msg.gA, { name: 'feedback.gA', shape: c.outShapes.A });
     const gB = wireToFloat32(msg.gB, { name: 'feedback.gB', shape: c.outShapes.B });
+    const report: TargetReport = { trainAcc: msg.metrics.trainAcc, sourceGrad: msg.sourceGrad, relevance: pair.relevanceOf(gA.values, gB.values) };
 
     // Valid: apply.
-    if (c.adapterRan && pair.remoteHost) return this.feedbackInWorker(pair, c, gA.values, gB.values, from, msg);
+    if (c.adapterRan && pair.remoteHost) return this.feedbackInWorker(pair, c, gA.values, gB.values, from, msg, report);
     const tA = tf.tensor2d(gA.values, c.outShapes.A, 'float32');
     const tB = tf.tensor2d(gB.values, c.outShapes.B, 'float32');
     let res;
     const t0 = performance.now();
     try {
       // If the update throws, the cycle ends and the edge answers `internal` (counted once there).
-      res = pair.applyFeedback(tA, tB, msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc, sourceGrad: msg.sourceGrad });
+      res = pair.applyFeedback(tA, tB, msg.gateGrad, from.now, report);
     } finally {
       tA.dispose();
       tB.dispose();
@@ -828,7 +835,7 @@ export class CoordinatorEngine {
    * feedback() where the adapter lives in a worker: its update runs there, and the cycle counts as
    * in flight (and cannot time out or be replaced) until it is back; then the same bookkeeping.
    */
-  private feedbackInWorker(pair: Pair, c: InFlightCycle, gA: Float32Array, gB: Float32Array, from: Sender, msg: FeedbackMsg): void {
+  private feedbackInWorker(pair: Pair, c: InFlightCycle, gA: Float32Array, gB: Float32Array, from: Sender, msg: FeedbackMsg, report: TargetReport): void {
     c.applying = true;
     const host = pair.remoteHost!;
     const t0 = performance.now();
@@ -837,7 +844,7 @@ export class CoordinatorEngine {
       .track(host.update(pair.id, gA.slice(), gB.slice()))
       .then(
         (step: StepResult) => {
-          const res = pair.completeFeedback(step, msg.gateGrad, from.now, { trainAcc: msg.metrics.trainAcc, sourceGrad: msg.sourceGrad });
+          const res = pair.completeFeedback(step, msg.gateGrad, from.now, report);
           this.feedbackApplied(pair, c.cycleId, res, from, msg, performance.now() - t0);
         },
         (err: unknown) => {
@@ -868,6 +875,12 @@ export class CoordinatorEngine {
     this.log.debug({ pairId: pair.id, cycleId, step, gradNorm, clipped, gate: res.gate.after, dTheta: res.gate.dTheta, steps: msg.steps, scale: msg.scale }, 'pair updated');
     this.notify('update', { pairId: pair.id, cycleId, step, gradNorm, clipped, gate: res.gate.after, gateGrad: res.gate.dTheta, adapterMs });
     if (res.gate.decided) this.gateDecided(pair);
+    if (pair.joinDone && pair.active) {
+      this.refreshPair(pair);
+      this.log.info({ pairId: pair.id }, 'join-only pair done');
+      this.sendPlan(pair.target.device, false);
+      this.sendPlan(pair.source.device, false);
+    }
     this.periodicCheckpoint();
   }
 

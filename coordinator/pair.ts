@@ -12,8 +12,9 @@ import type { StepResult } from './adapter/adamw.js';
 import type { CheckpointPair, PairCountersSnapshot } from './checkpoint.js';
 import { hash32, pairAdapterConfig, type Endpoint, type PairConfig } from './config.js';
 import { alignmentFits, inferAlignment, passThroughStart, type Alignment } from './adapter/pass-through.js';
-import { TrustGate, type GateState, type GateStep, type TargetReport } from './gate/trust-gate.js';
+import { TrustGate, type GateState, type GateStep, type GateTracePoint, type TargetReport } from './gate/trust-gate.js';
 import { noiseLikeLowRank, noiseSeed } from './noise.js';
+import { relevanceTrial, type RelevanceTrial } from './gate/relevance.js';
 
 /** Why a cycle ended without an update. */
 export type CycleDropReason = Extract<ErrorCode, 'cycle_timeout' | 'session_replaced' | 'internal'>;
@@ -96,7 +97,7 @@ export class Pair {
   /** ‖K‖/‖W‖ the target reported for its latest branch (from feedback), for status. */
   lastBranchRatio?: number;
   /** g after each update (at most GATE_TRACE entries: every other one is dropped when full), for reports */
-  readonly gateTrace: { update: number; gate: number }[] = [];
+  readonly gateTrace: GateTracePoint[] = [];
   private model?: AdapterWithOptimizer;
   /** The optimiser step of an adapter that lives in an AdapterHost (undefined: none there). */
   private remoteStep?: number;
@@ -190,7 +191,17 @@ export class Pair {
   get joinMode(): 'check' | 'always' | undefined {
     const j = this.config.join;
     if (j === 'off' || this.alignment === undefined || this.alignment === 'none') return undefined;
-    return j;
+    // 'once' is 'always' for the device; the coordinator ends the pair after that transfer.
+    return j === 'once' ? 'always' : j;
+  }
+
+  /**
+   * A join-only pair (`join: once`) that has made its one transfer: it leaves the plans, with no
+   * live channel after it (measured across widths, the live gate after a join cost what the join
+   * had gained). Derived from the counters, so a restored checkpoint keeps it.
+   */
+  get joinDone(): boolean {
+    return this.config.join === 'once' && this.channel !== 'output' && this.counters.updates > 0;
   }
 
   /** Refused by the gate's guard: the pair stops for good (it leaves the plans). */
@@ -397,7 +408,7 @@ export class Pair {
   useOutputChannel(): void {
     this.channel = 'output';
     this.alignment = undefined;
-    if (this.gate.config.guard === 'source' || this.gate.config.guard === 'signtest') {
+    if (this.gate.config.guard === 'relevance' || this.gate.config.guard === 'source' || this.gate.config.guard === 'signtest') {
       this.gate = new TrustGate({ ...this.gate.config, guard: 'readout' }, this.gate.state());
     }
   }
@@ -432,6 +443,22 @@ export class Pair {
     return cycleId;
   }
 
+  /**
+   * The 'relevance' guard's trial for the cycle in flight (coordinator/gate/relevance.ts): the
+   * factor of the start that carries the source (A′ where the rows are aligned, B′ where only the
+   * columns are) against random factors, along the feedback's gA or gB. Undefined where there is
+   * nothing to test: another guard, a decided gate, or a start that is the target's own slice.
+   */
+  relevanceOf(gA: Float32Array, gB: Float32Array): RelevanceTrial | undefined {
+    const c = this.inFlight;
+    if (!c?.input || this.gate.config.guard !== 'relevance' || this.gate.decision !== 'pending') return undefined;
+    const side = this.alignment === 'both' || this.alignment === 'rows' ? 'A' : this.alignment === 'cols' ? 'B' : undefined;
+    if (!side) return undefined;
+    const factor = c.input.target[side].dataSync() as Float32Array;
+    const x = side === 'A' ? { factor, grad: gA, r: c.outShapes.A[1], layout: 'columns' as const } : { factor, grad: gB, r: c.outShapes.B[0], layout: 'rows' as const };
+    return relevanceTrial(x, this.gate.config.shadows, noiseSeed(this.seed ^ 0x2545f491, c.cycleId));
+  }
+
   /** The trial feedback of the output cycle in flight: one step of the trust gate. */
   applyOutputFeedback(gateGrad: number, now: number, target: TargetReport = {}): GateStep {
     const c = this.inFlight;
@@ -446,13 +473,17 @@ export class Pair {
     this.endCycle(c, 'completed');
     this.counters.updates++;
     this.counters.lastUpdateAt = now;
-    this.traceGate(gate.after);
+    this.traceGate(gate.after, gateGrad, target);
     return gate;
   }
 
   /** Record g after an update; halve the resolution rather than forget the start (the decision lives there). */
-  private traceGate(g: number): void {
-    this.gateTrace.push({ update: this.counters.updates, gate: g });
+  private traceGate(g: number, gateGrad: number, target: TargetReport): void {
+    const point: GateTracePoint = { update: this.counters.updates, gate: g, gateGrad };
+    if (target.sourceGrad !== undefined) point.sourceGrad = target.sourceGrad;
+    if (target.trainAcc !== undefined) point.trainAcc = target.trainAcc;
+    if (target.relevance) point.beatShadows = target.relevance.beatAll;
+    this.gateTrace.push(point);
     if (this.gateTrace.length > GATE_TRACE) {
       const kept = this.gateTrace.filter((_, i) => i % 2 === 0);
       this.gateTrace.splice(0, this.gateTrace.length, ...kept);
@@ -520,7 +551,7 @@ export class Pair {
       this.counters.lastClipped = res.clipped;
     }
     this.counters.lastUpdateAt = now;
-    this.traceGate(gate.after);
+    this.traceGate(gate.after, gateGrad, target);
     return { adapter: res, gate };
   }
 

@@ -40,6 +40,7 @@ export const pairStatusSchema = z.strictObject({
   rank: z.number().int().positive(),
   active: z.boolean(),
   inactiveReason: z.string().optional(),
+  joinDone: z.boolean(),
   auto: z.boolean(),
   sourceMode: z.enum(['real', 'noise']),
   tCycle: z.number().int().positive(),
@@ -68,7 +69,16 @@ export const pairStatusSchema = z.strictObject({
     reason: z.string().optional(),
     decidedAt: count.optional(),
   }),
-  gateTrace: z.array(z.strictObject({ update: count, gate: z.number().min(0).max(1) })),
+  gateTrace: z.array(
+    z.strictObject({
+      update: count,
+      gate: z.number().min(0).max(1),
+      gateGrad: z.number().optional(),
+      sourceGrad: z.number().optional(),
+      trainAcc: z.number().min(0).max(1).optional(),
+      beatShadows: z.boolean().optional(),
+    }),
+  ),
   branchRatio: z.number().nonnegative().optional(),
 });
 

@@ -5,7 +5,7 @@ import type { Metrics, SlotDesc } from '../shared/protocol/messages.js';
 import type { Endpoint, SourceMode } from './config.js';
 import type { Pair, PairCounters } from './pair.js';
 import type { Alignment } from './adapter/pass-through.js';
-import type { GateDecision } from './gate/trust-gate.js';
+import type { GateDecision, GateTracePoint } from './gate/trust-gate.js';
 import type { DeviceRecord } from './registry.js';
 
 export interface DeviceStatus {
@@ -33,6 +33,8 @@ export interface PairStatus
   rank: number;
   active: boolean;
   inactiveReason?: string;
+  /** a join-only pair (join: once) that has made its one transfer and ended */
+  joinDone: boolean;
   auto: boolean;
   sourceMode: SourceMode;
   tCycle: number;
@@ -50,7 +52,7 @@ export interface PairStatus
   /** the trust gate: g, θ, the guard's decision and the updates it has had */
   gate: { value: number; theta: number; decision: GateDecision; updates: number; reason?: string; decidedAt?: number };
   /** g after each update (thinned to at most 512 points) */
-  gateTrace: { update: number; gate: number }[];
+  gateTrace: GateTracePoint[];
   /** ‖K‖/‖W‖ the target reported for its latest branch */
   branchRatio?: number;
 }
@@ -140,6 +142,7 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
       rank: p.rank,
       active: p.active,
       inactiveReason: p.inactiveReason,
+      joinDone: p.joinDone,
       auto: p.config.auto,
       sourceMode: p.config.sourceMode,
       tCycle: p.config.tCycle,

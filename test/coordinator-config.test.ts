@@ -33,7 +33,7 @@ describe('coordinator config', () => {
     expect(c.port).toBe(0);
     expect(c.defaults).toEqual({
       rank: 8, tCycle: 50, k: 10, tau: 0.5, adapter: {}, feedback: 'heldout', align: 'auto', refineLr: 0,
-      gate: { enabled: true, init: -3, lr: 0.2, beta1: 0.9, beta2: 0.999, eps: 1e-8, guard: 'source', decideAfter: 25, memorisedAt: 0.95, alpha: 0.05, alphaSource: 0.01, alphaReadout: 0.01 }, join: 'off',
+      gate: { enabled: true, init: -3, lr: 0.2, beta1: 0.9, beta2: 0.999, eps: 1e-8, guard: 'relevance', decideAfter: 25, shadows: 9, memorisedAt: 0.95, alpha: 0.05, alphaSource: 0.01, alphaReadout: 0.01 }, join: 'off',
       channel: 'auto', distill: { lambda: 1, temperature: 2, batchSize: 32 },
     });
     expect(c.limits).toEqual({ maxMessageBytes: 16 * 1024 * 1024, maxRank: 64 });

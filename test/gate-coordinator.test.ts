@@ -8,18 +8,18 @@ import { sigmoid } from '../coordinator/gate/trust-gate.js';
 import type { GateEvent } from '../coordinator/events.js';
 import { silentLogger } from '../shared/log.js';
 import { initBackend } from '../shared/tf/backend.js';
-import { completeCycle, FakeDevice, pseudoRandom, waitForEvent } from './helpers/fake-device.js';
+import { completeCycle, FakeDevice, pseudoRandom, waitForEvent, wire } from './helpers/fake-device.js';
 
 const R = 3;
 const SHAPE = { m: 12, n: 5 };
 
-function config(align = 'auto') {
+function config(align = 'auto', guard = 'relevance', join = 'off') {
   return parseCoordinatorConfig({
     devices: [
       { id: 'src', token: 'src-secret' },
       { id: 'tgt', token: 'tgt-secret' },
     ],
-    defaults: { rank: R, tCycle: 1, k: 1, align, gate: { decideAfter: 8 } },
+    defaults: { rank: R, tCycle: 1, k: 1, align, join, gate: { decideAfter: 8, guard } },
     pairs: [{ id: 'p', source: { device: 'src', slot: 'w' }, target: { device: 'tgt', slot: 'w' } }],
     statusEveryMs: 0,
   });
@@ -41,8 +41,8 @@ describe('trust gate in the coordinator', () => {
     coord = undefined;
   });
 
-  async function start(sourceShape = SHAPE, align = 'auto'): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
-    const c = await serve(config(align), { logger: silentLogger() });
+  async function start(sourceShape = SHAPE, align = 'auto', guard = 'relevance', join = 'off'): Promise<{ src: FakeDevice; tgt: FakeDevice; c: RunningCoordinator }> {
+    const c = await serve(config(align, guard, join), { logger: silentLogger() });
     coord = c;
     const src = await FakeDevice.connect({ url: c.url, deviceId: 'src', token: 'src-secret' });
     const tgt = await FakeDevice.connect({ url: c.url, deviceId: 'tgt', token: 'tgt-secret' });
@@ -67,8 +67,8 @@ describe('trust gate in the coordinator', () => {
     expect(st.gate.updates).toBe(1);
   });
 
-  it('refuses a source whose slice keeps raising the held-out loss: the pair leaves both plans for good', async () => {
-    const { src, tgt, c } = await start();
+  it('source guard: refuses a source whose slice keeps raising the held-out loss: the pair leaves both plans for good', async () => {
+    const { src, tgt, c } = await start(SHAPE, 'auto', 'source');
     const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
     const replan = tgt.next('plan', (p) => p.pairs.length === 0);
     const srcReplan = src.next('plan', (p) => p.pairs.length === 0);
@@ -97,8 +97,8 @@ describe('trust gate in the coordinator', () => {
     expect(c.status().pairs[0].cyclesStarted).toBe(before);
   });
 
-  it('accepts a source whose slice keeps lowering the held-out loss, and the pair goes on', async () => {
-    const { tgt, c } = await start();
+  it('source guard: accepts a source whose slice keeps lowering the held-out loss, and the pair goes on', async () => {
+    const { tgt, c } = await start(SHAPE, 'auto', 'source');
     const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
     let last = 0;
     for (let i = 1; i <= 8; i++) {
@@ -112,6 +112,55 @@ describe('trust gate in the coordinator', () => {
     const st = c.status().pairs[0];
     expect(st.active).toBe(true);
     expect(st.gate.value).toBeGreaterThan(sigmoid(-3));
+  });
+
+  it('relevance guard (default): accepts a source whose factor lies along the held-out gradient, read off gA', async () => {
+    const { tgt, c } = await start();
+    const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
+    for (let i = 1; i <= 3; i++) {
+      const t = tgt.next('transfer', (x) => x.sliceId === i);
+      tgt.sendSlice({ slot: 'w', ...SHAPE, rank: R, sliceId: i, step: i });
+      const transfer = await t;
+      // gA ∝ G·B′ᵀ: here G·B′ᵀ points along A′ itself, and the gate's own gradient says nothing.
+      const u = waitForEvent(c, 'update', (e) => e.cycleId === transfer.cycleId);
+      tgt.sendFeedback(transfer, { gA: wire(transfer.A.values, transfer.A.shape), gateGrad: 0 });
+      await u;
+    }
+    const ev = await decided;
+    expect(ev.decision).toBe('accepted');
+    expect(ev.reason).toMatch(/beat all 9 random factors with its directions' norms in 3 of 3/);
+    const st = c.status().pairs[0];
+    expect(st.active).toBe(true);
+    expect(st.gateTrace.map((p) => p.beatShadows)).toEqual([true, true, true]);
+  });
+
+  it('relevance guard (default): refuses a source whose factor is no more aligned with gA than noise', async () => {
+    const { tgt, c } = await start();
+    const decided = waitForEvent(c, 'gate', () => true) as Promise<GateEvent>;
+    for (let i = 1; i <= 8 && c.status().pairs[0].active; i++) {
+      // gA unrelated to A′ (FakeDevice's default: pseudo-random); sourceGrad says "more, please".
+      await completeCycle(c, tgt, { slot: 'w', ...SHAPE, rank: R, sliceId: i, step: i }, undefined, { gateGrad: -0.5, sourceGrad: -0.5 });
+    }
+    const ev = await decided;
+    expect(ev.decision).toBe('refused');
+    expect(ev.reason).toMatch(/beat all 9 random factors with its directions' norms in [0-2] of 8/);
+    expect(c.status().pairs[0].active).toBe(false);
+  });
+
+  it('join: once: the target is asked to join at the first transfer, and the pair ends after it', async () => {
+    const { src, tgt, c } = await start(SHAPE, 'auto', 'relevance', 'once');
+    expect(c.status().pairs[0].active).toBe(true);
+    const replan = tgt.next('plan', (p) => p.pairs.length === 0);
+    const srcReplan = src.next('plan', (p) => p.pairs.length === 0);
+    await completeCycle(c, tgt, { slot: 'w', ...SHAPE, rank: R, sliceId: 1, step: 1 });
+    await replan;
+    await srcReplan;
+    const st = c.status().pairs[0];
+    expect(st).toMatchObject({ active: false, cyclesStarted: 1, updates: 1 });
+    expect(st.inactiveReason).toMatch(/join only \(join: once\)/);
+    tgt.sendSlice({ slot: 'w', ...SHAPE, rank: R, sliceId: 2, step: 2 });
+    await tgt.barrier();
+    expect(c.status().pairs[0].cyclesStarted).toBe(1);
   });
 
   it('no shared axis, by default: the pair is refused before it runs, and says why', async () => {

@@ -9,6 +9,7 @@ import { slotVariable } from '../client/slot.js';
 import { Trainer } from '../client/trainer.js';
 import { TrustGate, type GateGuard } from '../coordinator/gate/trust-gate.js';
 import { noiseLikeLowRank } from '../coordinator/noise.js';
+import { relevanceTrial } from '../coordinator/gate/relevance.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
 import { lowRankSlice } from '../shared/math/slice.js';
 import { initBackend } from '../shared/tf/backend.js';
@@ -64,8 +65,12 @@ function trainedSourceSlice(): LowRank {
   return slice;
 }
 
-/** The gated cycle loop until the guard decides; returns the decision and the gate's value. */
-function runGate(source: LowRank, guard: GateGuard): { decision: string; value: number; updates: number } {
+/**
+ * The gated cycle loop until the guard decides; returns the decision and the gate's value.
+ * `source` is a fixed slice, or one per cycle (the coordinator's noise control draws fresh noise
+ * at every cycle).
+ */
+function runGate(sourceAt: LowRank | ((cycle: number) => LowRank), guard: GateGuard): { decision: string; value: number; updates: number } {
   const m = model(7);
   const layer = m.layers[0].name;
   const trainer = new Trainer(m, { optimizer: 'adam', lr: 0.01 });
@@ -76,6 +81,7 @@ function runGate(source: LowRank, guard: GateGuard): { decision: string; value: 
   const k = 2;
   try {
     for (let cycle = 0; cycle < 60 && gate.decision === 'pending'; cycle++) {
+      const source = typeof sourceAt === 'function' ? sourceAt(cycle) : sourceAt;
       const W = branches.weight(layer);
       const own = lowRankSlice(W, R, { seed: cycle });
       W.dispose();
@@ -93,8 +99,12 @@ function runGate(source: LowRank, guard: GateGuard): { decision: string; value: 
       }
       const gateGrad = upd.scale * tf.tidy(() => tf.sum(tf.mul(G!, upd.delta!)).dataSync()[0]);
       const sourceGrad = upd.scale * tf.tidy(() => tf.sum(tf.mul(G!, tf.matMul(source.A, source.B))).dataSync()[0]);
+      // What the coordinator reads off the feedback's gA = c·G·B′ᵀ (c > 0 cancels).
+      const gA = tf.tidy(() => tf.matMul(G!, source.B, false, true).dataSync() as Float32Array);
+      const relevance = relevanceTrial({ factor: source.A.dataSync() as Float32Array, grad: gA, r: R, layout: 'columns' }, gate.config.shadows, 77 + cycle);
       tf.dispose([G!, upd.delta!]);
-      gate.step(gateGrad, g, { trainAcc: trainer.lastBatchAcc, sourceGrad });
+      if (source !== sourceAt) disposeLowRank(source);
+      gate.step(gateGrad, g, { trainAcc: trainer.lastBatchAcc, sourceGrad, relevance });
       if (process.env.GATE_DEBUG) console.log(cycle, g.toFixed(4), gateGrad.toFixed(4));
     }
     return { decision: gate.decision, value: gate.value, updates: gate.updates };
@@ -107,14 +117,20 @@ function runGate(source: LowRank, guard: GateGuard): { decision: string; value: 
 }
 
 describe('the trust gate guard on a tiny problem', () => {
-  it.each(['source', 'signtest'] as const)('%s guard: takes a trained source and refuses a noise source of the same norm', (guard) => {
+  // The coordinator's noise control draws fresh noise at every cycle; 'signtest' (an older option)
+  // refuses one fixed noise slice but not that, so it is held to the fixed slice only.
+  it.each([
+    ['relevance', 'fresh'],
+    ['source', 'fresh'],
+    ['signtest', 'fixed'],
+  ] as const)('%s guard: takes a trained source and refuses a noise source of the same norm (%s noise)', (guard, noise) => {
     const before = tf.memory().numTensors;
     const real = trainedSourceSlice();
-    const noise = noiseLikeLowRank(real, 1234);
+    const fixed = noiseLikeLowRank(real, 1234);
     const taken = runGate(real, guard);
-    const refused = runGate(noise, guard);
+    const refused = runGate(noise === 'fixed' ? fixed : (cycle) => noiseLikeLowRank(real, 1234 + cycle), guard);
     disposeLowRank(real);
-    disposeLowRank(noise);
+    disposeLowRank(fixed);
     expect(taken.decision).toBe('accepted');
     expect(taken.value).toBeGreaterThan(new TrustGate().value);
     expect(refused.decision).toBe('refused');

@@ -39,7 +39,7 @@ describe('the shipped scenarios', () => {
     expect(load('cross-architecture.yaml').baselines).toContain('distill');
     // the cross-width oracle swaps a mapped slice across two shapes that share their rows
     expect(load('cross-width.yaml').copy?.rank).toBe(8);
-    expect(load('cross-width.yaml').pairs[0]).toMatchObject({ align: 'rows', join: 'always' });
+    expect(load('cross-width.yaml').pairs[0]).toMatchObject({ align: 'rows', join: 'once' });
     // the demo: three devices, as processes, and the trust gate's baselines
     const demo = load('demo.yaml');
     expect(demo.devices).toHaveLength(3);

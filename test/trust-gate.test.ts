@@ -3,6 +3,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { binomialUpperTail, sigmoid, TrustGate } from '../coordinator/gate/trust-gate.js';
+import { relevanceTrial } from '../coordinator/gate/relevance.js';
+import { mulberry32 } from '../shared/math/prng.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
 import { windowFeedback, type ClosedWindow } from '../client/target/index.js';
 import { slotVariable } from '../client/slot.js';
@@ -88,6 +90,65 @@ describe('TrustGate', () => {
     expect(low.value).toBe(0);
   });
 
+  it('relevance guard (the default): accepts a factor that keeps beating its shadows, refuses one that does not', () => {
+    const win = { beatAll: true, shadows: 9 };
+    const miss = { beatAll: false, shadows: 9 };
+    const real = new TrustGate();
+    expect(real.config.guard).toBe('relevance');
+    real.step(+1, real.value, { relevance: win });
+    real.step(+1, real.value, { relevance: win });
+    expect(real.decision).toBe('pending');
+    // 3 of 3 at chance 1/10: p = 0.001 < 0.01, whatever the gate's own gradient said.
+    expect(real.step(+1, real.value, { relevance: win }).decided).toBe('accepted');
+    expect(real.reason).toMatch(/beat all 9 random factors with its directions' norms in 3 of 3/);
+    // Seven misses in a row: significantly below one half (p = 1/128 < 0.01).
+    const noise = new TrustGate();
+    for (let i = 0; i < 6; i++) noise.step(-1, noise.value, { relevance: miss });
+    expect(noise.decision).toBe('pending');
+    expect(noise.step(-1, noise.value, { relevance: miss }).decided).toBe('refused');
+    expect(noise.reason).toMatch(/no more aligned with the data than noise/);
+    expect(noise.value).toBe(0);
+    // A mixed record runs into decideAfter.
+    const mixed = new TrustGate({ decideAfter: 6 });
+    for (let i = 0; i < 6; i++) mixed.step(0, mixed.value, { relevance: i % 2 ? win : miss });
+    expect(mixed.decision).toBe('refused');
+    expect(mixed.reason).toMatch(/in 6 updates: no significant evidence/);
+    // Without relevance reports (a start that is the target's own slice) it tests as 'source' does.
+    const own = new TrustGate();
+    for (let i = 0; i < 7; i++) own.step(-1, own.value, { sourceGrad: -1 });
+    expect(own.decision).toBe('accepted');
+    expect(own.reason).toMatch(/7 of 7 held-out gradients favoured the source's slice/);
+  });
+
+  it('relevance trial: a random factor wins with chance 1/(shadows + 1); an aligned one always', () => {
+    const p = 40;
+    const r = 3;
+    const rng = mulberry32(9);
+    const gauss = () => Math.sqrt(-2 * Math.log(1 - rng())) * Math.cos(2 * Math.PI * rng());
+    const grad = Float32Array.from({ length: p * r }, gauss);
+    for (const layout of ['columns', 'rows'] as const) {
+      let wins = 0;
+      const trials = 2000;
+      for (let t = 0; t < trials; t++) {
+        const factor = Float32Array.from({ length: p * r }, gauss);
+        if (relevanceTrial({ factor, grad, r, layout }, 9, t).beatAll) wins++;
+      }
+      // Binomial(2000, 0.1): sd 13.4; ±4 sd.
+      expect(Math.abs(wins - 200)).toBeLessThan(54);
+    }
+    // A factor along the gradient's directions, in another order and with other signs (as two
+    // models order their hidden units), still wins every time: the overlap's norm sees through it.
+    const aligned = new Float32Array(p * r);
+    for (let i = 0; i < p; i++) for (let k = 0; k < r; k++) aligned[i * r + k] = (k % 2 ? -1 : 1) * grad[i * r + ((k + 1) % r)]! + 0.3 * Math.sin(i + k);
+    for (let t = 0; t < 50; t++) expect(relevanceTrial({ factor: aligned, grad, r, layout: 'columns' }, 9, t).beatAll).toBe(true);
+    // Reproducible, and a bad call says why.
+    const x = { factor: grad, grad: aligned, r, layout: 'columns' as const };
+    expect(relevanceTrial(x, 5, 1)).toEqual(relevanceTrial(x, 5, 1));
+    expect(() => relevanceTrial({ ...x, grad: grad.subarray(1) }, 9, 0)).toThrow(/120 values, the gradient 119/);
+    expect(() => relevanceTrial({ ...x, r: 7 }, 9, 0)).toThrow(/not 7 directions/);
+    expect(relevanceTrial({ ...x, factor: new Float32Array(p * r) }, 9, 0).beatAll).toBe(false);
+  });
+
   it('binomial tail is exact on small n', () => {
     expect(binomialUpperTail(5, 5)).toBeCloseTo(1 / 32, 12);
     expect(binomialUpperTail(0, 5)).toBe(1);
@@ -96,7 +157,8 @@ describe('TrustGate', () => {
 
   it('round-trips its state (as the checkpoint stores it) exactly', () => {
     const a = new TrustGate({ decideAfter: 3 });
-    for (const g of [-0.3, 0.2, -0.7, -0.1]) a.step(g, a.value);
+    for (const g of [-0.3, 0.2, -0.7, -0.1]) a.step(g, a.value, { relevance: { beatAll: g < 0, shadows: 9 } });
+    expect(a.state()).toMatchObject({ relevanceWins: 2, relevanceN: 3, shadows: 9, decision: 'refused' });
     const json = JSON.parse(JSON.stringify(a.state()));
     const b = new TrustGate({ decideAfter: 3 }, json);
     expect(b.state()).toEqual(a.state());

@@ -58,7 +58,7 @@ export const pairSpecSchema = z.strictObject({
   /** adapter learning rate for a pass-through start (0: the pass-through is used as is) */
   refineLr: z.number().nonnegative().default(0),
   /** join-time transfer at the target's first transfer: 'off', 'check' (kept if its held-out loss falls), 'always' */
-  join: z.enum(['off', 'check', 'always']).default('off'),
+  join: z.enum(['off', 'check', 'always', 'once']).default('off'),
   /** trust gate overrides (enabled, init, lr, guard, decideAfter, alpha) */
   gate: z.record(z.string(), z.union([z.number(), z.boolean(), z.string()])).default({}),
   /** 'parameter' (slices), 'output' (logits on the probe split) or 'auto' (the coordinator decides) */

@@ -1,4 +1,5 @@
 // Input of the report generator: one simulated experiment, all conditions and seeds for one target.
+import type { GateTracePoint } from '../../coordinator/gate/trust-gate.js';
 
 /** Training condition of the target. Variants such as 'mergenet:heldout' are allowed. */
 export type Condition = 'alone' | 'mergenet' | 'noise' | 'fedavg' | 'distill' | 'copy' | (string & {});
@@ -29,7 +30,7 @@ export interface ConditionRun {
   /** Fleet runs: the other devices' test accuracy curves, by device id. */
   sources?: Record<string, CurvePoint[]>;
   /** The trust gate of each of the target's pairs over its updates, and the guard's decision. */
-  gates?: { pairId: string; decision: string; reason?: string; channel?: string; trace: { update: number; gate: number }[] }[];
+  gates?: { pairId: string; decision: string; reason?: string; channel?: string; trace: GateTracePoint[] }[];
 }
 
 export interface DeviceInfo {
