@@ -1,8 +1,10 @@
 // The relevance trial of the 'relevance' guard (docs/DESIGN.md §6): is the source's factor more
-// aligned with the target's held-out gradient than random factors of the same shape and norm?
+// aligned with the target's held-out gradient than random factors whose directions have the same
+// norms?
 //
 // Why this question: the noise control replaces the source's slice by Gaussian factors of its
-// shape and norm, so against shadows drawn the same way a noise source is, by construction, one
+// shape and norm. A Gaussian direction points anywhere whatever its length, so against shadows
+// with uniformly random directions of the same lengths a noise factor is, by construction, one
 // draw among K + 1 exchangeable ones: it beats all K shadows with chance 1/(K + 1), whatever the
 // target's state. A trained source's factor lies where the data is (its columns are features of
 // the inputs both devices read), so it beats them most of the time. The trial says nothing about

@@ -12,8 +12,8 @@
 // The decision is therefore taken early, before that happens:
 // - 'relevance' (default): a guard against a useless source, not a judge of a useful one. At each
 //               update the coordinator checks whether the source's factor is more aligned with the
-//               held-out gradient than each of `shadows` random factors of its shape and norm
-//               (coordinator/gate/relevance.ts). For the noise control that happens with chance
+//               held-out gradient than each of `shadows` random factors whose directions have
+//               its directions' norms (coordinator/gate/relevance.ts). For the noise control that happens with chance
 //               1/(shadows + 1) exactly (its slice IS such a random draw); for a trained source
 //               most of the time. A sequential binomial test accepts once the wins are
 //               significantly above that chance (p < alphaSource), and refuses once they are
