@@ -155,18 +155,25 @@ describe('output channel: logits at the boundary', () => {
 });
 
 describe('output channel: a trial cycle', () => {
-  it('refuses a source whose gate rose but whose readout labels the held-out examples no better than chance', () => {
-    const { engine, join, sent } = setup();
+  /** Three trial cycles whose feedback says the gate should rise, with this readout on 20 held-out examples. */
+  function trialWithReadout(hits: number) {
+    const env = setup();
+    const { engine, join, sent } = env;
     const src = join('src', { shape: [64, CLASSES] });
     const tgt = join('tgt', { shape: [128, CLASSES] });
     engine.logits(src(), { probeId: engine.probes.all()[0].id, step: 5, values: logitsOf(() => -2) });
     for (let i = 0; i < 3; i++) {
       engine.teacherRequest(tgt(), { pairId: 'p', requestId: i, step: i });
       const msg = sent.at(-1)!.msg as unknown as TeacherMsg;
-      // The held-out loss likes the swap (it shrinks an over-confident classifier), but the
-      // readout is at chance: 3 of 20 with 10 classes.
-      engine.teacherFeedback(tgt(), { pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: -1, readout: { hits: 3, n: 20 }, metrics: { step: i, loss: 1 } });
+      engine.teacherFeedback(tgt(), { pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: -1, readout: { hits, n: 20 }, metrics: { step: i, loss: 1 } });
     }
+    return { ...env, src, tgt };
+  }
+
+  it('refuses a source whose gate rose but whose readout labels the held-out examples no better than chance', () => {
+    // The held-out loss likes the swap (it shrinks an over-confident classifier), but the readout
+    // is at chance: 3 of 20 with 10 classes.
+    const { engine } = trialWithReadout(3);
     const gate = engine.status('http://x').pairs[0].gate;
     expect(gate.decision).toBe('refused');
     expect(gate.reason).toMatch(/gate rose to .*, but the readout labelled 15 % of 20 held-out examples right .*no better than chance/);
@@ -215,15 +222,7 @@ describe('output channel: a trial cycle', () => {
   });
 
   it('after the gate accepted, teachers are for distillation and need no feedback', () => {
-    const { engine, join, sent } = setup();
-    const src = join('src', { shape: [64, CLASSES] });
-    const tgt = join('tgt', { shape: [128, CLASSES] });
-    engine.logits(src(), { probeId: engine.probes.all()[0].id, step: 5, values: logitsOf(() => -2) });
-    for (let i = 0; i < 3; i++) {
-      engine.teacherRequest(tgt(), { pairId: 'p', requestId: i, step: i });
-      const msg = sent.at(-1)!.msg as unknown as TeacherMsg;
-      engine.teacherFeedback(tgt(), { pairId: 'p', cycleId: msg.cycleId, steps: 1, gateGrad: -1, readout: { hits: 15, n: 20 }, metrics: { step: i, loss: 1 } });
-    }
+    const { engine, sent, tgt } = trialWithReadout(15);
     expect(engine.status('http://x').pairs[0].gate).toMatchObject({ decision: 'accepted' });
     expect(engine.status('http://x').pairs[0].gate.reason).toMatch(/the readout labelled 75 % of 20 held-out examples right \(chance 10 %/);
     engine.teacherRequest(tgt(), { pairId: 'p', requestId: 10, step: 10 });
