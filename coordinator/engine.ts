@@ -77,6 +77,8 @@ function minDim(shape: [number, number] | undefined): number {
 export class CoordinatorEngine {
   readonly registry: Registry;
   private readonly pairs = new Map<string, Pair>();
+  /** The pairs naming each device (as source or target): messages look up theirs, not all pairs. */
+  private readonly pairsByDevice = new Map<string, Pair[]>();
   /** checkpointed pairs not (yet) recreated in this run: auto pairs wait for their devices */
   private readonly pendingRestore = new Map<string, CheckpointPair>();
   private readonly drops: Record<string, number> = {};
@@ -107,7 +109,7 @@ export class CoordinatorEngine {
     this.startedAt = now();
     this.host = opts.adapterHost;
     this.registry = new Registry(config.devices);
-    for (const pc of config.pairs) this.pairs.set(pc.id, new Pair(pc, () => this.adapterHost()));
+    for (const pc of config.pairs) this.addPair(new Pair(pc, () => this.adapterHost()));
     if (config.checkpoint.dir) this.checkpointer = new Checkpointer(config.checkpoint.dir);
     this.probes = new ProbeSplits(config.probes);
     this.output = new OutputChannelRouter(config, this.registry, this.probes, outbox, log, {
@@ -271,6 +273,19 @@ export class CoordinatorEngine {
 
   // ---------------------------------------------------------------- connections and drops
 
+  private addPair(pair: Pair): void {
+    this.pairs.set(pair.id, pair);
+    for (const device of new Set([pair.source.device, pair.target.device])) {
+      const list = this.pairsByDevice.get(device);
+      if (list) list.push(pair);
+      else this.pairsByDevice.set(device, [pair]);
+    }
+  }
+
+  private pairsOf(deviceId: string): readonly Pair[] {
+    return this.pairsByDevice.get(deviceId) ?? [];
+  }
+
   /**
    * A new, authenticated connection: a fresh session. An older connection of the same device is
    * closed, and its in-flight cycles (as a target) are dropped as session_replaced.
@@ -281,7 +296,7 @@ export class CoordinatorEngine {
       this.log.info({ deviceId, previousSocketId }, 'device reconnected; disconnecting its previous connection');
       this.outbox.disconnect(previousSocketId);
     }
-    for (const pair of this.pairs.values()) {
+    for (const pair of this.pairsOf(deviceId)) {
       if (pair.target.device !== deviceId) continue;
       // every cycle in flight belongs to an earlier session: this one was just created (an update
       // already running in a worker completes; its feedback was accepted)
@@ -355,14 +370,12 @@ export class CoordinatorEngine {
     }
     this.registry.register(from.deviceId, msg, from.session, from.now);
     if (this.config.autoPair.enabled) this.createAutoPairs();
-    for (const pair of this.pairs.values()) {
-      if (pair.source.device === from.deviceId || pair.target.device === from.deviceId) this.refreshPair(pair);
-    }
+    for (const pair of this.pairsOf(from.deviceId)) this.refreshPair(pair);
     this.log.info(
       { deviceId: from.deviceId, model: msg.model, slots: msg.slots, rank: msg.rank, step: msg.step },
       'device registered',
     );
-    for (const pair of this.pairs.values()) {
+    for (const pair of this.pairsOf(from.deviceId)) {
       for (const end of [pair.source, pair.target]) {
         if (end.device === from.deviceId && !names.has(end.slot)) {
           this.log.warn({ pairId: pair.id, deviceId: from.deviceId, slot: end.slot, registered: [...names] }, 'a pair names a slot this device did not register; the pair waits');
@@ -373,13 +386,12 @@ export class CoordinatorEngine {
     // Only the plans of devices sharing a pair with this one can change (with autoPair, any
     // device's): asking every device made each registration O(devices × pairs).
     const peers = new Set<string>();
-    for (const pair of this.pairs.values()) {
+    for (const pair of this.pairsOf(from.deviceId)) {
       if (pair.source.device === from.deviceId) peers.add(pair.target.device);
       if (pair.target.device === from.deviceId) peers.add(pair.source.device);
     }
-    for (const d of this.registry.registered()) {
-      if (d.id !== from.deviceId && (this.config.autoPair.enabled || peers.has(d.id))) this.sendPlan(d.id, false);
-    }
+    const others = this.config.autoPair.enabled ? this.registry.registered().map((d) => d.id) : peers;
+    for (const id of others) if (id !== from.deviceId) this.sendPlan(id, false);
     this.notify('register', { deviceId: from.deviceId, session: from.session });
   }
 
@@ -401,7 +413,7 @@ export class CoordinatorEngine {
         }
         this.pendingRestore.delete(id);
       }
-      this.pairs.set(id, pair);
+      this.addPair(pair);
       this.log.info({ pairId: id, restored: saved !== undefined }, 'auto pair created');
     }
   }
@@ -515,8 +527,8 @@ export class CoordinatorEngine {
   private sendPlan(deviceId: string, force: boolean): void {
     const d = this.registry.get(deviceId);
     if (!d || !d.connected || !d.registration || !d.session || !d.socketId) return;
-    const pairs = planFor(deviceId, this.pairs.values(), this.registry);
-    const notes = planNotes(deviceId, this.pairs.values(), this.registry, this.config.autoPair);
+    const pairs = planFor(deviceId, this.pairsOf(deviceId), this.registry);
+    const notes = planNotes(deviceId, this.pairsOf(deviceId), this.registry, this.config.autoPair);
     const probe = this.probes.forSpace(d.registration.inputSpace);
     const key = JSON.stringify([pairs, notes, probe?.id]);
     if (!force && key === d.lastPlanKey) return;
@@ -547,7 +559,7 @@ export class CoordinatorEngine {
       fail('rank_out_of_bounds', `rank ${msg.rank} is outside [1, ${maxR}] (slot [${m}, ${n}], limit ${this.config.limits.maxRank})`);
     }
     let needed = 0;
-    for (const p of this.pairs.values()) {
+    for (const p of this.pairsOf(from.deviceId)) {
       if (!p.active) continue;
       const uses = (p.source.device === from.deviceId && p.source.slot === msg.slot) || (p.target.device === from.deviceId && p.target.slot === msg.slot);
       if (uses) needed = Math.max(needed, p.rank);
@@ -568,7 +580,7 @@ export class CoordinatorEngine {
       session: from.session,
     };
     this.registry.storeSlice(from.deviceId, stored);
-    for (const pair of this.pairs.values()) {
+    for (const pair of this.pairsOf(from.deviceId)) {
       if (pair.active && pair.target.device === from.deviceId && pair.target.slot === msg.slot) this.tryStartCycle(pair, stored, from);
     }
   }
