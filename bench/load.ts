@@ -44,11 +44,12 @@ async function main(): Promise<void> {
     .option('--slice-ms <ms>', 'each device sends a slice this often', positiveInt, 1000)
     .option('--late <n>', 'late devices that register during the load', positiveInt, 5)
     .option('--checkpoint-every <n>', 'checkpoint every n adapter updates (0: off)', (v) => Number(v), 50)
+    .option('--checkpoint-interval <ms>', 'checkpoint.minIntervalMs (default: the config default)', (v) => Number(v))
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
     .option('--max-queued <n>', 'throughput.maxQueuedPerWorker (default: the config default)', positiveInt)
     .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
-    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number }>();
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number; checkpointInterval?: number }>();
   const shapes = SLOT_SETS[o.slots];
   if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
   const pairs = Math.floor(o.devices / 2);
@@ -64,7 +65,7 @@ async function main(): Promise<void> {
     defaults: { rank: o.rank, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
     throughput: { adapterWorkers: o.workers, ...(o.maxQueued ? { maxQueuedPerWorker: o.maxQueued } : {}) },
     pairs: Array.from({ length: pairs }, (_, i) => ({ id: `p${i}`, source: { device: `d${2 * i}`, slot: 's' }, target: { device: `d${2 * i + 1}`, slot: 't' } })),
-    checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery } : {},
+    checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery, ...(o.checkpointInterval !== undefined ? { minIntervalMs: o.checkpointInterval } : {}) } : {},
     statusEveryMs: 0,
   });
 

@@ -194,6 +194,8 @@ const rawConfigSchema = z.strictObject({
     .strictObject({
       dir: z.string().min(1).optional(),
       everyUpdates: posInt.default(50),
+      /** periodic checkpoints at most this often (ms); a shutdown's checkpoint is never held back */
+      minIntervalMs: nonNegInt.default(10_000),
     })
     .prefault({}),
   /** 0 turns the periodic status log off. */
@@ -287,7 +289,7 @@ export interface CoordinatorConfig {
   timing: { cycleTimeoutMs: number; sourceMaxAgeMs: number };
   /** adapterWorkers resolved ('auto': the cores); 0: adapters run on the event loop */
   throughput: { adapterWorkers: number; maxQueuedPerWorker: number };
-  checkpoint: { dir?: string; everyUpdates: number };
+  checkpoint: { dir?: string; everyUpdates: number; minIntervalMs: number };
   statusEveryMs: number;
 }
 
@@ -444,6 +446,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     checkpoint: {
       dir: raw.checkpoint.dir === undefined ? undefined : resolve(baseDir, raw.checkpoint.dir),
       everyUpdates: raw.checkpoint.everyUpdates,
+      minIntervalMs: raw.checkpoint.minIntervalMs,
     },
     statusEveryMs: raw.statusEveryMs,
   };

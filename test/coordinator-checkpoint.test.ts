@@ -19,7 +19,7 @@ const R = 4;
 const T = { slot: 'dense', m: 20, n: 6 };
 const S = { slot: 'conv', m: 27, n: 8 };
 
-function config(dir: string, pairs?: unknown) {
+function config(dir: string, pairs?: unknown, minIntervalMs = 0) {
   return parseCoordinatorConfig({
     devices: [
       { id: 'src', token: 'src-secret' },
@@ -30,7 +30,7 @@ function config(dir: string, pairs?: unknown) {
       { id: 'p', source: { device: 'src', slot: 'conv' }, target: { device: 'tgt', slot: 'dense' } },
       { id: 'back', source: { device: 'tgt', slot: 'dense' }, target: { device: 'src', slot: 'conv' }, rank: 3 },
     ],
-    checkpoint: { dir, everyUpdates: 5 },
+    checkpoint: { dir, everyUpdates: 5, minIntervalMs },
     statusEveryMs: 0,
   });
 }
@@ -94,6 +94,31 @@ describe('coordinator checkpoints', () => {
     const files = (await readdir(dir)).sort();
     expect(files).toEqual([MANIFEST_NAME, ...manifest.pairs.map((x: { state: { file: string } }) => x.state.file)].sort());
     expect(Buffer.from(await readFile(join(dir, p.state.file))).equals(Buffer.from(savedBytes.p))).toBe(true);
+  });
+
+  it('holds periodic checkpoints to one per minIntervalMs, and a held one takes the latest state', async () => {
+    const own = await mkdtemp(join(tmpdir(), 'mergenet-ckpt-interval-'));
+    const coord = await serve(config(own, undefined, 500), { logger: silentLogger() });
+    try {
+      const { src, tgt } = await connectPair(coord);
+      src.sendSlice({ ...S, rank: R, sliceId: 0, step: 0 });
+      const seen: { updates: number; at: number }[] = [];
+      coord.on('checkpoint', (c) => seen.push({ updates: c.updates, at: performance.now() }));
+      // 15 updates: due at 5, 10 and 15 (everyUpdates 5)
+      for (let i = 1; i <= 15; i++) await completeCycle(coord, tgt, { ...T, rank: R, sliceId: i, step: i });
+      if (!seen.some((c) => c.updates === 15)) await waitForEvent(coord, 'checkpoint', (c) => c.updates === 15);
+      expect(seen[0].updates).toBe(5);
+      // nothing due was lost: the last write holds every update, with none arriving after it
+      expect(seen[seen.length - 1].updates).toBe(15);
+      // and the writes started at least the interval apart (events come when a write is durable,
+      // so a gap can only exceed the interval)
+      for (let i = 1; i < seen.length; i++) expect(seen[i].at - seen[i - 1].at).toBeGreaterThan(400);
+      src.close();
+      tgt.close();
+    } finally {
+      await coord.close();
+      await rm(own, { recursive: true, force: true });
+    }
   });
 
   it('a restarted coordinator resumes bit-identical adapters at the same step and cycle id', async () => {

@@ -38,7 +38,7 @@ describe('coordinator config', () => {
     });
     expect(c.limits).toEqual({ maxMessageBytes: 16 * 1024 * 1024, maxRank: 64 });
     expect(c.timing).toEqual({ cycleTimeoutMs: 30_000, sourceMaxAgeMs: 120_000 });
-    expect(c.checkpoint).toEqual({ dir: undefined, everyUpdates: 50 });
+    expect(c.checkpoint).toEqual({ dir: undefined, everyUpdates: 50, minIntervalMs: 10_000 });
     expect(c.statusEveryMs).toBe(10_000);
     expect(c.autoPair).toEqual({ enabled: false, slot: 'first', sourceMode: 'real' });
     expect(c.pairs[0]).toMatchObject({ id: defaultPairId({ device: 'a', slot: 'w' }, { device: 'b', slot: 'w' }), rank: 8, tCycle: 50, k: 10, tau: 0.5, sourceMode: 'real', auto: false });
@@ -177,7 +177,7 @@ describe('coordinator config', () => {
     const c = loadCoordinatorConfig(path);
     expect(c.port).toBe(7070);
     expect(c.devices[0].token).toBe('tok-a');
-    expect(c.checkpoint).toEqual({ dir: join(dir, 'ckpt'), everyUpdates: 10 });
+    expect(c.checkpoint).toEqual({ dir: join(dir, 'ckpt'), everyUpdates: 10, minIntervalMs: 10_000 });
     expect(c.autoPair).toMatchObject({ enabled: true, slot: 'dense_1' });
     expect(c.pairs[0]).toMatchObject({ sourceMode: 'noise', target: { device: 'b', slot: 'dense_2' } });
 
