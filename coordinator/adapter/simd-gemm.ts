@@ -5,8 +5,11 @@
 //
 //   gemm(M, N, K, A, lda, B, ldb, C, ldc, acc):  C[M, N] (+)= A[M, K] · B[K, N]
 //   row-major; A, B, C are byte offsets, lda/ldb/ldc strides in elements; N a multiple of 4;
-//   acc = 0 overwrites C, else adds to it. Per row of C, blocks of 16, 8 then 4 columns are
-//   accumulated in registers over the whole k loop (4 lanes per vector).
+//   acc = 0 overwrites C, else adds to it. Rows of C go in blocks of four (4×8 then 4×4 columns,
+//   A elements broadcast with load32_splat, so each B load feeds four rows), the last M mod 4 rows
+//   one at a time (blocks of 16, 8 then 4 columns); every block is accumulated in registers over the
+//   whole k loop (4 lanes per vector). Each element is summed over k in order, without fused
+//   multiply-adds, so the blocking does not change a result bit.
 //   rowMax(p, n4) → max of the n4 floats at p (n4 a multiple of 4)
 //   expRow(p, n4, shift) → x ← exp(x − shift) in place; returns the sum. Polynomial exp: 2^n·e^t,
 //     n = nearest((x − shift)·log2 e) ≥ −127 (2^−127 is built as 0, so −1e30 pads give exactly 0),
@@ -22,7 +25,7 @@ const OP = {
 };
 // SIMD opcodes (after the 0xfd prefix, LEB128-encoded)
 const SIMD = {
-  load: 0x00, store: 0x0b, const: 0x0c, f32x4Splat: 0x13, f32x4ExtractLane: 0x1f, f32x4Nearest: 0x6a,
+  load: 0x00, load32Splat: 0x09, store: 0x0b, const: 0x0c, f32x4Splat: 0x13, f32x4ExtractLane: 0x1f, f32x4Nearest: 0x6a,
   i32x4Shl: 0xab, i32x4Add: 0xae, f32x4Add: 0xe4, f32x4Sub: 0xe5, f32x4Mul: 0xe6, f32x4Max: 0xe9,
   i32x4TruncSatF32x4S: 0xf8,
 };
@@ -62,8 +65,13 @@ function str(s: string): number[] {
 // gemm parameter and local indices
 const [M, N, K, A, LDA, B, LDB, C, LDC, ACC] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 const [I, KK, J, CROW, AROW, NBYTES, APTR, BPTR, LDB4, JEND] = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
-const AV = 20; // v128: the splatted A element
-const CV = [21, 22, 23, 24]; // v128: accumulators of one row block of C
+const [LDA4, LDC4, IEND4, CPTR] = [20, 21, 22, 23];
+const GEMM_I32_LOCALS = 14;
+const AV = 24; // v128: the splatted A element
+const CV = [25, 26, 27, 28]; // v128: accumulators of one row block of C
+const BV = [29, 30]; // v128: one k's B vectors in a 4-row block
+const C4 = [31, 32, 33, 34, 35, 36, 37, 38]; // v128: 4 rows × 2 vectors of accumulators
+const GEMM_V128_LOCALS = 15;
 
 const get = (i: number) => [OP.localGet, i];
 const set = (i: number) => [OP.localSet, i];
@@ -133,11 +141,77 @@ function columnBlocks(nv: number): number[] {
   ];
 }
 
+/**
+ * Four rows of C (from row I) in blocks of nv ≤ 2 vectors, starting at column J: per k, nv loads of
+ * B and four load32_splats of A feed 4·nv multiply-adds, where the one-row blocks need a B load per
+ * multiply-add. Same products, same summation order per element as columnBlocks.
+ */
+function rowBlock4(nv: number): number[] {
+  const width = 16 * nv;
+  const acc = (r: number, v: number) => C4[2 * r + v];
+  // the C pointer of row r of the block, at column J
+  const cAt = (r: number) => [...get(CROW), ...get(J), OP.i32Add, ...(r === 0 ? [] : [...get(LDC4), OP.i32Const, r, OP.i32Mul, OP.i32Add])];
+  const aAt = (r: number) => [...get(APTR), ...(r === 0 ? [] : [...get(LDA4), OP.i32Const, r, OP.i32Mul, OP.i32Add])];
+  const init: number[] = [];
+  for (let r = 0; r < 4; r++) {
+    init.push(...cAt(r), ...set(CPTR));
+    for (let v = 0; v < nv; v++) {
+      init.push(
+        ...get(ACC), OP.if, 0x7b,
+        ...get(CPTR), ...simd(SIMD.load), ...memargAt(16 * v),
+        0x05,
+        ...f32x4Const(0),
+        OP.end, ...set(acc(r, v)),
+      );
+    }
+  }
+  const fma: number[] = [];
+  for (let v = 0; v < nv; v++) fma.push(...get(BPTR), ...simd(SIMD.load), ...memargAt(16 * v), ...set(BV[v]));
+  for (let r = 0; r < 4; r++) {
+    fma.push(...aAt(r), ...simd(SIMD.load32Splat), ...memarg, ...set(AV));
+    for (let v = 0; v < nv; v++) {
+      fma.push(...get(acc(r, v)), ...get(AV), ...get(BV[v]), ...simd(SIMD.f32x4Mul), ...simd(SIMD.f32x4Add), ...set(acc(r, v)));
+    }
+  }
+  const store: number[] = [];
+  for (let r = 0; r < 4; r++) {
+    store.push(...cAt(r), ...set(CPTR));
+    for (let v = 0; v < nv; v++) store.push(...get(CPTR), ...get(acc(r, v)), ...simd(SIMD.store), ...memargAt(16 * v));
+  }
+  return [
+    ...get(NBYTES), OP.i32Const, ...sleb(width), 0x6b /* i32.sub */, ...set(JEND),
+    ...whileLe(J, JEND, [
+      ...init,
+      OP.i32Const, 0, ...set(KK),
+      ...get(AROW), ...set(APTR),
+      ...get(B), ...get(J), OP.i32Add, ...set(BPTR),
+      ...whileLt(KK, K, [
+        ...fma,
+        ...inc(APTR, 4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
+      ]),
+      ...store,
+      ...inc(J, width),
+    ]),
+  ];
+}
+
 function gemmBody(): number[] {
   const code = [
     ...get(N), OP.i32Const, 2, OP.i32Shl, ...set(NBYTES),
     ...get(LDB), OP.i32Const, 2, OP.i32Shl, ...set(LDB4),
+    ...get(LDA), OP.i32Const, 2, OP.i32Shl, ...set(LDA4),
+    ...get(LDC), OP.i32Const, 2, OP.i32Shl, ...set(LDC4),
+    ...get(M), OP.i32Const, 4, 0x6b /* i32.sub */, ...set(IEND4),
     OP.i32Const, 0, ...set(I),
+    // rows in blocks of four, then one at a time
+    ...whileLe(I, IEND4, [
+      ...rowPtr(CROW, C, I, LDC),
+      ...rowPtr(AROW, A, I, LDA),
+      OP.i32Const, 0, ...set(J),
+      ...rowBlock4(2),
+      ...rowBlock4(1),
+      ...inc(I, 4),
+    ]),
     ...whileLt(I, M, [
       ...rowPtr(CROW, C, I, LDC),
       ...rowPtr(AROW, A, I, LDA),
@@ -149,7 +223,7 @@ function gemmBody(): number[] {
     ]),
     OP.end,
   ];
-  const locals = [2, 10, 0x7f, 5, 0x7b]; // 10 i32, 5 v128
+  const locals = [2, GEMM_I32_LOCALS, 0x7f, GEMM_V128_LOCALS, 0x7b];
   const body = [...locals, ...code];
   return [...uleb(body.length), ...body];
 }
