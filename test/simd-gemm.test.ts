@@ -48,4 +48,54 @@ describe('simd gemm', () => {
       }
     }
   });
+
+  it('runs the softmax row loops exactly as the per-row functions', () => {
+    const rng = seedrandom('rows');
+    const mem = new Float32Array(simd.memory.buffer);
+    for (const [rows, ns] of [[1, 1], [3, 5], [7, 16], [5, 130]]) {
+      const ns4 = (ns + 3) & ~3;
+      const x = Float32Array.from({ length: rows * ns4 }, () => 6 * rng() - 3);
+      const [po, qo, so, to] = [0, 4096, 8192, 12288];
+      // softmaxRows against pads + rowMax + expRow + scaleRow
+      mem.set(x, po);
+      mem.set(x, qo);
+      simd.softmaxRows(4 * po, rows, ns, ns4, 4 * so);
+      for (let i = 0; i < rows; i++) {
+        const p = 4 * (qo + i * ns4);
+        for (let j = ns; j < ns4; j++) mem[qo + i * ns4 + j] = -1e30;
+        const max = simd.rowMax(p, ns4);
+        const sum = simd.expRow(p, ns4, max);
+        simd.scaleRow(p, ns4, 1 / sum);
+        expect(mem[so + 2 * i]).toBe(Math.fround(max));
+        expect(mem[so + 2 * i + 1]).toBe(Math.fround(sum));
+      }
+      expect(mem.slice(po, po + rows * ns4)).toEqual(mem.slice(qo, qo + rows * ns4));
+      // the probabilities sum to 1 and the pads get 0
+      for (let i = 0; i < rows; i++) {
+        let s = 0;
+        for (let j = 0; j < ns4; j++) s += mem[po + i * ns4 + j];
+        expect(Math.abs(s - 1)).toBeLessThan(1e-5);
+        for (let j = ns; j < ns4; j++) expect(mem[po + i * ns4 + j]).toBe(0);
+      }
+      // expRows (shifts with a stride) against pads + expRow
+      const stride = 3;
+      for (let i = 0; i < rows; i++) mem[to + i * stride] = rng();
+      mem.set(x, po);
+      mem.set(x, qo);
+      simd.expRows(4 * po, rows, ns, ns4, 4 * to, stride);
+      for (let i = 0; i < rows; i++) {
+        for (let j = ns; j < ns4; j++) mem[qo + i * ns4 + j] = -1e30;
+        simd.expRow(4 * (qo + i * ns4), ns4, mem[to + i * stride]);
+      }
+      expect(mem.slice(po, po + rows * ns4)).toEqual(mem.slice(qo, qo + rows * ns4));
+      // softmaxGradRows against softmaxGradRow
+      const g = Float32Array.from({ length: rows * ns4 }, () => rng() - 0.5);
+      for (let i = 0; i < rows; i++) mem[to + i] = rng();
+      mem.set(g, so);
+      mem.set(g, so + 2048);
+      simd.softmaxGradRows(4 * po, 4 * so, rows, ns4, 4 * to);
+      for (let i = 0; i < rows; i++) simd.softmaxGradRow(4 * (po + i * ns4), 4 * (so + 2048 + i * ns4), ns4, mem[to + i]);
+      expect(mem.slice(so, so + rows * ns4)).toEqual(mem.slice(so + 2048, so + 2048 + rows * ns4));
+    }
+  });
 });

@@ -16,27 +16,20 @@ const at = (a: F32, offsetElements = 0): number => a.byteOffset + 4 * offsetElem
 /**
  * Forward. Q [nq, d] (scaled), V [ns, d], Kt [d, ns4] (zero-padded). Writes O [nq, d], lse
  * [nq, heads] and the probabilities: into P [heads, nq, ns4] when given, else into S [nq, ns4]
- * (scratch, overwritten per head).
+ * (scratch, overwritten per head). `stats` is scratch of 2·nq (each row's max and sum).
  */
 export function attentionForwardSimd(
   simd: SimdGemm, Q: F32, V: F32, Kt: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
-  O: F32, lse: F32, P: F32 | null, S: F32,
+  O: F32, lse: F32, P: F32 | null, S: F32, stats: F32,
 ): void {
-  const { gemm, rowMax, expRow, scaleRow } = simd;
+  const { gemm, softmaxRows } = simd;
   const dh = d / heads;
   for (let h = 0; h < heads; h++) {
     const c0 = h * dh;
     const probs = P === null ? S : P.subarray(h * nq * ns4, (h + 1) * nq * ns4);
     gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(probs), ns4, 0);
-    for (let i = 0; i < nq; i++) {
-      const o = i * ns4;
-      for (let j = ns; j < ns4; j++) probs[o + j] = -1e30;
-      const p = at(probs, o);
-      const max = rowMax(p, ns4);
-      const sum = expRow(p, ns4, max);
-      scaleRow(p, ns4, 1 / sum);
-      lse[i * heads + h] = max + Math.log(sum);
-    }
+    softmaxRows(at(probs), nq, ns, ns4, at(stats));
+    for (let i = 0; i < nq; i++) lse[i * heads + h] = stats[2 * i] + Math.log(stats[2 * i + 1]);
     gemm(nq, dh, ns, at(probs), ns4, at(V, c0), d, at(O, c0), d, 0);
   }
 }
@@ -44,14 +37,15 @@ export function attentionForwardSimd(
 /**
  * Backward for upstream dO [nq, d] (with dOt = dOᵀ [d, nq]) and Qt = Qᵀ [d, nq]: writes dQ
  * [nq, d] and dKt, dVt [d, ns4] (all overwritten). K [ns, d] row-major; Vt [d, ns4]. P from the
- * forward pass when it kept it, else recomputed into S from Q, Kt and lse. dS is scratch [nq, ns4].
+ * forward pass when it kept it, else recomputed into S from Q, Kt and lse. dS is scratch [nq, ns4],
+ * Drow scratch of nq.
  */
 export function attentionBackwardSimd(
   simd: SimdGemm, Q: F32, Qt: F32, K: F32, Kt: F32, Vt: F32, O: F32, lse: F32, P: F32 | null,
   dO: F32, dOt: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
-  dQ: F32, dKt: F32, dVt: F32, S: F32, dS: F32,
+  dQ: F32, dKt: F32, dVt: F32, S: F32, dS: F32, Drow: F32,
 ): void {
-  const { gemm, expRow, softmaxGradRow } = simd;
+  const { gemm, expRows, softmaxGradRows } = simd;
   const dh = d / heads;
   for (let h = 0; h < heads; h++) {
     const c0 = h * dh;
@@ -60,11 +54,7 @@ export function attentionBackwardSimd(
     else {
       probs = S;
       gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(S), ns4, 0);
-      for (let i = 0; i < nq; i++) {
-        const o = i * ns4;
-        for (let j = ns; j < ns4; j++) S[o + j] = -1e30;
-        expRow(at(S, o), ns4, lse[i * heads + h]);
-      }
+      expRows(at(S), nq, ns, ns4, at(lse, h), heads);
     }
     // dP = dO_h·V_hᵀ, then dS = P⊙(dP − D) with D = dO_h·O_h per row
     gemm(nq, ns4, dh, at(dO, c0), d, at(Vt, c0 * ns4), ns4, at(dS), ns4, 0);
@@ -72,8 +62,9 @@ export function attentionBackwardSimd(
       const qo = i * d + c0;
       let D = 0;
       for (let t = 0; t < dh; t++) D += dO[qo + t] * O[qo + t];
-      softmaxGradRow(at(probs, i * ns4), at(dS, i * ns4), ns4, D);
+      Drow[i] = D;
     }
+    softmaxGradRows(at(probs), at(dS), nq, ns4, at(Drow));
     gemm(nq, dh, ns, at(dS), ns4, at(K, c0), d, at(dQ, c0), d, 0);
     gemm(dh, ns4, nq, at(Qt, c0 * nq), nq, at(dS), ns4, at(dKt, c0 * ns4), ns4, 0);
     gemm(dh, ns4, nq, at(dOt, c0 * nq), nq, at(probs), ns4, at(dVt, c0 * ns4), ns4, 0);

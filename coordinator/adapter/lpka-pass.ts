@@ -197,7 +197,7 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
           transposePadded(V, ns, d, Vt, ns4);
           const probs = keep ? ws.f32(heads * N * ns4) : null;
           const scratch = keep ? ws.f32(0) : ws.f32(N * ns4);
-          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch);
+          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch, ws.f32(2 * N));
           attn[ks] = { Q, K, V, Kt, Vt, O, lse, P: probs, ns4 };
         } else {
           const K = ws.f32(ns * d);
@@ -309,7 +309,7 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const dVt = ws.f32(d * ns4);
           const S = ws.f32(A.P === null ? N * ns4 : 0);
           const dS = ws.f32(N * ns4);
-          attentionBackwardSimd(ws.simd, A.Q, Qt, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, dOt, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS);
+          attentionBackwardSimd(ws.simd, A.Q, Qt, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, dOt, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS, ws.f32(N));
           for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
           untransposePadded(dKt, d, ns, ns4, dK);
           untransposePadded(dVt, d, ns, ns4, dV);

@@ -16,6 +16,7 @@
 //     |t| ≤ ln2/2, degree-6 Taylor polynomial in float32 (≈1e-6 relative, from rounding x·log2 e)
 //   scaleRow(p, n4, s): x ← x·s
 //   softmaxGradRow(p, ds, n4, D): ds ← p⊙(ds − D)   (the softmax backward, one row)
+//   softmaxRows, expRows, softmaxGradRows: the same over many rows in one call (see their bodies)
 
 const OP = {
   block: 0x02, loop: 0x03, if: 0x04, end: 0x0b, br: 0x0c, brIf: 0x0d, void: 0x40,
@@ -319,24 +320,100 @@ function softmaxGradRowBody(): number[] {
   ]);
 }
 
+// The row loops of the softmax and its backward, so that a whole head's score rows cost one call
+// from JS (per-row calls were a tenth of a small pair's pass). They call the row functions above.
+const FN = { rowMax: 1, expRow: 2, scaleRow: 3, softmaxGradRow: 4 };
+const call = (f: number) => [0x10, f];
+const f32Const = (x: number) => [0x43, ...new Uint8Array(new Float32Array([x]).buffer)];
+const f32Store = (offset: number) => [0x38, 2, ...uleb(offset)];
+const f32LoadAt = (offset: number) => [0x2a, 2, ...uleb(offset)];
+
+/** x[ns … ns4−1] = −1e30 in the row at local rp (pads get probability exactly 0). */
+function fillPads(rp: number, ns: number, ns4: number, j: number): number[] {
+  return [
+    ...get(ns), ...set(j),
+    ...whileLt(j, ns4, [
+      ...get(rp), ...get(j), OP.i32Const, 2, OP.i32Shl, OP.i32Add, ...f32Const(-1e30), ...f32Store(0),
+      ...inc(j, 1),
+    ]),
+  ];
+}
+
+// softmaxRows(p, rows, ns, ns4, stats): per row, pads, then max, exp(x − max) and its sum, x·(1/sum);
+// stats[2i] = max, stats[2i + 1] = sum. locals: 5 i, 6 rp, 7 j, 8 max (f32), 9 sum (f32)
+function softmaxRowsBody(): number[] {
+  const [P, ROWS, NS, NS4, STATS, Ir, RP, Jr, MAX, SUM] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+  return body([2, 3, 0x7f, 2, 0x7d], [
+    ...get(P), ...set(RP),
+    ...whileLt(Ir, ROWS, [
+      ...fillPads(RP, NS, NS4, Jr),
+      ...get(RP), ...get(NS4), ...call(FN.rowMax), ...set(MAX),
+      ...get(RP), ...get(NS4), ...get(MAX), ...call(FN.expRow), ...set(SUM),
+      ...get(RP), ...get(NS4), ...f32Const(1), ...get(SUM), 0x95 /* f32.div */, ...call(FN.scaleRow),
+      ...get(STATS), ...get(Ir), OP.i32Const, 3, OP.i32Shl, OP.i32Add, ...get(MAX), ...f32Store(0),
+      ...get(STATS), ...get(Ir), OP.i32Const, 3, OP.i32Shl, OP.i32Add, ...get(SUM), ...f32Store(4),
+      ...get(RP), ...get(NS4), OP.i32Const, 2, OP.i32Shl, OP.i32Add, ...set(RP),
+      ...inc(Ir, 1),
+    ]),
+  ]);
+}
+
+// expRows(p, rows, ns, ns4, shifts, stride): per row i, pads, then x ← exp(x − shifts[i·stride]).
+// locals: 6 i, 7 rp, 8 j
+function expRowsBody(): number[] {
+  const [P, ROWS, NS, NS4, SHIFTS, STRIDE, Ir, RP, Jr] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  return body([1, 3, 0x7f], [
+    ...get(P), ...set(RP),
+    ...whileLt(Ir, ROWS, [
+      ...fillPads(RP, NS, NS4, Jr),
+      ...get(RP), ...get(NS4),
+      ...get(SHIFTS), ...get(Ir), ...get(STRIDE), OP.i32Mul, OP.i32Const, 2, OP.i32Shl, OP.i32Add, ...f32LoadAt(0),
+      ...call(FN.expRow), 0x1a /* drop the sum */,
+      ...get(RP), ...get(NS4), OP.i32Const, 2, OP.i32Shl, OP.i32Add, ...set(RP),
+      ...inc(Ir, 1),
+    ]),
+  ]);
+}
+
+// softmaxGradRows(p, ds, rows, ns4, D): per row i, ds ← p⊙(ds − D[i]). locals: 5 i, 6 off
+function softmaxGradRowsBody(): number[] {
+  const [P, DS, ROWS, NS4, DP, Ir, OFF] = [0, 1, 2, 3, 4, 5, 6];
+  return body([1, 2, 0x7f], [
+    ...whileLt(Ir, ROWS, [
+      ...get(Ir), ...get(NS4), OP.i32Mul, OP.i32Const, 2, OP.i32Shl, ...set(OFF),
+      ...get(P), ...get(OFF), OP.i32Add, ...get(DS), ...get(OFF), OP.i32Add, ...get(NS4),
+      ...get(DP), ...get(Ir), OP.i32Const, 2, OP.i32Shl, OP.i32Add, ...f32LoadAt(0),
+      ...call(FN.softmaxGradRow),
+      ...inc(Ir, 1),
+    ]),
+  ]);
+}
+
 function moduleBytes(): Uint8Array {
   const I32 = 0x7f;
   const F32 = 0x7d;
   const type = section(1, [
-    5,
+    8,
     0x60, 10, ...new Array(10).fill(I32), 0, // gemm
     0x60, 2, I32, I32, 1, F32, // rowMax
     0x60, 3, I32, I32, F32, 1, F32, // expRow
     0x60, 3, I32, I32, F32, 0, // scaleRow
     0x60, 4, I32, I32, I32, F32, 0, // softmaxGradRow
+    0x60, 5, I32, I32, I32, I32, I32, 0, // softmaxRows
+    0x60, 6, I32, I32, I32, I32, I32, I32, 0, // expRows
+    0x60, 5, I32, I32, I32, I32, I32, 0, // softmaxGradRows
   ]);
   const imports = section(2, [1, ...str('env'), ...str('mem'), 0x02, 0x00, 1]);
-  const funcs = section(3, [5, 0, 1, 2, 3, 4]);
+  const funcs = section(3, [8, 0, 1, 2, 3, 4, 5, 6, 7]);
   const exports = section(7, [
-    5, ...str('gemm'), 0x00, 0, ...str('rowMax'), 0x00, 1, ...str('expRow'), 0x00, 2, ...str('scaleRow'), 0x00, 3,
-    ...str('softmaxGradRow'), 0x00, 4,
+    8, ...str('gemm'), 0x00, 0, ...str('rowMax'), 0x00, 1, ...str('expRow'), 0x00, 2, ...str('scaleRow'), 0x00, 3,
+    ...str('softmaxGradRow'), 0x00, 4, ...str('softmaxRows'), 0x00, 5, ...str('expRows'), 0x00, 6,
+    ...str('softmaxGradRows'), 0x00, 7,
   ]);
-  const code = section(10, [5, ...gemmBody(), ...rowMaxBody(), ...expRowBody(), ...scaleRowBody(), ...softmaxGradRowBody()]);
+  const code = section(10, [
+    8, ...gemmBody(), ...rowMaxBody(), ...expRowBody(), ...scaleRowBody(), ...softmaxGradRowBody(),
+    ...softmaxRowsBody(), ...expRowsBody(), ...softmaxGradRowsBody(),
+  ]);
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
@@ -362,6 +439,9 @@ export interface SimdGemm {
   expRow: (p: number, n4: number, shift: number) => number;
   scaleRow: (p: number, n4: number, s: number) => void;
   softmaxGradRow: (p: number, ds: number, n4: number, D: number) => void;
+  softmaxRows: (p: number, rows: number, ns: number, ns4: number, stats: number) => void;
+  expRows: (p: number, rows: number, ns: number, ns4: number, shifts: number, stride: number) => void;
+  softmaxGradRows: (p: number, ds: number, rows: number, ns4: number, D: number) => void;
 }
 
 let compiled: object | null | undefined;
@@ -378,5 +458,8 @@ export function createSimdGemm(initialPages = 16): SimdGemm | null {
   const memory = new wasm.Memory({ initial: initialPages });
   const instance = new wasm.Instance(compiled, { env: { mem: memory } });
   const e = instance.exports as unknown as Omit<SimdGemm, 'memory'>;
-  return { memory, gemm: e.gemm, rowMax: e.rowMax, expRow: e.expRow, scaleRow: e.scaleRow, softmaxGradRow: e.softmaxGradRow };
+  return {
+    memory, gemm: e.gemm, rowMax: e.rowMax, expRow: e.expRow, scaleRow: e.scaleRow, softmaxGradRow: e.softmaxGradRow,
+    softmaxRows: e.softmaxRows, expRows: e.expRows, softmaxGradRows: e.softmaxGradRows,
+  };
 }
