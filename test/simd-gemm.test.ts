@@ -37,12 +37,20 @@ describe('simd gemm', () => {
             mem.set(a, ao);
             mem.set(b, bo);
             mem.set(c, co);
-            simd.gemm(m, n, k, 4 * ao, lda, 4 * bo, ldb, 4 * co, ldc, acc ? 1 : 0);
+            simd.gemm(m, n, k, 4 * ao, lda, 4 * bo, ldb, 4 * co, ldc, acc ? 1 : 0, 1);
             gemmRef(m, n, k, a, lda, b, ldb, c, ldc, acc);
             const got = mem.subarray(co, co + m * ldc);
             for (let i = 0; i < m; i++) {
               for (let j = 0; j < ldc; j++) expect(got[i * ldc + j], `${m}×${n}×${k} acc ${acc} [${i}, ${j}]`).toBe(c[i * ldc + j]);
             }
+            // A read transposed in place: the same a, stored [k, m] with row length m + 1
+            const ldt = m + 1;
+            const at = new Float32Array(k * ldt);
+            for (let i = 0; i < m; i++) for (let t = 0; t < k; t++) at[t * ldt + i] = a[i * lda + t];
+            mem.set(at, ao);
+            simd.gemm(m, n, k, 4 * ao, 1, 4 * bo, ldb, 4 * co, ldc, 1, ldt);
+            gemmRef(m, n, k, a, lda, b, ldb, c, ldc, true);
+            for (let i = 0; i < m * ldc; i++) expect(got[i], `transposed ${m}×${n}×${k} [${i}]`).toBe(c[i]);
           }
         }
       }

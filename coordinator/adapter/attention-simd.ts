@@ -27,22 +27,22 @@ export function attentionForwardSimd(
   for (let h = 0; h < heads; h++) {
     const c0 = h * dh;
     const probs = P === null ? S : P.subarray(h * nq * ns4, (h + 1) * nq * ns4);
-    gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(probs), ns4, 0);
+    gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(probs), ns4, 0, 1);
     softmaxRows(at(probs), nq, ns, ns4, at(stats));
     for (let i = 0; i < nq; i++) lse[i * heads + h] = stats[2 * i] + Math.log(stats[2 * i + 1]);
-    gemm(nq, dh, ns, at(probs), ns4, at(V, c0), d, at(O, c0), d, 0);
+    gemm(nq, dh, ns, at(probs), ns4, at(V, c0), d, at(O, c0), d, 0, 1);
   }
 }
 
 /**
- * Backward for upstream dO [nq, d] (with dOt = dOᵀ [d, nq]) and Qt = Qᵀ [d, nq]: writes dQ
+ * Backward for upstream dO [nq, d]: writes dQ
  * [nq, d] and dKt, dVt [d, ns4] (all overwritten). K [ns, d] row-major; Vt [d, ns4]. P from the
  * forward pass when it kept it, else recomputed into S from Q, Kt and lse. dS is scratch [nq, ns4],
  * Drow scratch of nq.
  */
 export function attentionBackwardSimd(
-  simd: SimdGemm, Q: F32, Qt: F32, K: F32, Kt: F32, Vt: F32, O: F32, lse: F32, P: F32 | null,
-  dO: F32, dOt: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
+  simd: SimdGemm, Q: F32, K: F32, Kt: F32, Vt: F32, O: F32, lse: F32, P: F32 | null,
+  dO: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
   dQ: F32, dKt: F32, dVt: F32, S: F32, dS: F32, Drow: F32,
 ): void {
   const { gemm, expRows, softmaxGradRows } = simd;
@@ -53,11 +53,11 @@ export function attentionBackwardSimd(
     if (P !== null) probs = P.subarray(h * nq * ns4, (h + 1) * nq * ns4);
     else {
       probs = S;
-      gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(S), ns4, 0);
+      gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(S), ns4, 0, 1);
       expRows(at(S), nq, ns, ns4, at(lse, h), heads);
     }
     // dP = dO_h·V_hᵀ, then dS = P⊙(dP − D) with D = dO_h·O_h per row
-    gemm(nq, ns4, dh, at(dO, c0), d, at(Vt, c0 * ns4), ns4, at(dS), ns4, 0);
+    gemm(nq, ns4, dh, at(dO, c0), d, at(Vt, c0 * ns4), ns4, at(dS), ns4, 0, 1);
     for (let i = 0; i < nq; i++) {
       const qo = i * d + c0;
       let D = 0;
@@ -65,8 +65,9 @@ export function attentionBackwardSimd(
       Drow[i] = D;
     }
     softmaxGradRows(at(probs), at(dS), nq, ns4, at(Drow));
-    gemm(nq, dh, ns, at(dS), ns4, at(K, c0), d, at(dQ, c0), d, 0);
-    gemm(dh, ns4, nq, at(Qt, c0 * nq), nq, at(dS), ns4, at(dKt, c0 * ns4), ns4, 0);
-    gemm(dh, ns4, nq, at(dOt, c0 * nq), nq, at(probs), ns4, at(dVt, c0 * ns4), ns4, 0);
+    gemm(nq, dh, ns, at(dS), ns4, at(K, c0), d, at(dQ, c0), d, 0, 1);
+    // Q_hᵀ and dO_hᵀ read in place (lda 1, aStep d)
+    gemm(dh, ns4, nq, at(Q, c0), 1, at(dS), ns4, at(dKt, c0 * ns4), ns4, 0, d);
+    gemm(dh, ns4, nq, at(dO, c0), 1, at(probs), ns4, at(dVt, c0 * ns4), ns4, 0, d);
   }
 }

@@ -300,16 +300,12 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const ns4 = A.ns4;
           const dO32 = ws.f32(N * d);
           for (let i = 0; i < dO32.length; i++) dO32[i] = dO[i];
-          const dOt = ws.f32(d * N);
-          transpose32(dO32, N, d, dOt);
-          const Qt = ws.f32(d * N);
-          transpose32(A.Q, N, d, Qt);
           const dQ32 = ws.f32(N * d);
           const dKt = ws.f32(d * ns4);
           const dVt = ws.f32(d * ns4);
           const S = ws.f32(A.P === null ? N * ns4 : 0);
           const dS = ws.f32(N * ns4);
-          attentionBackwardSimd(ws.simd, A.Q, Qt, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, dOt, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS, ws.f32(N));
+          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS, ws.f32(N));
           for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
           untransposePadded(dKt, d, ns, ns4, dK);
           untransposePadded(dVt, d, ns, ns4, dV);

@@ -3,8 +3,10 @@
 // byte, from the listing below: no toolchain, no binary blob in the repository. It works on a
 // WebAssembly.Memory that the caller's buffers live in (see Workspace).
 //
-//   gemm(M, N, K, A, lda, B, ldb, C, ldc, acc):  C[M, N] (+)= A[M, K] · B[K, N]
+//   gemm(M, N, K, A, lda, B, ldb, C, ldc, acc, aStep):  C[M, N] (+)= A[M, K] · B[K, N]
 //   row-major; A, B, C are byte offsets, lda/ldb/ldc strides in elements; N a multiple of 4;
+//   A[i, k] is at A + 4·(i·lda + k·aStep): aStep 1 is row-major A, lda 1 and aStep = its row length
+//   read a row-major matrix transposed (so xᵀ·dy needs no transpose);
 //   acc = 0 overwrites C, else adds to it. Rows of C go in blocks of four (4×8 then 4×4 columns,
 //   A elements broadcast with load32_splat, so each B load feeds four rows), the last M mod 4 rows
 //   one at a time (blocks of 16, 8 then 4 columns); every block is accumulated in registers over the
@@ -64,14 +66,14 @@ function str(s: string): number[] {
 }
 
 // gemm parameter and local indices
-const [M, N, K, A, LDA, B, LDB, C, LDC, ACC] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
-const [I, KK, J, CROW, AROW, NBYTES, APTR, BPTR, LDB4, JEND] = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
-const [LDA4, LDC4, IEND4, CPTR] = [20, 21, 22, 23];
-const GEMM_I32_LOCALS = 14;
-const AV = 24; // v128: the splatted A element
-const CV = [25, 26, 27, 28]; // v128: accumulators of one row block of C
-const BV = [29, 30]; // v128: one k's B vectors in a 4-row block
-const C4 = [31, 32, 33, 34, 35, 36, 37, 38]; // v128: 4 rows × 2 vectors of accumulators
+const [M, N, K, A, LDA, B, LDB, C, LDC, ACC, ASTEP] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+const [I, KK, J, CROW, AROW, NBYTES, APTR, BPTR, LDB4, JEND] = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20];
+const [LDA4, LDC4, IEND4, CPTR, ASTEP4] = [21, 22, 23, 24, 25];
+const GEMM_I32_LOCALS = 15;
+const AV = 26; // v128: the splatted A element
+const CV = [27, 28, 29, 30]; // v128: accumulators of one row block of C
+const BV = [31, 32]; // v128: one k's B vectors in a 4-row block
+const C4 = [33, 34, 35, 36, 37, 38, 39, 40]; // v128: 4 rows × 2 vectors of accumulators
 const GEMM_V128_LOCALS = 15;
 
 const get = (i: number) => [OP.localGet, i];
@@ -134,7 +136,7 @@ function columnBlocks(nv: number): number[] {
       ...whileLt(KK, K, [
         ...get(APTR), OP.f32Load, 2, 0, ...simd(SIMD.f32x4Splat), ...set(AV),
         ...fma,
-        ...inc(APTR, 4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
+        ...incBy(APTR, ASTEP4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
       ]),
       ...store,
       ...inc(J, width),
@@ -188,7 +190,7 @@ function rowBlock4(nv: number): number[] {
       ...get(B), ...get(J), OP.i32Add, ...set(BPTR),
       ...whileLt(KK, K, [
         ...fma,
-        ...inc(APTR, 4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
+        ...incBy(APTR, ASTEP4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
       ]),
       ...store,
       ...inc(J, width),
@@ -202,6 +204,7 @@ function gemmBody(): number[] {
     ...get(LDB), OP.i32Const, 2, OP.i32Shl, ...set(LDB4),
     ...get(LDA), OP.i32Const, 2, OP.i32Shl, ...set(LDA4),
     ...get(LDC), OP.i32Const, 2, OP.i32Shl, ...set(LDC4),
+    ...get(ASTEP), OP.i32Const, 2, OP.i32Shl, ...set(ASTEP4),
     ...get(M), OP.i32Const, 4, 0x6b /* i32.sub */, ...set(IEND4),
     OP.i32Const, 0, ...set(I),
     // rows in blocks of four, then one at a time
@@ -394,7 +397,7 @@ function moduleBytes(): Uint8Array {
   const F32 = 0x7d;
   const type = section(1, [
     8,
-    0x60, 10, ...new Array(10).fill(I32), 0, // gemm
+    0x60, 11, ...new Array(11).fill(I32), 0, // gemm
     0x60, 2, I32, I32, 1, F32, // rowMax
     0x60, 3, I32, I32, F32, 1, F32, // expRow
     0x60, 3, I32, I32, F32, 0, // scaleRow
@@ -417,7 +420,7 @@ function moduleBytes(): Uint8Array {
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
-export type GemmFn = (m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, c: number, ldc: number, acc: number) => void;
+export type GemmFn = (m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, c: number, ldc: number, acc: number, aStep: number) => void;
 
 /** The part of a WebAssembly.Memory used here (the project's TS lib has no WebAssembly types). */
 export interface WasmMemory {
