@@ -106,4 +106,24 @@ describe('simd gemm', () => {
       expect(mem.slice(so, so + rows * ns4)).toEqual(mem.slice(so + 2048, so + 2048 + rows * ns4));
     }
   });
+
+  it('expRow is exp(x − shift) within 5e-6 relative, with its sum, over odd and even vector counts', () => {
+    const rng = seedrandom('exp');
+    const mem = new Float32Array(simd.memory.buffer);
+    for (const n4 of [4, 8, 12, 64, 132]) {
+      const x = Float32Array.from({ length: n4 }, () => 40 * rng() - 35);
+      x[0] = -1e30; // a pad: exactly 0
+      mem.set(x);
+      const shift = 2 * rng();
+      const sum = simd.expRow(0, n4, shift);
+      let ref = 0;
+      for (let i = 0; i < n4; i++) {
+        const e = Math.exp(x[i] - shift);
+        ref += e;
+        expect(Math.abs(mem[i] - e)).toBeLessThanOrEqual(5e-6 * e + 1e-38);
+      }
+      expect(mem[0]).toBe(0);
+      expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
+    }
+  });
 });

@@ -263,31 +263,61 @@ function rowMaxBody(): number[] {
   ]);
 }
 
-// expRow(p, n4, shift) → f32 sum; locals: 3 j, 4 nbytes, 5 acc, 6 shift4, 7 y, 8 n, 9 t, 10 r (v128)
+// expRow(p, n4, shift) → f32 sum. The constants are set once into locals. The loop takes two
+// vectors at a time with their steps interleaved: each is a ~20-deep chain of dependent
+// operations (the polynomial), so two chains side by side keep the vector units busier.
 function expRowBody(): number[] {
-  const [P, N4, SHIFT, Je, NB, ACCV, SH, Y, NV, TV, RV] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  const [P, N4, SHIFT, Je, NB, JEND2] = [0, 1, 2, 3, 4, 5];
+  let next = 6;
+  const v = () => next++;
+  const ACCV = v();
+  const SH = v();
   const coeffs = [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1];
-  const horner: number[] = [...f32x4Const(coeffs[0])];
-  for (const c of coeffs.slice(1)) horner.push(...get(TV), ...simd(SIMD.f32x4Mul), ...f32x4Const(c), ...simd(SIMD.f32x4Add));
-  return body([2, 2, 0x7f, 6, 0x7b], [
+  const consts = [Math.LOG2E, -127, Math.LN2, 12582912 /* 1.5·2²³ */, ...coeffs];
+  const KC = consts.map(() => v());
+  const [K_LOG2E, K_M127, K_LN2, K_MAGIC] = KC;
+  const KP = KC.slice(4);
+  const K_I127 = v(); // i32x4 of 127
+  // per-chain registers: y, y + 1.5·2²³, n, t, result
+  const regs = [0, 1].map(() => ({ Y: v(), MN: v(), NV: v(), TV: v(), RV: v() }));
+  const v128Locals = next - 6;
+  const init: number[] = [];
+  consts.forEach((c, i) => init.push(...f32x4Const(c), ...set(KC[i])));
+  init.push(OP.i32Const, ...sleb(127), ...simd(0x11), ...set(K_I127));
+  /** the vector steps for `lanes` chains (c = 0, 1), chain c at byte offset 16·c from P + J */
+  const steps = (lanes: number): number[] => {
+    const each = (f: (r: (typeof regs)[0], c: number) => number[]) => regs.slice(0, lanes).flatMap((r, c) => f(r, c));
+    const out: number[] = [];
+    // y = max((x − shift)·log2 e, −127)
+    out.push(...each((r, c) => [
+      ...get(P), ...get(Je), OP.i32Add, ...simd(SIMD.load), ...memargAt(16 * c), ...get(SH), ...simd(SIMD.f32x4Sub),
+      ...get(K_LOG2E), ...simd(SIMD.f32x4Mul), ...get(K_M127), ...simd(SIMD.f32x4Max), ...set(r.Y),
+    ]));
+    // n = nearest(y) by adding 1.5·2²³ (round to nearest even, as f32x4.nearest); the sum's low
+    // bits then hold n too, which spares a slow float→int conversion. t = (y − n)·ln 2
+    out.push(...each((r) => [...get(r.Y), ...get(K_MAGIC), ...simd(SIMD.f32x4Add), ...set(r.MN)]));
+    out.push(...each((r) => [...get(r.MN), ...get(K_MAGIC), ...simd(SIMD.f32x4Sub), ...set(r.NV)]));
+    out.push(...each((r) => [...get(r.Y), ...get(r.NV), ...simd(SIMD.f32x4Sub), ...get(K_LN2), ...simd(SIMD.f32x4Mul), ...set(r.TV)]));
+    // poly(t), Horner
+    out.push(...each((r) => [...get(KP[0]), ...set(r.RV)]));
+    for (const k of KP.slice(1)) out.push(...each((r) => [...get(r.RV), ...get(r.TV), ...simd(SIMD.f32x4Mul), ...get(k), ...simd(SIMD.f32x4Add), ...set(r.RV)]));
+    // r = poly(t) · 2^n, 2^n = (bits(y + 1.5·2²³) + 127) << 23
+    out.push(...each((r, c) => [
+      ...get(r.RV), ...get(r.MN), ...get(K_I127), ...simd(SIMD.i32x4Add), OP.i32Const, 23, ...simd(SIMD.i32x4Shl),
+      ...simd(SIMD.f32x4Mul), ...set(r.RV),
+      ...get(P), ...get(Je), OP.i32Add, ...get(r.RV), ...simd(SIMD.store), ...memargAt(16 * c),
+      ...get(ACCV), ...get(r.RV), ...simd(SIMD.f32x4Add), ...set(ACCV),
+    ]));
+    return out;
+  };
+  return body([2, 3, 0x7f, v128Locals, 0x7b], [
+    ...init,
     ...get(N4), OP.i32Const, 2, OP.i32Shl, ...set(NB),
+    ...get(NB), OP.i32Const, 32, 0x6b /* i32.sub */, ...set(JEND2),
     ...f32x4Const(0), ...set(ACCV),
     ...get(SHIFT), ...simd(SIMD.f32x4Splat), ...set(SH),
-    ...whileLt(Je, NB, [
-      // y = max((x − shift)·log2 e, −127); n = nearest(y); t = (y − n)·ln 2
-      ...get(P), ...get(Je), OP.i32Add, ...simd(SIMD.load), ...memarg, ...get(SH), ...simd(SIMD.f32x4Sub),
-      ...f32x4Const(Math.LOG2E), ...simd(SIMD.f32x4Mul), ...f32x4Const(-127), ...simd(SIMD.f32x4Max), ...set(Y),
-      ...get(Y), ...simd(SIMD.f32x4Nearest), ...set(NV),
-      ...get(Y), ...get(NV), ...simd(SIMD.f32x4Sub), ...f32x4Const(Math.LN2), ...simd(SIMD.f32x4Mul), ...set(TV),
-      // r = poly(t) · 2^n, 2^n from the exponent bits (n + 127) << 23
-      ...horner,
-      ...get(NV), ...simd(SIMD.i32x4TruncSatF32x4S), OP.i32Const, ...sleb(127), ...simd(0x11), ...simd(SIMD.i32x4Add),
-      OP.i32Const, 23, ...simd(SIMD.i32x4Shl),
-      ...simd(SIMD.f32x4Mul), ...set(RV),
-      ...get(P), ...get(Je), OP.i32Add, ...get(RV), ...simd(SIMD.store), ...memarg,
-      ...get(ACCV), ...get(RV), ...simd(SIMD.f32x4Add), ...set(ACCV),
-      ...inc(Je, 16),
-    ]),
+    ...whileLe(Je, JEND2, [...steps(2), ...inc(Je, 32)]),
+    ...whileLt(Je, NB, [...steps(1), ...inc(Je, 16)]),
     ...horizontal(ACCV, OP.f32Add),
   ]);
 }
