@@ -126,4 +126,16 @@ describe('simd gemm', () => {
       expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
     }
   });
+
+  it('rowMax is the maximum of exactly its n4 floats', () => {
+    const rng = seedrandom('max');
+    const mem = new Float32Array(simd.memory.buffer);
+    for (let n4 = 4; n4 <= 80; n4 += 4) {
+      const x = Float32Array.from({ length: n4 }, () => rng() - 2);
+      x[Math.floor(rng() * n4)] = 1 + rng();
+      mem.set(x);
+      mem.fill(100, n4, n4 + 64); // what follows must not count
+      expect(simd.rowMax(0, n4)).toBe(Math.max(...x));
+    }
+  });
 });

@@ -249,17 +249,23 @@ function body(locals: number[], code: number[]): number[] {
   return [...uleb(b.length), ...b];
 }
 
-// rowMax(p, n4) → f32; locals: 2 j, 3 nbytes, 4 acc (v128)
+// rowMax(p, n4) → f32; locals: 2 j, 3 nbytes, 4 jend4, 5–8 acc (v128). Four accumulators: one
+// chain of dependent maxes is latency-bound; max is exact, so the order does not change the result.
 function rowMaxBody(): number[] {
-  const [P, N4, Jm, NB, ACCV] = [0, 1, 2, 3, 4];
-  return body([2, 2, 0x7f, 1, 0x7b], [
+  const [P, N4, Jm, NB, JEND4] = [0, 1, 2, 3, 4];
+  const ACCS = [5, 6, 7, 8];
+  const maxInto = (acc: number, offset: number) => [
+    ...get(acc), ...get(P), ...get(Jm), OP.i32Add, ...simd(SIMD.load), ...memargAt(offset), ...simd(SIMD.f32x4Max), ...set(acc),
+  ];
+  return body([2, 3, 0x7f, 4, 0x7b], [
     ...get(N4), OP.i32Const, 2, OP.i32Shl, ...set(NB),
-    ...f32x4Const(-Infinity), ...set(ACCV),
-    ...whileLt(Jm, NB, [
-      ...get(ACCV), ...get(P), ...get(Jm), OP.i32Add, ...simd(SIMD.load), ...memarg, ...simd(SIMD.f32x4Max), ...set(ACCV),
-      ...inc(Jm, 16),
-    ]),
-    ...horizontal(ACCV, OP.f32Max),
+    ...get(NB), OP.i32Const, ...sleb(64), 0x6b /* i32.sub */, ...set(JEND4),
+    ...ACCS.flatMap((a) => [...f32x4Const(-Infinity), ...set(a)]),
+    ...whileLe(Jm, JEND4, [...ACCS.flatMap((a, k) => maxInto(a, 16 * k)), ...inc(Jm, 64)]),
+    ...whileLt(Jm, NB, [...maxInto(ACCS[0], 0), ...inc(Jm, 16)]),
+    ...get(ACCS[0]), ...get(ACCS[1]), ...simd(SIMD.f32x4Max), ...get(ACCS[2]), ...get(ACCS[3]), ...simd(SIMD.f32x4Max),
+    ...simd(SIMD.f32x4Max), ...set(ACCS[0]),
+    ...horizontal(ACCS[0], OP.f32Max),
   ]);
 }
 
