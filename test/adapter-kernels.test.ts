@@ -116,7 +116,8 @@ describe('LPKA kernels match the tfjs reference', () => {
     }
     expect(lpkaEngineFor(74, 138)).toBe('kernels'); // small slots
     expect(lpkaEngineFor(912, 928)).toBe('kernels'); // 784×128 / 800×128
-    expect(lpkaEngineFor(1120, 2148)).toBe('tfjs'); // 960×160 / 2048×100
+    expect(lpkaEngineFor(1120, 2148)).toBe('kernels'); // 960×160 / 2048×100
+    expect(lpkaEngineFor(4000, 4000)).toBe('tfjs'); // beyond the measured shapes
     tf.dispose([target.A, target.B, source.A, source.B, gA, gB]);
     adapter.dispose();
   });

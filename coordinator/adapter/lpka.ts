@@ -135,13 +135,15 @@ function checkArrays(what: string, f: Factors, r: number): void {
 /**
  * Which implementation runs a forward or VJP: the Float32Array/wasm-SIMD kernels, or tfjs ops
  * (lpka-tfjs.ts). 'auto' (the default; env MERGENET_ADAPTER_ENGINE overrides) takes the kernels
- * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE: per-op dispatch dominates small pairs,
- * and only around 1000×2000 tokens do tfjs-wasm's XNNPACK products catch up with the kernels
- * (`npm run bench`, same process, interleaved: 960×160 / 2048×100 is a tie at r 8 and ~5 % for tfjs
- * at r 32). Both compute the same function (tested within 1e-5).
+ * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE. Measured at r 8, forward+update, both
+ * engines interleaved in one process (`npm run bench`, tfjs on its wasm backend): the kernels take
+ * half the time at 960×160 / 2048×100 (1120·2148 = 2.4M) and two thirds at 1920×320 / 4096×200
+ * (9.6M, where the probabilities no longer fit KEEP_PROBS_LIMIT and are recomputed). The gap
+ * narrows with size, so above the largest measured product 'auto' goes back to tfjs. Both compute
+ * the same function (tested within 1e-5).
  */
 export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
-const TFJS_ABOVE = 2_000_000;
+const TFJS_ABOVE = 10_000_000;
 let engineSetting: LpkaEngine = parseEngine(process.env.MERGENET_ADAPTER_ENGINE);
 
 function parseEngine(v: string | undefined): LpkaEngine {
