@@ -138,4 +138,29 @@ describe('simd gemm', () => {
       expect(simd.rowMax(0, n4)).toBe(Math.max(...x));
     }
   });
+
+  it('with relaxed-SIMD fused multiply-adds (where V8 accepts them), equals the product within float32 rounding', () => {
+    const fused = createSimdGemm(64, true)!;
+    if (!fused.fused) return; // relaxed SIMD unavailable: the plain module is used, tested above
+    const rng = seedrandom('fma');
+    const mem = new Float32Array(fused.memory.buffer);
+    for (const [m, n, k] of [[5, 12, 8], [8, 36, 11], [13, 20, 64]]) {
+      const a = Float32Array.from({ length: m * k }, () => rng() * 2 - 1);
+      const b = Float32Array.from({ length: k * n }, () => rng() * 2 - 1);
+      mem.set(a, 0);
+      mem.set(b, 4096);
+      fused.gemm(m, n, k, 0, k, 4 * 4096, n, 4 * 8192, n, 0, 1);
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          let scale = 0;
+          for (let t = 0; t < k; t++) {
+            s += a[i * k + t] * b[t * n + j];
+            scale += Math.abs(a[i * k + t] * b[t * n + j]);
+          }
+          expect(Math.abs(mem[8192 + i * n + j] - s)).toBeLessThanOrEqual(1e-6 * scale);
+        }
+      }
+    }
+  });
 });

@@ -19,6 +19,7 @@
 //   scaleRow(p, n4, s): x ← x·s
 //   softmaxGradRow(p, ds, n4, D): ds ← p⊙(ds − D)   (the softmax backward, one row)
 //   softmaxRows, expRows, softmaxGradRows: the same over many rows in one call (see their bodies)
+import v8 from 'node:v8';
 
 const OP = {
   block: 0x02, loop: 0x03, if: 0x04, end: 0x0b, br: 0x0c, brIf: 0x0d, void: 0x40,
@@ -105,10 +106,19 @@ const whileLe = (a: number, b: number, body: number[]) => [
 ];
 
 /**
+ * c + a·b as v128 code: f32x4.mul then f32x4.add, or with `fused` the relaxed-SIMD
+ * f32x4.relaxed_madd (one FMA on x64; one rounding instead of two, so results differ in the last
+ * bits from the plain module).
+ */
+function madd(fused: boolean, c: number[], a: number[], b: number[]): number[] {
+  return fused ? [...a, ...b, ...c, ...simd(0x105)] : [...c, ...a, ...b, ...simd(SIMD.f32x4Mul), ...simd(SIMD.f32x4Add)];
+}
+
+/**
  * One pass over the columns of C row i in blocks of nv vectors (4·nv floats), starting at J: each
  * block's accumulators stay in registers over the whole k loop, so C is read and written once.
  */
-function columnBlocks(nv: number): number[] {
+function columnBlocks(nv: number, fused: boolean): number[] {
   const width = 16 * nv;
   const init: number[] = [];
   for (let v = 0; v < nv; v++) {
@@ -122,7 +132,7 @@ function columnBlocks(nv: number): number[] {
   }
   const fma: number[] = [];
   for (let v = 0; v < nv; v++) {
-    fma.push(...get(CV[v]), ...get(AV), ...get(BPTR), ...simd(SIMD.load), ...memargAt(16 * v), ...simd(SIMD.f32x4Mul), ...simd(SIMD.f32x4Add), ...set(CV[v]));
+    fma.push(...madd(fused, get(CV[v]), get(AV), [...get(BPTR), ...simd(SIMD.load), ...memargAt(16 * v)]), ...set(CV[v]));
   }
   const store: number[] = [];
   for (let v = 0; v < nv; v++) store.push(...get(CROW), ...get(J), OP.i32Add, ...get(CV[v]), ...simd(SIMD.store), ...memargAt(16 * v));
@@ -149,7 +159,7 @@ function columnBlocks(nv: number): number[] {
  * B and four load32_splats of A feed 4·nv multiply-adds, where the one-row blocks need a B load per
  * multiply-add. Same products, same summation order per element as columnBlocks.
  */
-function rowBlock4(nv: number): number[] {
+function rowBlock4(nv: number, fused: boolean): number[] {
   const width = 16 * nv;
   const acc = (r: number, v: number) => C4[2 * r + v];
   // the C pointer of row r of the block, at column J
@@ -173,7 +183,7 @@ function rowBlock4(nv: number): number[] {
   for (let r = 0; r < 4; r++) {
     fma.push(...aAt(r), ...simd(SIMD.load32Splat), ...memarg, ...set(AV));
     for (let v = 0; v < nv; v++) {
-      fma.push(...get(acc(r, v)), ...get(AV), ...get(BV[v]), ...simd(SIMD.f32x4Mul), ...simd(SIMD.f32x4Add), ...set(acc(r, v)));
+      fma.push(...madd(fused, get(acc(r, v)), get(AV), get(BV[v])), ...set(acc(r, v)));
     }
   }
   const store: number[] = [];
@@ -198,7 +208,7 @@ function rowBlock4(nv: number): number[] {
   ];
 }
 
-function gemmBody(): number[] {
+function gemmBody(fma: boolean): number[] {
   const code = [
     ...get(N), OP.i32Const, 2, OP.i32Shl, ...set(NBYTES),
     ...get(LDB), OP.i32Const, 2, OP.i32Shl, ...set(LDB4),
@@ -212,17 +222,17 @@ function gemmBody(): number[] {
       ...rowPtr(CROW, C, I, LDC),
       ...rowPtr(AROW, A, I, LDA),
       OP.i32Const, 0, ...set(J),
-      ...rowBlock4(2),
-      ...rowBlock4(1),
+      ...rowBlock4(2, fma),
+      ...rowBlock4(1, fma),
       ...inc(I, 4),
     ]),
     ...whileLt(I, M, [
       ...rowPtr(CROW, C, I, LDC),
       ...rowPtr(AROW, A, I, LDA),
       OP.i32Const, 0, ...set(J),
-      ...columnBlocks(4),
-      ...columnBlocks(2),
-      ...columnBlocks(1),
+      ...columnBlocks(4, fma),
+      ...columnBlocks(2, fma),
+      ...columnBlocks(1, fma),
       ...inc(I, 1),
     ]),
     OP.end,
@@ -428,7 +438,7 @@ function softmaxGradRowsBody(): number[] {
   ]);
 }
 
-function moduleBytes(): Uint8Array {
+function moduleBytes(fma: boolean): Uint8Array {
   const I32 = 0x7f;
   const F32 = 0x7d;
   const type = section(1, [
@@ -450,7 +460,7 @@ function moduleBytes(): Uint8Array {
     ...str('softmaxGradRows'), 0x00, 7,
   ]);
   const code = section(10, [
-    8, ...gemmBody(), ...rowMaxBody(), ...expRowBody(), ...scaleRowBody(), ...softmaxGradRowBody(),
+    8, ...gemmBody(fma), ...rowMaxBody(), ...expRowBody(), ...scaleRowBody(), ...softmaxGradRowBody(),
     ...softmaxRowsBody(), ...expRowsBody(), ...softmaxGradRowsBody(),
   ]);
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
@@ -473,6 +483,8 @@ interface WasmApi {
 
 export interface SimdGemm {
   memory: WasmMemory;
+  /** whether the gemm uses relaxed-SIMD fused multiply-adds (see createSimdGemm) */
+  fused: boolean;
   gemm: GemmFn;
   rowMax: (p: number, n4: number) => number;
   expRow: (p: number, n4: number, shift: number) => number;
@@ -483,22 +495,56 @@ export interface SimdGemm {
   softmaxGradRows: (p: number, ds: number, rows: number, ns4: number, D: number) => void;
 }
 
-let compiled: object | null | undefined;
+const compiled = new Map<boolean, object | null>();
 
-/** A gemm instance on a fresh memory, or null where WebAssembly SIMD is unavailable. */
-export function createSimdGemm(initialPages = 16): SimdGemm | null {
+/**
+ * Whether the gemm uses relaxed-SIMD fused multiply-adds: opt-in (MERGENET_WASM_RELAXED_SIMD=1),
+ * because Node 20's V8 has relaxed SIMD only behind --experimental-wasm-relaxed-simd (set here at
+ * run time, before the module is compiled) and because FMA results differ in the last bits from
+ * the default module's (every thread of a process makes the same choice, so the worker pool and
+ * the main thread still agree). Falls back to the plain module when the fused one does not validate.
+ */
+function relaxedRequested(): boolean {
+  const v = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.MERGENET_WASM_RELAXED_SIMD;
+  return v === '1' || v === 'true';
+}
+
+let flagSet = false;
+function enableRelaxedSimd(): void {
+  if (flagSet) return;
+  flagSet = true;
+  try {
+    v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+  } catch {
+    // the fused module then fails validation and the plain one is used
+  }
+}
+
+function compile(wasm: WasmApi, fma: boolean): object | null {
+  if (!compiled.has(fma)) {
+    if (fma) enableRelaxedSimd();
+    const bytes = moduleBytes(fma);
+    compiled.set(fma, wasm.validate(bytes) ? new wasm.Module(bytes) : null);
+  }
+  return compiled.get(fma)!;
+}
+
+/**
+ * A gemm instance on a fresh memory, or null where WebAssembly SIMD is unavailable. `fma` overrides
+ * the MERGENET_WASM_RELAXED_SIMD choice (tests); `fused` in the result says what was built.
+ */
+export function createSimdGemm(initialPages = 16, fma = relaxedRequested()): SimdGemm | null {
   const wasm = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
   if (!wasm) return null;
-  if (compiled === undefined) {
-    const bytes = moduleBytes();
-    compiled = wasm.validate(bytes) ? new wasm.Module(bytes) : null;
-  }
-  if (compiled === null) return null;
+  let mod = fma ? compile(wasm, true) : null;
+  const fused = mod !== null;
+  mod ??= compile(wasm, false);
+  if (mod === null) return null;
   const memory = new wasm.Memory({ initial: initialPages });
-  const instance = new wasm.Instance(compiled, { env: { mem: memory } });
-  const e = instance.exports as unknown as Omit<SimdGemm, 'memory'>;
+  const instance = new wasm.Instance(mod, { env: { mem: memory } });
+  const e = instance.exports as unknown as Omit<SimdGemm, 'memory' | 'fused'>;
   return {
-    memory, gemm: e.gemm, rowMax: e.rowMax, expRow: e.expRow, scaleRow: e.scaleRow, softmaxGradRow: e.softmaxGradRow,
+    memory, fused, gemm: e.gemm, rowMax: e.rowMax, expRow: e.expRow, scaleRow: e.scaleRow, softmaxGradRow: e.softmaxGradRow,
     softmaxRows: e.softmaxRows, expRows: e.expRows, softmaxGradRows: e.softmaxGradRows,
   };
 }
