@@ -5,7 +5,7 @@ import {
   attentionBackward, attentionForward, geluBackward, geluForward, layerNormBackward, layerNormForward,
   linearBackward, linearForward, transpose32, transpose64,
 } from './lpka-kernels.js';
-import { attentionBackwardSimd, attentionForwardSimd } from './attention-simd.js';
+import { ATTN_ROW_BLOCK, attentionBackwardSimd, attentionForwardSimd } from './attention-simd.js';
 import { linearBackwardSimd, linearForwardSimd, simdLinearFits } from './linear-simd.js';
 import type { Workspace } from './workspace.js';
 
@@ -196,8 +196,9 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
           transposePadded(K, ns, d, Kt, ns4);
           transposePadded(V, ns, d, Vt, ns4);
           const probs = keep ? ws.f32(heads * N * ns4) : null;
-          const scratch = keep ? ws.f32(0) : ws.f32(N * ns4);
-          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch, ws.f32(2 * N));
+          const block = Math.min(N, ATTN_ROW_BLOCK);
+          const scratch = ws.f32(keep ? 0 : block * ns4);
+          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch, ws.f32(2 * block));
           attn[ks] = { Q, K, V, Kt, Vt, O, lse, P: probs, ns4 };
         } else {
           const K = ws.f32(ns * d);
@@ -303,9 +304,10 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const dQ32 = ws.f32(N * d);
           const dKt = ws.f32(d * ns4);
           const dVt = ws.f32(d * ns4);
-          const S = ws.f32(A.P === null ? N * ns4 : 0);
-          const dS = ws.f32(N * ns4);
-          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS, ws.f32(N));
+          const block = Math.min(N, ATTN_ROW_BLOCK);
+          const S = ws.f32(A.P === null ? block * ns4 : 0);
+          const dS = ws.f32(block * ns4);
+          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS, ws.f32(block));
           for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
           untransposePadded(dKt, d, ns, ns4, dK);
           untransposePadded(dVt, d, ns, ns4, dV);
