@@ -125,12 +125,19 @@ describe('kept forward tape', () => {
     expect(adapter.hasKeptTape).toBe(false);
   });
 
-  it('is not kept when the pass exceeds the budget', () => {
+  it('is kept for 784×128 / 800×128 slots (their probabilities are recomputed), not over the budget', () => {
     const cfg = defaultAdapterConfig(8, { seed: 3, initScale: 1 });
     const rng = seedrandom('tape budget');
     const adapter = new LpkaAdapter(cfg);
-    // 2 layers · 2 query sets · 4 heads · (900 + 100 queries) · (900 + 100 keys) probabilities: > 8 MB
-    adapter.forwardFactors(factors(rng, 900, 8, 100), factors(rng, 900, 8, 100), new Workspace(), { keepTape: true });
+    const ws = new Workspace();
+    adapter.forwardFactors(factors(rng, 784, 8, 128), factors(rng, 800, 8, 128), ws, { keepTape: true });
+    expect(adapter.hasKeptTape).toBe(true);
+    // 6000 query tokens' activations take more than 8 MB (the first pass grows the workspace)
+    const [t, src] = [factors(rng, 5900, 8, 100), factors(rng, 90, 8, 10)];
+    adapter.forwardFactors(t, src, ws);
+    adapter.forwardFactors(t, src, ws, { keepTape: true });
     expect(adapter.hasKeptTape).toBe(false);
+    // the same pass keeps its tape when the budget allows
+    expect(ws.snapshot(1 << 30)).not.toBeNull();
   });
 });

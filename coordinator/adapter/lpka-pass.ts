@@ -19,10 +19,12 @@ export const LN_EPS = 1e-5;
 
 /**
  * Keep the attention probabilities for the backward pass when they total at most this many floats
- * (64 MB, enough for 784×128 slots at any rank); above it they are recomputed, which costs one more
- * score product and exp per element.
+ * (4 MB: small and medium pairs); above it the backward recomputes them, one block of query rows at
+ * a time while it is in cache. At 784×128 / 800×128 (13.5M probabilities) recomputing costs the
+ * same as writing them out and reading them back (VJP ≈ 62 ms either way, measured interleaved),
+ * and without them that pair's whole tape fits KEEP_TAPE_BYTES, so its cycle runs one forward.
  */
-const KEEP_PROBS_LIMIT = 16 << 20;
+const KEEP_PROBS_LIMIT = 1 << 20;
 
 export interface LnViews<T> { gain: T; bias: T }
 export interface AttnViews<T> { Wq: T; bq: T; Wk: T; bk: T; Wv: T; bv: T; Wo: T; bo: T }
