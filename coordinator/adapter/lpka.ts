@@ -137,10 +137,9 @@ function checkArrays(what: string, f: Factors, r: number): void {
  * (lpka-tfjs.ts). 'auto' (the default; env MERGENET_ADAPTER_ENGINE overrides) takes the kernels
  * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE. Measured at r 8, forward+update, both
  * engines interleaved in one process (`npm run bench`, tfjs on its wasm backend): the kernels take
- * half the time at 960×160 / 2048×100 (1120·2148 = 2.4M) and two thirds at 1920×320 / 4096×200
- * (9.6M, where the probabilities no longer fit KEEP_PROBS_LIMIT and are recomputed). The gap
- * narrows with size, so above the largest measured product 'auto' goes back to tfjs. Both compute
- * the same function (tested within 1e-5).
+ * 0.6× the tfjs time at 960×160 / 2048×100 (1120·2148 = 2.4M: 201 vs 331 ms) and 0.7–0.8× at
+ * 1920×320 / 4096×200 (9.6M). The gap narrows with size, so above the largest measured product 'auto' goes back to
+ * tfjs. Both compute the same function (tested within 1e-5).
  */
 export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
 const TFJS_ABOVE = 10_000_000;
