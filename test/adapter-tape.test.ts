@@ -125,6 +125,26 @@ describe('kept forward tape', () => {
     expect(adapter.hasKeptTape).toBe(false);
   });
 
+  it('gives the same bits when the tape keeps fewer attention probabilities than a fresh VJP', () => {
+    setLpkaEngine('kernels');
+    try {
+      // 784×128 / 800×128: the fresh VJP keeps its 13.5M probabilities, the kept tape none
+      const cfg = defaultAdapterConfig(8, { seed: 4, initScale: 1 });
+      const rng = seedrandom('tape probs');
+      const [target, source] = [factors(rng, 784, 8, 128), factors(rng, 800, 8, 128)];
+      const gA = Float32Array.from({ length: 784 * 8 }, () => 1e-2 * gaussian(rng));
+      const gB = Float32Array.from({ length: 8 * 128 }, () => 1e-2 * gaussian(rng));
+      const ws = new Workspace();
+      const adapter = new LpkaAdapter(cfg);
+      const fresh = flat(adapter.vjpFactors(target, source, gA, gB, ws));
+      adapter.forwardFactors(target, source, ws, { keepTape: true });
+      expect(adapter.hasKeptTape).toBe(true);
+      expect(flat(adapter.vjpFactors(target, source, gA, gB, ws))).toEqual(fresh);
+    } finally {
+      setLpkaEngine('auto');
+    }
+  });
+
   it('is kept for 784×128 / 800×128 slots (their probabilities are recomputed), not over the budget', () => {
     const cfg = defaultAdapterConfig(8, { seed: 3, initScale: 1 });
     const rng = seedrandom('tape budget');

@@ -48,15 +48,16 @@ export function attentionForwardSimd(
 /**
  * Backward for upstream dO [nq, d]: writes dQ [nq, d] and dKt, dVt [d, ns4] (all overwritten).
  * K [ns, d] row-major; Vt [d, ns4]. P from the forward pass when it kept it, else recomputed into S
- * from Q, Kt and lse. S (when P is null) and dS are scratch [min(nq, ATTN_ROW_BLOCK), ns4], Drow
+ * from Q and Kt exactly as the forward computed it. S (when P is null) and dS are scratch
+ * [min(nq, ATTN_ROW_BLOCK), ns4], stats (when P is null) scratch of 2·min(nq, ATTN_ROW_BLOCK), Drow
  * scratch of min(nq, ATTN_ROW_BLOCK).
  */
 export function attentionBackwardSimd(
-  simd: SimdGemm, Q: F32, K: F32, Kt: F32, Vt: F32, O: F32, lse: F32, P: F32 | null,
+  simd: SimdGemm, Q: F32, K: F32, Kt: F32, Vt: F32, O: F32, P: F32 | null,
   dO: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
-  dQ: F32, dKt: F32, dVt: F32, S: F32, dS: F32, Drow: F32,
+  dQ: F32, dKt: F32, dVt: F32, S: F32, stats: F32, dS: F32, Drow: F32,
 ): void {
-  const { gemm, expRows, softmaxGradRows } = simd;
+  const { gemm, softmaxRows, softmaxGradRows } = simd;
   const dh = d / heads;
   for (let h = 0; h < heads; h++) {
     const c0 = h * dh;
@@ -67,9 +68,10 @@ export function attentionBackwardSimd(
       let pr: number;
       if (P !== null) pr = at(P, (h * nq + i0) * ns4);
       else {
+        // the forward's own steps, so recomputed probabilities equal kept ones bit for bit
         pr = at(S);
         gemm(rows, ns4, dh, q, d, at(Kt, c0 * ns4), ns4, pr, ns4, 0, 1);
-        expRows(pr, rows, ns, ns4, at(lse, i0 * heads + h), heads);
+        softmaxRows(pr, rows, ns, ns4, at(stats));
       }
       // dP = dO_h·V_hᵀ, then dS = P⊙(dP − D) with D = dO_h·O_h per row
       gemm(rows, ns4, dh, g, d, at(Vt, c0 * ns4), ns4, at(dS), ns4, 0, 1);

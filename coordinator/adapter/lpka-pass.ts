@@ -19,12 +19,19 @@ export const LN_EPS = 1e-5;
 
 /**
  * Keep the attention probabilities for the backward pass when they total at most this many floats
- * (4 MB: small and medium pairs); above it the backward recomputes them, one block of query rows at
- * a time while it is in cache. At 784×128 / 800×128 (13.5M probabilities) recomputing costs the
- * same as writing them out and reading them back (VJP ≈ 62 ms either way, measured interleaved),
- * and without them that pair's whole tape fits KEEP_TAPE_BYTES, so its cycle runs one forward.
+ * (64 MB, enough for 784×128 slots at any rank); above it they are recomputed, which costs one more
+ * score product and softmax per element (measured at 784×128 / 800×128: a quarter more VJP time).
  */
-const KEEP_PROBS_LIMIT = 1 << 20;
+const KEEP_PROBS_LIMIT = 16 << 20;
+
+/**
+ * The same limit for a forward whose tape is kept for the update (keepProbs 'tape'): 4 MB, so that
+ * without its probabilities the tape of a 784×128 / 800×128 pair fits KEEP_TAPE_BYTES and its cycle
+ * runs one forward. The SIMD backward recomputes probabilities with the forward's own steps
+ * (softmaxRows), so the VJP's bits do not depend on which were kept; the scalar attention
+ * recomputes them as exp(s − lse), so without SIMD every forward uses this limit.
+ */
+const KEEP_PROBS_TAPE_LIMIT = 1 << 20;
 
 export interface LnViews<T> { gain: T; bias: T }
 export interface AttnViews<T> { Wq: T; bq: T; Wk: T; bk: T; Wv: T; bv: T; Wo: T; bo: T }
@@ -127,9 +134,10 @@ export interface ForwardResult {
 
 /**
  * The forward pass. `keepProbs` asks to keep the attention probabilities for a backward pass (they
- * are kept only if they fit KEEP_PROBS_LIMIT). Results live in `ws` until its next reset.
+ * are kept only if they fit KEEP_PROBS_LIMIT, or KEEP_PROBS_TAPE_LIMIT for 'tape'). Results live
+ * in `ws` until its next reset.
  */
-export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], target: Factors, source: Factors, ws: Workspace, keepProbs: boolean): ForwardResult {
+export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], target: Factors, source: Factors, ws: Workspace, keepProbs: boolean | 'tape'): ForwardResult {
   const { rank: r, heads, attnDim: d, ffnDim: f } = shape;
   const scale = 1 / Math.sqrt(d / heads);
   const count = { query: { rows: target.m, cols: target.n }, source: { rows: source.m, cols: source.n } };
@@ -137,9 +145,10 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   const maxS = Math.max(source.m, source.n);
   const row = ws.f64(maxS);
   const nq = target.m + target.n;
-  const keep = keepProbs && W.length * 2 * heads * nq * (source.m + source.n) <= KEEP_PROBS_LIMIT;
   // The SIMD path needs head widths in whole 4-lane vectors.
   const simd = ws.simd !== null && (d / heads) % 4 === 0 ? ws.simd : null;
+  const limit = keepProbs === 'tape' || simd === null ? KEEP_PROBS_TAPE_LIMIT : KEEP_PROBS_LIMIT;
+  const keep = keepProbs !== false && W.length * 2 * heads * nq * (source.m + source.n) <= limit;
 
   // The linear layers run on the gemm when the parameters live in its memory (LpkaAdapter puts them
   // there); then the inputs are copied in too, so every activation is a gemm operand.
@@ -308,8 +317,9 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const dVt = ws.f32(d * ns4);
           const block = Math.min(N, ATTN_ROW_BLOCK);
           const S = ws.f32(A.P === null ? block * ns4 : 0);
+          const stats = ws.f32(A.P === null ? 2 * block : 0);
           const dS = ws.f32(block * ns4);
-          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS, ws.f32(block));
+          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
           for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
           untransposePadded(dKt, d, ns, ns4, dK);
           untransposePadded(dVt, d, ns, ns4, dV);

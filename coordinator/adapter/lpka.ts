@@ -308,8 +308,9 @@ export class LpkaAdapter {
     const keep = opts.keepTape === true;
     return ws.run(() => {
       const W = this.viewsFor(ws);
-      // A kept tape keeps the probabilities as the VJP's own forward would: bit-identical gradients.
-      const fw = forwardPass(this.config, W, target, source, ws, keep);
+      // A kept tape keeps fewer probabilities than the VJP's own forward (to fit the budget); the
+      // backward recomputes the others bit-identically.
+      const fw = forwardPass(this.config, W, target, source, ws, keep ? 'tape' : false);
       if (keep) this.keepTape(ws, W, fw, target, source);
       const A = Float32Array.from(fw.rows);
       const B = new Float32Array(r * target.n);
