@@ -24,9 +24,11 @@ import { TfjsReferenceLpka } from './lpka-tfjs.js';
 import { sharedWorkspace, type Workspace, type WorkspaceSnapshot } from './workspace.js';
 
 /**
- * Most workspace bytes a kept tape may copy out per adapter (forwardFactors keepTape). 8 MB holds
- * the whole pass of slots up to a few hundred tokens (64×10 / 128×10 at r 8 takes ~0.2 MB); larger
- * pairs recompute the forward in the VJP instead, where it is a smaller share of the cost.
+ * Most bytes a kept tape may hold per adapter (forwardFactors keepTape): its workspace blocks plus
+ * copies of the parameters and inputs. At r 8 the tape of 64×10 / 128×10 slots takes 0.9 MB and
+ * that of 784×128 / 800×128 5.1 MB (without its attention probabilities, which the backward then
+ * recomputes); larger pairs recompute the forward in the VJP instead. A worker holds one tape per
+ * pair between a transfer and its update.
  */
 export const KEEP_TAPE_BYTES = 8 << 20;
 
