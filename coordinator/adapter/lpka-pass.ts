@@ -169,6 +169,17 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   const src: Record<TokenSet, F32> = { rows: inRows(source.A), cols: ws.f32(source.n * r) };
   transpose32(source.B, r, source.n, src.cols);
 
+  // With the projections on the gemm, Kᵀ and Vᵀ come from a second product, Wᵀ·yᵀ on the (r-wide,
+  // so cheap) transposed source tokens, rather than transposing the d-wide K and V: the same sums in
+  // the same order, so the same bits. Their pad columns then hold the bias instead of 0, which is
+  // harmless: pad scores are overwritten before the softmax and pad probabilities are 0.
+  const ktByGemm = simd !== null && gemmLinear && simdLinearFits(r, d);
+  const yT = {} as Record<TokenSet, F32>;
+  const projT = (Wm: F32, b: F32, y: F32, ns4: number, out: F32): void => {
+    for (let t = 0; t < d; t++) out.fill(b[t], t * ns4, (t + 1) * ns4);
+    simd!.gemm(d, ns4, r, Wm.byteOffset, 1, y.byteOffset, ns4, out.byteOffset, ns4, 1, d);
+  };
+
   const tapes: LayerTape[] = [];
   for (const L of W) {
     const tape = { y: {}, yHat: {}, yRstd: {}, q: {} } as LayerTape;
@@ -178,6 +189,11 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
       tape.yHat[ks] = ws.f32(n * r);
       tape.yRstd[ks] = ws.f32(n);
       layerNormForward(src[ks], n, r, L.lnSource[ks].gain, L.lnSource[ks].bias, LN_EPS, tape.y[ks], tape.yHat[ks], tape.yRstd[ks]);
+      if (ktByGemm) {
+        const ns4 = (n + 3) & ~3;
+        yT[ks] = ws.f32(r * ns4, true);
+        transposePadded(tape.y[ks], n, r, yT[ks], ns4);
+      }
     }
     const mid = {} as Record<TokenSet, F32>;
     for (const qs of SETS) {
@@ -200,12 +216,17 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
           const ns4 = (ns + 3) & ~3;
           const K = ws.f32(ns * d);
           const V = ws.f32(ns * d);
-          const Kt = ws.f32(d * ns4, true);
-          const Vt = ws.f32(d * ns4, true);
+          const Kt = ws.f32(d * ns4, !ktByGemm);
+          const Vt = ws.f32(d * ns4, !ktByGemm);
           lin(tape.y[ks], ns, r, P.Wk, P.bk, d, K);
           lin(tape.y[ks], ns, r, P.Wv, P.bv, d, V);
-          transposePadded(K, ns, d, Kt, ns4);
-          transposePadded(V, ns, d, Vt, ns4);
+          if (ktByGemm) {
+            projT(P.Wk, P.bk, yT[ks], ns4, Kt);
+            projT(P.Wv, P.bv, yT[ks], ns4, Vt);
+          } else {
+            transposePadded(K, ns, d, Kt, ns4);
+            transposePadded(V, ns, d, Vt, ns4);
+          }
           const probs = keep ? ws.f32(heads * N * ns4) : null;
           const block = Math.min(N, ATTN_ROW_BLOCK);
           const scratch = ws.f32(keep ? 0 : block * ns4);
