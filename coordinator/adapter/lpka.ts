@@ -140,8 +140,8 @@ function checkArrays(what: string, f: Factors, r: number): void {
  * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE. Measured at r 8, forward+update, both
  * engines interleaved in one process (`npm run bench`, tfjs on its wasm backend): the kernels take
  * 0.6× the tfjs time at 960×160 / 2048×100 (1120·2148 = 2.4M: 201 vs 331 ms) and 0.7–0.8× at
- * 1920×320 / 4096×200 (9.6M). The gap narrows with size, so above the largest measured product 'auto' goes back to
- * tfjs. Both compute the same function (tested within 1e-5).
+ * 1920×320 / 4096×200 (9.6M). The gap narrows with size, so above the largest measured product
+ * 'auto' goes back to tfjs. Both compute the same function (tested within 1e-5).
  */
 export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
 const TFJS_ABOVE = 10_000_000;
