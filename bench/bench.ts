@@ -1,5 +1,9 @@
 // `npm run bench`: adapter forward and forward+update times for representative slot shapes, the
-// slice times, and the device's per-cycle overhead, as JSON on stdout.
+// slice times, and the device's per-cycle overhead, as JSON on stdout. "forwardUpdate" is what
+// PyTorch's figure means: one forward with tape, backward and AdamW step. "cycle" is the
+// coordinator's per-cycle adapter cost: the transfer's forward, then the update (which reuses the
+// forward's tape when it fits KEEP_TAPE_BYTES, else recomputes it). "tfjsEngineForwardUpdate" is
+// the same forward+update on the tfjs engine, interleaved, to place TFJS_ABOVE.
 //
 // The adapter is timed twice in the same process, interleaved repeat by repeat: the Float32Array /
 // wasm-SIMD kernels that run in the coordinator, and the tfjs implementation they replaced
@@ -110,16 +114,33 @@ async function main(): Promise<void> {
         const gA = tf.randomNormal(t.A.shape, 0, 1e-2, 'float32', 3) as tf.Tensor2D;
         const gB = tf.randomNormal(t.B.shape, 0, 1e-2, 'float32', 4) as tf.Tensor2D;
         const fns: Record<string, () => void> = {
+          // a forward that keeps no tape (so the update after it recomputes its own)
           forward: () => {
-            const out: LowRank = pair.forward(t, s);
+            const out: LowRank = pair.adapter.forward(t, s);
             out.B.dataSync();
             disposeLowRank(out);
           },
+          // PyTorch's "forward+update": one forward with tape, backward, AdamW step (the update's
+          // VJP runs the forward itself)
           forwardUpdate: () => {
+            pair.update({ target: t, source: s }, { gA, gB });
+          },
+          // the coordinator's cycle: the transfer's forward (keeping its tape where it fits
+          // KEEP_TAPE_BYTES), then the update at the same input
+          cycle: () => {
             const out: LowRank = pair.forward(t, s);
             out.B.dataSync();
             disposeLowRank(out);
             pair.update({ target: t, source: s }, { gA, gB });
+          },
+          // the same forward+update on the tfjs engine (what 'auto' picks above TFJS_ABOVE)
+          tfjsEngineForwardUpdate: () => {
+            setLpkaEngine('tfjs');
+            try {
+              pair.update({ target: t, source: s }, { gA, gB });
+            } finally {
+              setLpkaEngine('kernels');
+            }
           },
         };
         if (ref && refOpt) {
@@ -145,6 +166,9 @@ async function main(): Promise<void> {
           forwardMs: times.forward.medianMs,
           forwardUpdateMs: times.forwardUpdate.medianMs,
           forwardUpdateMinMs: times.forwardUpdate.minMs,
+          cycleMs: times.cycle.medianMs,
+          cycleMinMs: times.cycle.minMs,
+          tfjsEngineForwardUpdateMs: times.tfjsEngineForwardUpdate.medianMs,
           ...(ref ? {
             referenceForwardMs: times.referenceForward.medianMs,
             referenceForwardUpdateMs: times.referenceForwardUpdate.medianMs,
@@ -158,7 +182,8 @@ async function main(): Promise<void> {
         };
         results.push(row);
         process.stderr.write(
-          `bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward+update ${times.forwardUpdate.medianMs} ms (min ${times.forwardUpdate.minMs})` +
+          `bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward ${times.forward.medianMs} ms, forward+update ${times.forwardUpdate.medianMs} ms (min ${times.forwardUpdate.minMs}), ` +
+            `cycle ${times.cycle.medianMs} ms, tfjs engine forward+update ${times.tfjsEngineForwardUpdate.medianMs} ms` +
             (ref ? `, tfjs reference ${times.referenceForwardUpdate.medianMs} ms (min ${times.referenceForwardUpdate.minMs})` : '') +
             `, slices ${slices.target.medianMs}/${slices.source.medianMs} ms\n`,
         );

@@ -44,7 +44,9 @@ function handle(req: PoolRequest): { result: unknown; transfer: ArrayBuffer[] } 
     }
     case 'forward': {
       const h = held(req.pairId);
-      const out = h.adapter.forwardFactors(req.target, req.source);
+      // The tape is kept for this pair's update (the VJP then skips its forward pass); it is dropped
+      // by the next forward, and with the adapter on create, restore and drop.
+      const out = h.adapter.forwardFactors(req.target, req.source, undefined, { keepTape: true });
       h.lastInput = { target: req.target, source: req.source };
       return { result: out, transfer: [out.A.buffer as ArrayBuffer, out.B.buffer as ArrayBuffer] };
     }

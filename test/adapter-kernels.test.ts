@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { defaultAdapterConfig, type AdapterConfig } from '../coordinator/adapter/config.js';
 import { LpkaAdapter, lpkaEngineFor, setLpkaEngine } from '../coordinator/adapter/lpka.js';
 import { backwardPass, forwardPass, layerViews } from '../coordinator/adapter/lpka-pass.js';
+import { tanhApprox } from '../coordinator/adapter/lpka-kernels.js';
 import { TfjsReferenceLpka } from '../coordinator/adapter/lpka-tfjs.js';
 import { Workspace } from '../coordinator/adapter/workspace.js';
 import { adapterVjp } from '../coordinator/adapter/update.js';
@@ -115,7 +116,8 @@ describe('LPKA kernels match the tfjs reference', () => {
     }
     expect(lpkaEngineFor(74, 138)).toBe('kernels'); // small slots
     expect(lpkaEngineFor(912, 928)).toBe('kernels'); // 784×128 / 800×128
-    expect(lpkaEngineFor(1120, 2148)).toBe('tfjs'); // 960×160 / 2048×100
+    expect(lpkaEngineFor(1120, 2148)).toBe('kernels'); // 960×160 / 2048×100
+    expect(lpkaEngineFor(4000, 4000)).toBe('tfjs'); // beyond the measured shapes
     tf.dispose([target.A, target.B, source.A, source.B, gA, gB]);
     adapter.dispose();
   });
@@ -154,5 +156,18 @@ describe('LPKA kernels match the tfjs reference', () => {
     expect(relErr(recomputed, kept)).toBeLessThan(1e-6);
     expect(kept.some((x) => x !== 0)).toBe(true);
     adapter.dispose();
+  });
+});
+
+describe('tanhApprox (the GELU kernels)', () => {
+  it('is within 3e-7 of Math.tanh, odd, and saturates', () => {
+    let worst = 0;
+    for (let x = -12; x <= 12; x += 1e-3) {
+      worst = Math.max(worst, Math.abs(tanhApprox(x) - Math.tanh(x)));
+      expect(tanhApprox(-x)).toBe(-tanhApprox(x));
+    }
+    expect(worst).toBeLessThan(3e-7);
+    expect(Math.abs(tanhApprox(1e6) - 1)).toBeLessThan(3e-7);
+    expect(tanhApprox(0)).toBe(0);
   });
 });

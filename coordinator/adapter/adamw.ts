@@ -83,6 +83,33 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
+// The adapter's gradients are Float64Arrays: these copies of the loops see one array type per
+// argument, so V8 need not handle several element kinds in them (the general loop, which also
+// takes Float32Array and tensor gradients, made a step ~15 % slower). Same arithmetic, same order:
+// bit-identical results.
+function sumSquares64(g: Float64Array, sum: number): number {
+  for (let i = 0; i < g.length; i++) sum += g[i] * g[i];
+  return sum;
+}
+
+function sumSquares(g: Float32Array | Float64Array, sum: number): number {
+  for (let i = 0; i < g.length; i++) sum += g[i] * g[i];
+  return sum;
+}
+
+function adamwUpdate64(
+  p: Float32Array, m: Float32Array, v: Float32Array, g: Float64Array,
+  scale: number, beta1: number, beta2: number, sqrtBc2: number, eps: number, decay: number, stepSize: number,
+): void {
+  for (let i = 0; i < p.length; i++) {
+    const gi = g[i] * scale;
+    m[i] = beta1 * m[i] + (1 - beta1) * gi;
+    v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+    const denom = Math.sqrt(v[i]) / sqrtBc2 + eps;
+    p[i] = p[i] * decay - (m[i] / denom) * stepSize;
+  }
+}
+
 export class AdamW {
   readonly config: AdamWConfig;
   private readonly slots: Slot[] = [];
@@ -143,7 +170,7 @@ export class AdamW {
     });
     // Total sum of squares in float64.
     let sumSq = 0;
-    for (const g of gradValues) if (g) for (let i = 0; i < g.length; i++) sumSq += g[i] * g[i];
+    for (const g of gradValues) if (g) sumSq = g instanceof Float64Array ? sumSquares64(g, sumSq) : sumSquares(g, sumSq);
     const gradNorm = Math.sqrt(sumSq);
     if (!Number.isFinite(gradNorm)) {
       throw new Error(`AdamW: gradient norm is ${gradNorm}; step refused, parameters and moments unchanged`);
@@ -160,12 +187,15 @@ export class AdamW {
       const { m, v } = slot;
       // Plain-array parameters are updated in place; variables through a copy and an assign.
       const p = slot.values ?? Float32Array.from(slot.variable!.dataSync() as Float32Array);
-      for (let i = 0; i < p.length; i++) {
-        const gi = g ? g[i] * scale : 0;
-        m[i] = beta1 * m[i] + (1 - beta1) * gi;
-        v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
-        const denom = Math.sqrt(v[i]) / sqrtBc2 + eps;
-        p[i] = p[i] * decay - (m[i] / denom) * stepSize;
+      if (g instanceof Float64Array) adamwUpdate64(p, m, v, g, scale, beta1, beta2, sqrtBc2, eps, decay, stepSize);
+      else {
+        for (let i = 0; i < p.length; i++) {
+          const gi = g ? g[i] * scale : 0;
+          m[i] = beta1 * m[i] + (1 - beta1) * gi;
+          v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+          const denom = Math.sqrt(v[i]) / sqrtBc2 + eps;
+          p[i] = p[i] * decay - (m[i] / denom) * stepSize;
+        }
       }
       if (slot.variable) {
         const next = tf.tensor(p, slot.shape, 'float32');

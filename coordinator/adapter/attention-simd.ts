@@ -14,68 +14,79 @@ type F32 = Float32Array;
 const at = (a: F32, offsetElements = 0): number => a.byteOffset + 4 * offsetElements;
 
 /**
+ * Query rows per block: every score-sized step (product, softmax, the products that read it) runs
+ * on one block of rows while it is in cache (64 rows of 928 keys: 240 KB) instead of streaming the
+ * whole [nq, ns4] matrix through memory once per step. Rows are independent and the dKᵀ, dVᵀ
+ * products accumulate block after block in the order of one long product: the same bits.
+ */
+export const ATTN_ROW_BLOCK = 64;
+
+/**
  * Forward. Q [nq, d] (scaled), V [ns, d], Kt [d, ns4] (zero-padded). Writes O [nq, d], lse
- * [nq, heads] and the probabilities: into P [heads, nq, ns4] when given, else into S [nq, ns4]
- * (scratch, overwritten per head).
+ * [nq, heads] and the probabilities: into P [heads, nq, ns4] when given, else into S
+ * [min(nq, ATTN_ROW_BLOCK), ns4] (scratch). `stats` is scratch of 2·min(nq, ATTN_ROW_BLOCK).
  */
 export function attentionForwardSimd(
   simd: SimdGemm, Q: F32, V: F32, Kt: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
-  O: F32, lse: F32, P: F32 | null, S: F32,
+  O: F32, lse: F32, P: F32 | null, S: F32, stats: F32,
 ): void {
-  const { gemm, rowMax, expRow, scaleRow } = simd;
+  const { gemm, softmaxRows } = simd;
   const dh = d / heads;
   for (let h = 0; h < heads; h++) {
     const c0 = h * dh;
-    const probs = P === null ? S : P.subarray(h * nq * ns4, (h + 1) * nq * ns4);
-    gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(probs), ns4, 0);
-    for (let i = 0; i < nq; i++) {
-      const o = i * ns4;
-      for (let j = ns; j < ns4; j++) probs[o + j] = -1e30;
-      const p = at(probs, o);
-      const max = rowMax(p, ns4);
-      const sum = expRow(p, ns4, max);
-      scaleRow(p, ns4, 1 / sum);
-      lse[i * heads + h] = max + Math.log(sum);
+    for (let i0 = 0; i0 < nq; i0 += ATTN_ROW_BLOCK) {
+      const rows = Math.min(ATTN_ROW_BLOCK, nq - i0);
+      const pr = P === null ? at(S) : at(P, (h * nq + i0) * ns4);
+      gemm(rows, ns4, dh, at(Q, i0 * d + c0), d, at(Kt, c0 * ns4), ns4, pr, ns4, 0, 1);
+      softmaxRows(pr, rows, ns, ns4, at(stats));
+      for (let i = 0; i < rows; i++) lse[(i0 + i) * heads + h] = stats[2 * i] + Math.log(stats[2 * i + 1]);
+      gemm(rows, dh, ns, pr, ns4, at(V, c0), d, at(O, i0 * d + c0), d, 0, 1);
     }
-    gemm(nq, dh, ns, at(probs), ns4, at(V, c0), d, at(O, c0), d, 0);
   }
 }
 
 /**
- * Backward for upstream dO [nq, d] (with dOt = dOᵀ [d, nq]) and Qt = Qᵀ [d, nq]: writes dQ
- * [nq, d] and dKt, dVt [d, ns4] (all overwritten). K [ns, d] row-major; Vt [d, ns4]. P from the
- * forward pass when it kept it, else recomputed into S from Q, Kt and lse. dS is scratch [nq, ns4].
+ * Backward for upstream dO [nq, d]: writes dQ [nq, d] and dKt, dVt [d, ns4] (all overwritten).
+ * K [ns, d] row-major; Vt [d, ns4]. P from the forward pass when it kept it, else recomputed into S
+ * from Q and Kt exactly as the forward computed it. S (when P is null) and dS are scratch
+ * [min(nq, ATTN_ROW_BLOCK), ns4], stats (when P is null) scratch of 2·min(nq, ATTN_ROW_BLOCK), Drow
+ * scratch of min(nq, ATTN_ROW_BLOCK).
  */
 export function attentionBackwardSimd(
-  simd: SimdGemm, Q: F32, Qt: F32, K: F32, Kt: F32, Vt: F32, O: F32, lse: F32, P: F32 | null,
-  dO: F32, dOt: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
-  dQ: F32, dKt: F32, dVt: F32, S: F32, dS: F32,
+  simd: SimdGemm, Q: F32, K: F32, Kt: F32, Vt: F32, O: F32, P: F32 | null,
+  dO: F32, nq: number, ns: number, ns4: number, d: number, heads: number,
+  dQ: F32, dKt: F32, dVt: F32, S: F32, stats: F32, dS: F32, Drow: F32,
 ): void {
-  const { gemm, expRow, softmaxGradRow } = simd;
+  const { gemm, softmaxRows, softmaxGradRows } = simd;
   const dh = d / heads;
   for (let h = 0; h < heads; h++) {
     const c0 = h * dh;
-    let probs: F32;
-    if (P !== null) probs = P.subarray(h * nq * ns4, (h + 1) * nq * ns4);
-    else {
-      probs = S;
-      gemm(nq, ns4, dh, at(Q, c0), d, at(Kt, c0 * ns4), ns4, at(S), ns4, 0);
-      for (let i = 0; i < nq; i++) {
-        const o = i * ns4;
-        for (let j = ns; j < ns4; j++) S[o + j] = -1e30;
-        expRow(at(S, o), ns4, lse[i * heads + h]);
+    for (let i0 = 0; i0 < nq; i0 += ATTN_ROW_BLOCK) {
+      const rows = Math.min(ATTN_ROW_BLOCK, nq - i0);
+      const q = at(Q, i0 * d + c0);
+      const g = at(dO, i0 * d + c0);
+      let pr: number;
+      if (P !== null) pr = at(P, (h * nq + i0) * ns4);
+      else {
+        // the forward's own steps, so recomputed probabilities equal kept ones bit for bit
+        pr = at(S);
+        gemm(rows, ns4, dh, q, d, at(Kt, c0 * ns4), ns4, pr, ns4, 0, 1);
+        softmaxRows(pr, rows, ns, ns4, at(stats));
       }
+      // dP = dO_h·V_hᵀ, then dS = P⊙(dP − D) with D = dO_h·O_h per row
+      gemm(rows, ns4, dh, g, d, at(Vt, c0 * ns4), ns4, at(dS), ns4, 0, 1);
+      for (let i = 0; i < rows; i++) {
+        const qo = (i0 + i) * d + c0;
+        let D = 0;
+        for (let t = 0; t < dh; t++) D += dO[qo + t] * O[qo + t];
+        Drow[i] = D;
+      }
+      softmaxGradRows(pr, at(dS), rows, ns4, at(Drow));
+      gemm(rows, dh, ns, at(dS), ns4, at(K, c0), d, at(dQ, i0 * d + c0), d, 0, 1);
+      // dK_hᵀ += Q_hᵀ·dS, dV_hᵀ += dO_hᵀ·P over this block's rows (Q_h, dO_h read transposed in place)
+      const acc = i0 === 0 ? 0 : 1;
+      gemm(dh, ns4, rows, q, 1, at(dS), ns4, at(dKt, c0 * ns4), ns4, acc, d);
+      gemm(dh, ns4, rows, g, 1, pr, ns4, at(dVt, c0 * ns4), ns4, acc, d);
     }
-    // dP = dO_h·V_hᵀ, then dS = P⊙(dP − D) with D = dO_h·O_h per row
-    gemm(nq, ns4, dh, at(dO, c0), d, at(Vt, c0 * ns4), ns4, at(dS), ns4, 0);
-    for (let i = 0; i < nq; i++) {
-      const qo = i * d + c0;
-      let D = 0;
-      for (let t = 0; t < dh; t++) D += dO[qo + t] * O[qo + t];
-      softmaxGradRow(at(probs, i * ns4), at(dS, i * ns4), ns4, D);
-    }
-    gemm(nq, dh, ns, at(dS), ns4, at(K, c0), d, at(dQ, c0), d, 0);
-    gemm(dh, ns4, nq, at(Qt, c0 * nq), nq, at(dS), ns4, at(dKt, c0 * ns4), ns4, 0);
-    gemm(dh, ns4, nq, at(dOt, c0 * nq), nq, at(probs), ns4, at(dVt, c0 * ns4), ns4, 0);
   }
 }

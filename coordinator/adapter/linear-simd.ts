@@ -17,7 +17,7 @@ export function simdLinearFits(inDim: number, outDim: number): boolean {
 /** y[n, out] = x[n, in]·W[in, out] + b (y in the gemm's memory). */
 export function linearForwardSimd(simd: SimdGemm, x: F32, n: number, inDim: number, W: F32, b: F32, outDim: number, y: F32): void {
   for (let i = 0; i < n; i++) y.set(b, i * outDim);
-  simd.gemm(n, outDim, inDim, x.byteOffset, inDim, W.byteOffset, outDim, y.byteOffset, outDim, 1);
+  simd.gemm(n, outDim, inDim, x.byteOffset, inDim, W.byteOffset, outDim, y.byteOffset, outDim, 1, 1);
 }
 
 /** Backward of linearForwardSimd: dW += xᵀ·dy, db += Σ rows of dy, and dx += dy·Wᵀ when dx is given. */
@@ -25,23 +25,24 @@ export function linearBackwardSimd(
   simd: SimdGemm, ws: Workspace, x: F32, n: number, inDim: number, W: F32, outDim: number,
   dy: F64, dx: F64 | null, dW: F64, db: F64,
 ): void {
+  // dy in float32 for the gemm, and db, in one sweep
   const dy32 = ws.f32(n * outDim);
-  for (let i = 0; i < dy32.length; i++) dy32[i] = dy[i];
-  for (let i = 0; i < n; i++) {
-    const o = i * outDim;
-    for (let j = 0; j < outDim; j++) db[j] += dy[o + j];
+  for (let i = 0, o = 0; i < n; i++) {
+    for (let j = 0; j < outDim; j++, o++) {
+      const g = dy[o];
+      dy32[o] = g;
+      db[j] += g;
+    }
   }
-  // dW += xᵀ·dy
-  const xt = ws.f32(inDim * n);
-  transpose32(x, n, inDim, xt);
+  // dW += xᵀ·dy, x read transposed in place (lda 1, aStep inDim)
   const dW32 = ws.f32(inDim * outDim);
-  simd.gemm(inDim, outDim, n, xt.byteOffset, n, dy32.byteOffset, outDim, dW32.byteOffset, outDim, 0);
+  simd.gemm(inDim, outDim, n, x.byteOffset, 1, dy32.byteOffset, outDim, dW32.byteOffset, outDim, 0, inDim);
   for (let i = 0; i < dW32.length; i++) dW[i] += dW32[i];
   if (dx === null) return;
-  // dx += dy·Wᵀ
+  // dx += dy·Wᵀ (W is at most a few thousand floats: the transpose is cheap)
   const wt = ws.f32(outDim * inDim);
   transpose32(W, inDim, outDim, wt);
   const dx32 = ws.f32(n * inDim);
-  simd.gemm(n, inDim, outDim, dy32.byteOffset, outDim, wt.byteOffset, inDim, dx32.byteOffset, inDim, 0);
+  simd.gemm(n, inDim, outDim, dy32.byteOffset, outDim, wt.byteOffset, inDim, dx32.byteOffset, inDim, 0, 1);
   for (let i = 0; i < dx32.length; i++) dx[i] += dx32[i];
 }

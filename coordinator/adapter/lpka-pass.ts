@@ -5,7 +5,7 @@ import {
   attentionBackward, attentionForward, geluBackward, geluForward, layerNormBackward, layerNormForward,
   linearBackward, linearForward, transpose32, transpose64,
 } from './lpka-kernels.js';
-import { attentionBackwardSimd, attentionForwardSimd } from './attention-simd.js';
+import { ATTN_ROW_BLOCK, attentionBackwardSimd, attentionForwardSimd } from './attention-simd.js';
 import { linearBackwardSimd, linearForwardSimd, simdLinearFits } from './linear-simd.js';
 import type { Workspace } from './workspace.js';
 
@@ -20,9 +20,18 @@ export const LN_EPS = 1e-5;
 /**
  * Keep the attention probabilities for the backward pass when they total at most this many floats
  * (64 MB, enough for 784×128 slots at any rank); above it they are recomputed, which costs one more
- * score product and exp per element.
+ * score product and softmax per element (measured at 784×128 / 800×128: a quarter more VJP time).
  */
 const KEEP_PROBS_LIMIT = 16 << 20;
+
+/**
+ * The same limit for a forward whose tape is kept for the update (keepProbs 'tape'): 4 MB, so that
+ * without its probabilities the tape of a 784×128 / 800×128 pair fits KEEP_TAPE_BYTES and its cycle
+ * runs one forward. The SIMD backward recomputes probabilities with the forward's own steps
+ * (softmaxRows), so the VJP's bits do not depend on which were kept; the scalar attention
+ * recomputes them as exp(s − lse), so without SIMD every forward uses this limit.
+ */
+const KEEP_PROBS_TAPE_LIMIT = 1 << 20;
 
 export interface LnViews<T> { gain: T; bias: T }
 export interface AttnViews<T> { Wq: T; bq: T; Wk: T; bk: T; Wv: T; bv: T; Wo: T; bo: T }
@@ -125,9 +134,10 @@ export interface ForwardResult {
 
 /**
  * The forward pass. `keepProbs` asks to keep the attention probabilities for a backward pass (they
- * are kept only if they fit KEEP_PROBS_LIMIT). Results live in `ws` until its next reset.
+ * are kept only if they fit KEEP_PROBS_LIMIT, or KEEP_PROBS_TAPE_LIMIT for 'tape'). Results live
+ * in `ws` until its next reset.
  */
-export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], target: Factors, source: Factors, ws: Workspace, keepProbs: boolean): ForwardResult {
+export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], target: Factors, source: Factors, ws: Workspace, keepProbs: boolean | 'tape'): ForwardResult {
   const { rank: r, heads, attnDim: d, ffnDim: f } = shape;
   const scale = 1 / Math.sqrt(d / heads);
   const count = { query: { rows: target.m, cols: target.n }, source: { rows: source.m, cols: source.n } };
@@ -135,9 +145,10 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   const maxS = Math.max(source.m, source.n);
   const row = ws.f64(maxS);
   const nq = target.m + target.n;
-  const keep = keepProbs && W.length * 2 * heads * nq * (source.m + source.n) <= KEEP_PROBS_LIMIT;
   // The SIMD path needs head widths in whole 4-lane vectors.
   const simd = ws.simd !== null && (d / heads) % 4 === 0 ? ws.simd : null;
+  const limit = keepProbs === 'tape' || simd === null ? KEEP_PROBS_TAPE_LIMIT : KEEP_PROBS_LIMIT;
+  const keep = keepProbs !== false && W.length * 2 * heads * nq * (source.m + source.n) <= limit;
 
   // The linear layers run on the gemm when the parameters live in its memory (LpkaAdapter puts them
   // there); then the inputs are copied in too, so every activation is a gemm operand.
@@ -158,6 +169,17 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   const src: Record<TokenSet, F32> = { rows: inRows(source.A), cols: ws.f32(source.n * r) };
   transpose32(source.B, r, source.n, src.cols);
 
+  // With the projections on the gemm, Kᵀ and Vᵀ come from a second product, Wᵀ·yᵀ on the (r-wide,
+  // so cheap) transposed source tokens, rather than transposing the d-wide K and V: the same sums in
+  // the same order, so the same bits. Their pad columns then hold the bias instead of 0, which is
+  // harmless: pad scores are overwritten before the softmax and pad probabilities are 0.
+  const ktByGemm = simd !== null && gemmLinear && simdLinearFits(r, d);
+  const yT = {} as Record<TokenSet, F32>;
+  const projT = (Wm: F32, b: F32, y: F32, ns4: number, out: F32): void => {
+    for (let t = 0; t < d; t++) out.fill(b[t], t * ns4, (t + 1) * ns4);
+    simd!.gemm(d, ns4, r, Wm.byteOffset, 1, y.byteOffset, ns4, out.byteOffset, ns4, 1, d);
+  };
+
   const tapes: LayerTape[] = [];
   for (const L of W) {
     const tape = { y: {}, yHat: {}, yRstd: {}, q: {} } as LayerTape;
@@ -167,6 +189,11 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
       tape.yHat[ks] = ws.f32(n * r);
       tape.yRstd[ks] = ws.f32(n);
       layerNormForward(src[ks], n, r, L.lnSource[ks].gain, L.lnSource[ks].bias, LN_EPS, tape.y[ks], tape.yHat[ks], tape.yRstd[ks]);
+      if (ktByGemm) {
+        const ns4 = (n + 3) & ~3;
+        yT[ks] = ws.f32(r * ns4, true);
+        transposePadded(tape.y[ks], n, r, yT[ks], ns4);
+      }
     }
     const mid = {} as Record<TokenSet, F32>;
     for (const qs of SETS) {
@@ -189,15 +216,21 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
           const ns4 = (ns + 3) & ~3;
           const K = ws.f32(ns * d);
           const V = ws.f32(ns * d);
-          const Kt = ws.f32(d * ns4, true);
-          const Vt = ws.f32(d * ns4, true);
+          const Kt = ws.f32(d * ns4, !ktByGemm);
+          const Vt = ws.f32(d * ns4, !ktByGemm);
           lin(tape.y[ks], ns, r, P.Wk, P.bk, d, K);
           lin(tape.y[ks], ns, r, P.Wv, P.bv, d, V);
-          transposePadded(K, ns, d, Kt, ns4);
-          transposePadded(V, ns, d, Vt, ns4);
+          if (ktByGemm) {
+            projT(P.Wk, P.bk, yT[ks], ns4, Kt);
+            projT(P.Wv, P.bv, yT[ks], ns4, Vt);
+          } else {
+            transposePadded(K, ns, d, Kt, ns4);
+            transposePadded(V, ns, d, Vt, ns4);
+          }
           const probs = keep ? ws.f32(heads * N * ns4) : null;
-          const scratch = keep ? ws.f32(0) : ws.f32(N * ns4);
-          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch);
+          const block = Math.min(N, ATTN_ROW_BLOCK);
+          const scratch = ws.f32(keep ? 0 : block * ns4);
+          attentionForwardSimd(simd, Q, V, Kt, N, ns, ns4, d, heads, O, lse, probs, scratch, ws.f32(2 * block));
           attn[ks] = { Q, K, V, Kt, Vt, O, lse, P: probs, ns4 };
         } else {
           const K = ws.f32(ns * d);
@@ -300,16 +333,14 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const ns4 = A.ns4;
           const dO32 = ws.f32(N * d);
           for (let i = 0; i < dO32.length; i++) dO32[i] = dO[i];
-          const dOt = ws.f32(d * N);
-          transpose32(dO32, N, d, dOt);
-          const Qt = ws.f32(d * N);
-          transpose32(A.Q, N, d, Qt);
           const dQ32 = ws.f32(N * d);
           const dKt = ws.f32(d * ns4);
           const dVt = ws.f32(d * ns4);
-          const S = ws.f32(A.P === null ? N * ns4 : 0);
-          const dS = ws.f32(N * ns4);
-          attentionBackwardSimd(ws.simd, A.Q, Qt, A.K, A.Kt, A.Vt, A.O, A.lse, A.P, dO32, dOt, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, dS);
+          const block = Math.min(N, ATTN_ROW_BLOCK);
+          const S = ws.f32(A.P === null ? block * ns4 : 0);
+          const stats = ws.f32(A.P === null ? 2 * block : 0);
+          const dS = ws.f32(block * ns4);
+          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
           for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
           untransposePadded(dKt, d, ns, ns4, dK);
           untransposePadded(dVt, d, ns, ns4, dV);

@@ -19,9 +19,38 @@ import * as tf from '@tensorflow/tfjs';
 import seedrandom from 'seedrandom';
 import type { LowRank } from '../../shared/math/low-rank.js';
 import { type AdapterConfig, parseAdapterConfig } from './config.js';
-import { backwardPass, type Factors, forwardPass, type LayerViews, layerViews, SETS, type TokenSet } from './lpka-pass.js';
+import { backwardPass, type Factors, forwardPass, type ForwardResult, type LayerViews, layerViews, SETS, type TokenSet } from './lpka-pass.js';
 import { TfjsReferenceLpka } from './lpka-tfjs.js';
-import { sharedWorkspace, type Workspace } from './workspace.js';
+import { sharedWorkspace, type Workspace, type WorkspaceSnapshot } from './workspace.js';
+
+/**
+ * Most bytes a kept tape may hold per adapter (forwardFactors keepTape): its workspace blocks plus
+ * copies of the parameters and inputs. At r 8 the tape of 64×10 / 128×10 slots takes 0.9 MB and
+ * that of 784×128 / 800×128 5.1 MB (without its attention probabilities, which the backward then
+ * recomputes); larger pairs recompute the forward in the VJP instead. A worker holds one tape per
+ * pair between a transfer and its update.
+ */
+export const KEEP_TAPE_BYTES = 8 << 20;
+
+/** A forward pass kept for the next VJP: its workspace blocks, the tape, and what it was run on. */
+interface KeptTape {
+  ws: Workspace;
+  snap: WorkspaceSnapshot;
+  W: LayerViews<Float32Array>[];
+  fw: ForwardResult;
+  /** copies of the parameters and inputs, so a VJP uses the tape only at the same point */
+  values: Float32Array;
+  inputs: Float32Array[];
+}
+
+/** Bitwise equality (so −0/NaN cannot make a changed input look unchanged or vice versa). */
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  const x = new Int32Array(a.buffer, a.byteOffset, a.length);
+  const y = new Int32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
 
 export type { Factors, TokenSet };
 
@@ -108,13 +137,14 @@ function checkArrays(what: string, f: Factors, r: number): void {
 /**
  * Which implementation runs a forward or VJP: the Float32Array/wasm-SIMD kernels, or tfjs ops
  * (lpka-tfjs.ts). 'auto' (the default; env MERGENET_ADAPTER_ENGINE overrides) takes the kernels
- * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE: per-op dispatch dominates small pairs,
- * and only around 1000×2000 tokens do tfjs-wasm's XNNPACK products catch up with the kernels
- * (`npm run bench`, same process, interleaved: 960×160 / 2048×100 is a tie at r 8 and ~5 % for tfjs
- * at r 32). Both compute the same function (tested within 1e-5).
+ * unless (query tokens)·(source tokens) exceeds TFJS_ABOVE. Measured at r 8, forward+update, both
+ * engines interleaved in one process (`npm run bench`, tfjs on its wasm backend): the kernels take
+ * 0.6× the tfjs time at 960×160 / 2048×100 (1120·2148 = 2.4M: 201 vs 331 ms) and 0.7–0.8× at
+ * 1920×320 / 4096×200 (9.6M). The gap narrows with size, so above the largest measured product
+ * 'auto' goes back to tfjs. Both compute the same function (tested within 1e-5).
  */
 export type LpkaEngine = 'auto' | 'kernels' | 'tfjs';
-const TFJS_ABOVE = 2_000_000;
+const TFJS_ABOVE = 10_000_000;
 let engineSetting: LpkaEngine = parseEngine(process.env.MERGENET_ADAPTER_ENGINE);
 
 function parseEngine(v: string | undefined): LpkaEngine {
@@ -153,6 +183,9 @@ export class LpkaAdapter {
   /** name → [offset, length] in `values` */
   private readonly offsets = new Map<string, [number, number]>();
   private disposed = false;
+  /** viewsFor's last views and the block they were made on (reused while the block is the same) */
+  private cachedViews: { at: Float32Array; views: LayerViews<Float32Array>[] } | null = null;
+  private kept: KeptTape | null = null;
 
   constructor(config: AdapterConfig) {
     this.config = parseAdapterConfig(config);
@@ -195,10 +228,16 @@ export class LpkaAdapter {
     if (ws.simd === null) return this.views;
     const copy = ws.f32(this.values.length);
     copy.set(this.values);
-    return layerViews(this.config.layers, (name) => {
+    // The copy is the pass's first block, so it lands at the same offset every pass: building the
+    // views (≈150 string-keyed lookups) once per memory is enough.
+    const c = this.cachedViews;
+    if (c !== null && c.at.buffer === copy.buffer && c.at.byteOffset === copy.byteOffset && c.at.length === copy.length) return c.views;
+    const views = layerViews(this.config.layers, (name) => {
       const [o, n] = this.offsets.get(name)!;
       return copy.subarray(o, o + n);
     });
+    this.cachedViews = { at: copy, views };
+    return views;
   }
 
   /** Parameters as an ordered list of {name, shape, values}. */
@@ -222,9 +261,11 @@ export class LpkaAdapter {
   /**
    * A′, B′ = LPKA(target queries, source keys/values). Any token counts; both factor pairs must have
    * rank `config.rank`. The caller owns the returned tensors (and keeps ownership of the inputs).
+   * `keepTape` as in forwardFactors.
    */
-  forward(target: LowRank, source: LowRank): LowRank {
+  forward(target: LowRank, source: LowRank, opts: { keepTape?: boolean } = {}): LowRank {
     this.checkAlive();
+    this.kept = null;
     const r = this.config.rank;
     const t = checkFactors('target', target, r);
     const s = checkFactors('source', source, r);
@@ -239,13 +280,21 @@ export class LpkaAdapter {
     const out = this.forwardFactors(
       { A: valuesOf(target.A), B: valuesOf(target.B), m: t.m, n: t.n },
       { A: valuesOf(source.A), B: valuesOf(source.B), m: s.m, n: s.n },
+      sharedWorkspace,
+      opts,
     );
     return { A: tf.tensor2d(out.A, [t.m, r], 'float32'), B: tf.tensor2d(out.B, [r, t.n], 'float32') };
   }
 
-  /** forward on plain arrays; the result is freshly allocated and owned by the caller. */
-  forwardFactors(target: Factors, source: Factors, ws: Workspace = sharedWorkspace): Factors {
+  /**
+   * forward on plain arrays; the result is freshly allocated and owned by the caller. With
+   * `keepTape`, the pass's workspace blocks are copied out (up to KEEP_TAPE_BYTES) so that the next
+   * vjpFactors at the same input and parameters runs only the backward pass; any forward drops the
+   * tape kept before.
+   */
+  forwardFactors(target: Factors, source: Factors, ws: Workspace = sharedWorkspace, opts: { keepTape?: boolean } = {}): Factors {
     this.checkAlive();
+    this.kept = null;
     const r = this.config.rank;
     checkArrays('target', target, r);
     checkArrays('source', source, r);
@@ -258,8 +307,13 @@ export class LpkaAdapter {
       tf.dispose([out.A, out.B]);
       return res;
     }
+    const keep = opts.keepTape === true;
     return ws.run(() => {
-      const fw = forwardPass(this.config, this.viewsFor(ws), target, source, ws, false);
+      const W = this.viewsFor(ws);
+      // A kept tape keeps fewer probabilities than the VJP's own forward (to fit the budget); the
+      // backward recomputes the others bit-identically.
+      const fw = forwardPass(this.config, W, target, source, ws, keep ? 'tape' : false);
+      if (keep) this.keepTape(ws, W, fw, target, source);
       const A = Float32Array.from(fw.rows);
       const B = new Float32Array(r * target.n);
       // B′ = (final column tokens)ᵀ
@@ -294,9 +348,18 @@ export class LpkaAdapter {
       }
       return this.gradByName;
     }
+    const kept = this.kept;
+    this.kept = null;
     ws.run(() => {
-      const W = this.viewsFor(ws);
-      const fw = forwardPass(this.config, W, target, source, ws, true);
+      let W: LayerViews<Float32Array>[];
+      let fw: ForwardResult;
+      if (kept !== null && this.tapeFits(kept, ws, target, source) && ws.restore(kept.snap)) {
+        W = kept.W;
+        fw = kept.fw;
+      } else {
+        W = this.viewsFor(ws);
+        fw = forwardPass(this.config, W, target, source, ws, true);
+      }
       const dRows = ws.f64(target.m * r);
       for (let i = 0; i < dRows.length; i++) dRows[i] = gA[i];
       const dCols = ws.f64(target.n * r);
@@ -305,6 +368,28 @@ export class LpkaAdapter {
       backwardPass(this.config, W, this.gradViews, fw, dRows, dCols, ws);
     });
     return this.gradByName;
+  }
+
+  private keepTape(ws: Workspace, W: LayerViews<Float32Array>[], fw: ForwardResult, target: Factors, source: Factors): void {
+    const inputs = [target.A, target.B, source.A, source.B];
+    const extra = 4 * (this.values.length + inputs.reduce((s, a) => s + a.length, 0));
+    const snap = ws.snapshot(KEEP_TAPE_BYTES - extra);
+    if (snap === null) return;
+    this.kept = { ws, snap, W, fw, values: Float32Array.from(this.values), inputs: inputs.map((a) => Float32Array.from(a)) };
+  }
+
+  /** Whether a kept tape is the forward of this call: same workspace, parameters and inputs. */
+  private tapeFits(kept: KeptTape, ws: Workspace, target: Factors, source: Factors): boolean {
+    if (kept.ws !== ws || !sameBits(kept.values, this.values)) return false;
+    const inputs = [target.A, target.B, source.A, source.B];
+    return kept.fw.counts.query.rows === target.m && kept.fw.counts.query.cols === target.n &&
+      kept.fw.counts.source.rows === source.m && kept.fw.counts.source.cols === source.n &&
+      inputs.every((a, i) => sameBits(kept.inputs[i], a));
+  }
+
+  /** Whether a tape is kept for the next VJP (tests and diagnostics). */
+  get hasKeptTape(): boolean {
+    return this.kept !== null;
   }
 
   /** A tfjs copy of the current weights, for one call; the caller disposes it. */
@@ -326,5 +411,6 @@ export class LpkaAdapter {
   /** Marks the adapter unusable (it holds no tfjs tensors; kept so owners dispose uniformly). */
   dispose(): void {
     this.disposed = true;
+    this.kept = null;
   }
 }

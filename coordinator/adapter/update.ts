@@ -96,9 +96,12 @@ export class AdapterWithOptimizer {
     return this.opt.stepCount;
   }
 
-  /** A′, B′ for a target slice given a source slice; the caller owns the result. */
+  /**
+   * A′, B′ for a target slice given a source slice; the caller owns the result. The pass's tape is
+   * kept (within KEEP_TAPE_BYTES), so an update at the same input runs only the backward pass.
+   */
   forward(target: LowRank, source: LowRank): LowRank {
-    return this.adapter.forward(target, source);
+    return this.adapter.forward(target, source, { keepTape: true });
   }
 
   update(input: AdapterInput, upstream: UpstreamGrads): StepResult {

@@ -20,6 +20,18 @@ export class WorkspaceOverflow extends Error {
 
 const PAGE_FLOATS = 65536 / 4;
 
+/**
+ * A copy of the blocks handed out since the last reset (Workspace.snapshot), with the buffers they
+ * were copied from: restoring puts the same values back at the same offsets, so views made before
+ * the snapshot (e.g. a forward pass's tape) read them again.
+ */
+export interface WorkspaceSnapshot {
+  readonly buf32: Float32Array;
+  readonly f32: Float32Array;
+  readonly buf64: Float64Array;
+  readonly f64: Float64Array;
+}
+
 export class Workspace {
   /** The SIMD gemm whose memory holds the float32 blocks, or null (plain arrays, JS kernels only). */
   readonly simd: SimdGemm | null;
@@ -27,6 +39,11 @@ export class Workspace {
   private used32 = 0;
   private buf64 = new Float64Array(1 << 14);
   private used64 = 0;
+  /** A buffer was replaced since the last reset: earlier blocks are elsewhere, no snapshot. */
+  private spilled = false;
+  /** floats handed out since the last reset, spills included: the size a pass needs */
+  private total32 = 0;
+  private total64 = 0;
 
   constructor(options: { simd?: boolean } = {}) {
     this.simd = options.simd === false ? null : createSimdGemm();
@@ -48,8 +65,40 @@ export class Workspace {
 
   /** Forget every block handed out; blocks from before must not be used afterwards. */
   reset(): void {
+    // After a spill, one buffer of the whole pass's size, so the next pass stays in it (and can
+    // be snapshot).
+    if (this.spilled) {
+      if (!this.simd && this.total32 > this.buf32.length) this.buf32 = new Float32Array(this.total32);
+      if (this.total64 > this.buf64.length) this.buf64 = new Float64Array(this.total64);
+    }
+    this.total32 = 0;
+    this.total64 = 0;
     this.used32 = 0;
     this.used64 = 0;
+    this.spilled = false;
+  }
+
+  /**
+   * Copy out every block handed out since the last reset, or null when they take more than
+   * maxBytes or do not all live in the current buffers.
+   */
+  snapshot(maxBytes: number): WorkspaceSnapshot | null {
+    if (this.spilled || 4 * this.used32 + 8 * this.used64 > maxBytes) return null;
+    return { buf32: this.buf32, f32: this.buf32.slice(0, this.used32), buf64: this.buf64, f64: this.buf64.slice(0, this.used64) };
+  }
+
+  /**
+   * Reset, then put a snapshot's blocks back where they were; false (and nothing restored) when a
+   * buffer has been replaced since (a grown wasm memory detaches the old views).
+   */
+  restore(snap: WorkspaceSnapshot): boolean {
+    if (snap.buf32 !== this.buf32 || snap.buf64 !== this.buf64 || this.buf32.length === 0) return false;
+    this.reset();
+    this.buf32.set(snap.f32);
+    this.buf64.set(snap.f64);
+    this.used32 = snap.f32.length;
+    this.used64 = snap.f64.length;
+    return true;
   }
 
   /**
@@ -63,9 +112,11 @@ export class Workspace {
       // Plain arrays: blocks already handed out stay valid (they view the old buffer).
       this.buf32 = new Float32Array(Math.max(2 * this.buf32.length, this.used32 + size));
       this.used32 = 0;
+      this.spilled = true;
     }
     const out = this.buf32.subarray(this.used32, this.used32 + n);
     this.used32 += size;
+    this.total32 += size;
     if (zero) out.fill(0);
     return out;
   }
@@ -75,9 +126,11 @@ export class Workspace {
     if (this.used64 + n > this.buf64.length) {
       this.buf64 = new Float64Array(Math.max(2 * this.buf64.length, this.used64 + n));
       this.used64 = 0;
+      this.spilled = true;
     }
     const out = this.buf64.subarray(this.used64, this.used64 + n);
     this.used64 += n;
+    this.total64 += n;
     if (zero) out.fill(0);
     return out;
   }
