@@ -42,14 +42,15 @@ async function main(): Promise<void> {
     .option('--slots <set>', `slot shapes: ${Object.keys(SLOT_SETS).join(' or ')}`, 'small')
     .option('--rank <r>', 'pair rank', positiveInt, 8)
     .option('--slice-ms <ms>', 'each device sends a slice this often', positiveInt, 1000)
-    .option('--late <n>', 'late devices that register during the load', positiveInt, 5)
+    .option('--late <n>', 'late devices that register during the load', positiveInt, 20)
+    .option('--warmup <s>', 'seconds of load before RSS counts as settled', (v) => Number(v), 30)
     .option('--checkpoint-every <n>', 'checkpoint every n adapter updates (0: off)', (v) => Number(v), 50)
     .option('--checkpoint-interval <ms>', 'checkpoint.minIntervalMs (default: the config default)', (v) => Number(v))
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
     .option('--max-queued <n>', 'throughput.maxQueuedPerWorker (default: the config default)', positiveInt)
     .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
-    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number; checkpointInterval?: number }>();
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number; checkpointInterval?: number; warmup: number }>();
   const shapes = SLOT_SETS[o.slots];
   if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
   const pairs = Math.floor(o.devices / 2);
@@ -115,6 +116,21 @@ async function main(): Promise<void> {
   if (dir) await rm(dir, { recursive: true, force: true });
 
   const loadUpdates = updates - updatesAtLoadStart;
+  // RSS after warm-up: the samples from o.warmup seconds into the load on, against their median
+  const loadStartS = (loadStartedAt - t0) / 1000;
+  const settled = rss.filter((r) => r.t >= loadStartS + o.warmup).map((r) => r.mb);
+  const rssMedian = settled.length ? [...settled].sort((a, b) => a - b)[settled.length >> 1] : null;
+  const rssAfterWarmup = rssMedian === null ? null : {
+    fromS: o.warmup,
+    samples: settled.length,
+    firstMb: settled[0],
+    lastMb: settled[settled.length - 1],
+    minMb: Math.min(...settled),
+    maxMb: Math.max(...settled),
+    medianMb: rssMedian,
+    /** the largest departure from the median, in % of it */
+    maxDeviationPct: +((Math.max(...settled.map((x) => Math.abs(x - rssMedian))) / rssMedian) * 100).toFixed(1),
+  };
   const lat = report.latencyMs;
   const lateOk = report.lateRegisterMs.filter((x): x is number => x !== null).sort((a, b) => a - b);
   const result = {
@@ -131,7 +147,14 @@ async function main(): Promise<void> {
     coordinatorCpu: { cores: +(cpuSeconds / loadSeconds).toFixed(2), msPerUpdate: loadUpdates ? +((cpuSeconds * 1000) / loadUpdates).toFixed(2) : null },
     sliceToTransferMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), n: lat.length },
     eventLoopLagMs: { p50: +(lag.percentile(50) / 1e6).toFixed(1), p99: +(lag.percentile(99) / 1e6).toFixed(1), max: +(lag.max / 1e6).toFixed(1) },
-    lateRegisterMs: { each: report.lateRegisterMs, max: lateOk.length ? lateOk[lateOk.length - 1] : null, timedOut: report.lateRegisterMs.filter((x) => x === null).length },
+    lateRegisterMs: {
+      each: report.lateRegisterMs,
+      p50: percentile(lateOk, 50),
+      p99: percentile(lateOk, 99),
+      max: lateOk.length ? lateOk[lateOk.length - 1] : null,
+      timedOut: report.lateRegisterMs.filter((x) => x === null).length,
+    },
+    rssAfterWarmup,
     rssMb: rss,
     adapterWorkers: status.totals.adapterWorkers ?? 0,
     drops: status.drops,
@@ -146,8 +169,10 @@ async function main(): Promise<void> {
     `bench:load ${o.devices} devices (${o.slots} slots, r ${o.rank}): registered ${report.registered} in ${report.registerAllMs} ms; ` +
       `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered, ${result.adapterUpdatesPerSec} updates/s; ` +
       `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
-      `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register max ${result.lateRegisterMs.max} ms (${result.lateRegisterMs.timedOut} timed out); ` +
-      `RSS ${rssFirst} → ${rssLast} MB; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
+      `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register p99 ${result.lateRegisterMs.p99} ms (${result.lateRegisterMs.timedOut} of ${o.late} timed out); ` +
+      `RSS ${rssFirst} → ${rssLast} MB` +
+      (rssAfterWarmup ? ` (after ${o.warmup} s: ${rssAfterWarmup.minMb}–${rssAfterWarmup.maxMb} MB, ±${rssAfterWarmup.maxDeviationPct} % of the median)` : '') +
+      `; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
   );
 }
 
