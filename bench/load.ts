@@ -1,11 +1,12 @@
 // `npm run bench:load`: one coordinator process under N simulated devices (a benchmark, not a test).
 // The coordinator runs in this process, with checkpoints on (a temp dir) and event-loop delay
-// monitored here; the devices run in a child process (bench/load-devices.ts) over real socket.io
+// monitored here; the devices run in a child process (bench/load-devices.ts), and the late ones in a second, over real socket.io
 // connections on 127.0.0.1. Device 2i is the source and 2i+1 the target of pair i (tCycle 1, k 1),
 // so N devices offer N/2 pair-cycles per slice period. Prints a JSON report and a summary line.
 //
 //   npm run bench:load -- --devices 1000 --duration 60 --slots small
-import { fork } from 'node:child_process';
+import { type ChildProcess, fork } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -34,6 +35,27 @@ function percentile(sorted: number[], p: number): number | null {
 }
 
 const mb = (bytes: number) => Math.round(bytes / (1 << 20));
+
+/**
+ * CPU seconds of this process's main thread and of all its other threads (the adapter workers,
+ * GC and libuv helpers), from /proc; null where there is no /proc (not Linux).
+ */
+function threadCpuSeconds(): { main: number; others: number } | null {
+  try {
+    const tick = 100; // USER_HZ, 100 on every Linux this runs on
+    const out = { main: 0, others: 0 };
+    for (const tid of readdirSync('/proc/self/task')) {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const seconds = (Number(f[11]) + Number(f[12])) / tick;
+      if (Number(tid) === process.pid) out.main += seconds;
+      else out.others += seconds;
+    }
+    return out;
+  } catch {
+    return null;
+  }
+}
 
 async function main(): Promise<void> {
   const o = new Command('bench:load')
@@ -84,31 +106,52 @@ async function main(): Promise<void> {
   }, 5000);
 
   const here = dirname(fileURLToPath(import.meta.url));
-  const child = fork(join(here, 'load-devices.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const spawnDevices = () => fork(join(here, 'load-devices.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const job: LoadDevicesJob = {
-    url: coord.url, rank: o.rank, devices, late, sliceMs: o.sliceMs, durationMs: o.duration * 1000,
+    url: coord.url, rank: o.rank, devices, late: [], sliceMs: o.sliceMs, durationMs: o.duration * 1000,
     connectConcurrency: o.connectConcurrency, connectTimeoutMs: 15_000,
   };
+  // The late devices connect from a process of their own: in the fleet's busy process their
+  // registration time would include that process's own backlog, not the coordinator's.
+  const lateJob: LoadDevicesJob = { ...job, devices: [], late };
   let updatesAtLoadStart = 0;
   let cpuAtLoadStart = process.cpuUsage();
+  let threadsAtLoadStart = threadCpuSeconds();
   let loadStartedAt = 0;
-  const report = await new Promise<LoadDevicesReport>((resolve, reject) => {
-    child.on('message', (m: { kind: string; report?: LoadDevicesReport }) => {
-      if (m.kind === 'registered') {
-        // measure the load phase only
-        updatesAtLoadStart = updates;
-        loadStartedAt = performance.now();
-        cpuAtLoadStart = process.cpuUsage();
-        lag.reset();
-      } else if (m.kind === 'report') resolve(m.report!);
+  const reportOf = (child: ChildProcess, onRegistered?: () => void) =>
+    new Promise<LoadDevicesReport>((resolve, reject) => {
+      child.on('message', (m: { kind: string; report?: LoadDevicesReport }) => {
+        if (m.kind === 'registered') onRegistered?.();
+        else if (m.kind === 'report') resolve(m.report!);
+      });
+      child.once('exit', (code) => (code === 0 ? undefined : reject(new Error(`load devices exited with code ${code}`))));
     });
-    child.once('exit', (code) => (code === 0 ? undefined : reject(new Error(`load devices exited with code ${code}`))));
-    child.send(job);
+  const fleet = spawnDevices();
+  let lateReport: Promise<LoadDevicesReport> | undefined;
+  const fleetReport = reportOf(fleet, () => {
+    // measure the load phase only
+    updatesAtLoadStart = updates;
+    loadStartedAt = performance.now();
+    cpuAtLoadStart = process.cpuUsage();
+    threadsAtLoadStart = threadCpuSeconds();
+    lag.reset();
+    if (late.length) {
+      const lateChild = spawnDevices();
+      lateReport = reportOf(lateChild);
+      lateChild.send(lateJob);
+    }
   });
+  fleet.send(job);
+  const report = await fleetReport;
+  if (lateReport) report.lateRegisterMs = (await lateReport).lateRegisterMs;
   const loadSeconds = (performance.now() - loadStartedAt) / 1000;
   // CPU of this process (every thread: the event loop and the adapter workers) over the load phase
   const cpu = process.cpuUsage(cpuAtLoadStart);
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+  const threadsNow = threadCpuSeconds();
+  const threads = threadsNow && threadsAtLoadStart
+    ? { mainCores: +((threadsNow.main - threadsAtLoadStart.main) / loadSeconds).toFixed(2), otherThreadsCores: +((threadsNow.others - threadsAtLoadStart.others) / loadSeconds).toFixed(2) }
+    : null;
   lag.disable();
   clearInterval(sampler);
   const status = coord.status();
@@ -144,7 +187,7 @@ async function main(): Promise<void> {
     offeredCyclesPerSec: +(pairs * (1000 / o.sliceMs)).toFixed(1),
     pairCyclesPerSec: +(report.transfers / (report.loadMs / 1000)).toFixed(1),
     adapterUpdatesPerSec: +(loadUpdates / loadSeconds).toFixed(1),
-    coordinatorCpu: { cores: +(cpuSeconds / loadSeconds).toFixed(2), msPerUpdate: loadUpdates ? +((cpuSeconds * 1000) / loadUpdates).toFixed(2) : null },
+    coordinatorCpu: { cores: +(cpuSeconds / loadSeconds).toFixed(2), msPerUpdate: loadUpdates ? +((cpuSeconds * 1000) / loadUpdates).toFixed(2) : null, ...threads },
     sliceToTransferMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), n: lat.length },
     eventLoopLagMs: { p50: +(lag.percentile(50) / 1e6).toFixed(1), p99: +(lag.percentile(99) / 1e6).toFixed(1), max: +(lag.max / 1e6).toFixed(1) },
     lateRegisterMs: {
@@ -169,7 +212,9 @@ async function main(): Promise<void> {
     `bench:load ${o.devices} devices (${o.slots} slots, r ${o.rank}): registered ${report.registered} in ${report.registerAllMs} ms; ` +
       `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered, ${result.adapterUpdatesPerSec} updates/s; ` +
       `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
-      `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register p99 ${result.lateRegisterMs.p99} ms (${result.lateRegisterMs.timedOut} of ${o.late} timed out); ` +
+      `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update` +
+      (threads ? `; main thread ${threads.mainCores}, other threads ${threads.otherThreadsCores}` : '') +
+      `); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register p99 ${result.lateRegisterMs.p99} ms (${result.lateRegisterMs.timedOut} of ${o.late} timed out); ` +
       `RSS ${rssFirst} → ${rssLast} MB` +
       (rssAfterWarmup ? ` (after ${o.warmup} s: ${rssAfterWarmup.minMb}–${rssAfterWarmup.maxMb} MB, ±${rssAfterWarmup.maxDeviationPct} % of the median)` : '') +
       `; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
