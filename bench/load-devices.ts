@@ -45,6 +45,8 @@ export interface LoadDevicesReport {
   /** target slices answered with a skip, by reason */
   skips: Record<string, number>;
   disconnects: number;
+  /** CPU of this devices' process over the load phase, in cores */
+  cpuCores?: number;
 }
 
 type Sock = Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -206,6 +208,7 @@ async function run(job: LoadDevicesJob): Promise<LoadDevicesReport> {
   // Load: every device sends a slice every sliceMs, phases spread evenly.
   measuring = true;
   const loadStart = performance.now();
+  const cpuAtStart = process.cpuUsage();
   const timers: NodeJS.Timeout[] = [];
   devices.forEach((d, i) => {
     const offset = Math.floor((i / devices.length) * job.sliceMs);
@@ -236,6 +239,8 @@ async function run(job: LoadDevicesJob): Promise<LoadDevicesReport> {
   measuring = false;
   for (const t of timers) clearTimeout(t);
   stats.loadMs = Math.round(performance.now() - loadStart);
+  const cpu = process.cpuUsage(cpuAtStart);
+  stats.cpuCores = +((cpu.user + cpu.system) / 1000 / stats.loadMs).toFixed(2);
   // A late device still registering gets up to its connect timeout, never more.
   await Promise.all(lateDone);
   for (const d of devices) d.close();

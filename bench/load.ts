@@ -203,7 +203,7 @@ async function main(): Promise<void> {
     drops: status.drops,
     skips: report.skips,
     rejects: report.rejects,
-    device: { slicesSent: report.slicesSent, transfers: report.transfers, feedbackSent: report.feedbackSent, disconnects: report.disconnects },
+    device: { cpuCores: report.cpuCores, slicesSent: report.slicesSent, transfers: report.transfers, feedbackSent: report.feedbackSent, disconnects: report.disconnects },
   };
   process.stdout.write(JSON.stringify(result, null, 2) + '\n');
   const rssFirst = rss[0]?.mb;
@@ -214,7 +214,7 @@ async function main(): Promise<void> {
       `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
       `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update` +
       (threads ? `; main thread ${threads.mainCores}, other threads ${threads.otherThreadsCores}` : '') +
-      `); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register p99 ${result.lateRegisterMs.p99} ms (${result.lateRegisterMs.timedOut} of ${o.late} timed out); ` +
+      `; devices' process ${report.cpuCores} cores); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register p99 ${result.lateRegisterMs.p99} ms (${result.lateRegisterMs.timedOut} of ${o.late} timed out); ` +
       `RSS ${rssFirst} → ${rssLast} MB` +
       (rssAfterWarmup ? ` (after ${o.warmup} s: ${rssAfterWarmup.minMb}–${rssAfterWarmup.maxMb} MB, ±${rssAfterWarmup.maxDeviationPct} % of the median)` : '') +
       `; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
