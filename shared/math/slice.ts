@@ -1,26 +1,27 @@
 // Slice: the rank-r factors A (m×r), B (r×n) of a slot W ≈ A·B, from a truncated SVD
 // W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (docs/DESIGN.md §2 "Slots and slices").
 //
-// Where the work happens, and why:
-// - the products with W (the only O(m·n) work) run on the tfjs backend;
-// - the orthonormalisations run in float64 JS (ml-matrix's thin Householder QR): tf.linalg.qr
-//   builds an m×m Q internally and took ~0.8 s on a 2048×40 input on wasm, while this takes
-//   milliseconds;
-// - the SVD of the small sketched matrix uses ml-matrix (tfjs has no SVD), always on a tall
-//   matrix, since ml-matrix's SVD of a wide matrix needs its autoTranspose switch.
+// Where the work happens, and why (a 784×64 slot at rank 8 must cost ~1 ms on a device):
+// - the products with W (the only O(m·n) work) run on the tfjs backend, a few ops each: wasm's
+//   matMul beats a JS loop by ~10× there, while its per-op dispatch is what makes small ops costly;
+// - everything of size (m or n)×l or smaller runs in float64 on plain arrays (shared/math/dense.ts):
+//   the orthonormalisations only ever on the short side min(m, n), and the final SVD through the
+//   l×l Gram matrix of the long side (Jacobi), so no m×l QR and no ml-matrix accessor loops;
+// - ml-matrix's SVD remains for the exact path (tests, small slots).
 import * as tf from '@tensorflow/tfjs';
-import { Matrix, QrDecomposition, SingularValueDecomposition } from 'ml-matrix';
+import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
+import { gram, matMul as denseMatMul, symmetricEigen, thinQ } from './dense.js';
 import type { LowRank } from './low-rank.js';
 
 export interface LowRankSliceOptions {
   /** Extra sketch columns beyond the rank. Default 8. */
   oversample?: number;
   /**
-   * Power iterations (each one multiplies by W·Wᵀ and re-orthonormalises). Default 2: with one,
-   * the reconstruction error is already within 1e-5 of the exact SVD's on a 0.8^i spectrum, but
-   * the factors themselves move by ~1e-3 between sketch seeds; with two they agree to ~2e-5, and
-   * the adapter consumes the factors, not just their product.
+   * Power iterations (each one multiplies by W·Wᵀ, or Wᵀ·W, and re-orthonormalises). Default 2:
+   * with one, the reconstruction error is already within 1e-5 of the exact SVD's on a 0.8^i
+   * spectrum, but the factors themselves move by ~1e-3 between sketch seeds; with two they agree
+   * to ~2e-5, and the adapter consumes the factors, not just their product.
    */
   powerIters?: number;
   /** Seed of the Gaussian sketch: the same seed gives the same factors. Default 0. */
@@ -33,11 +34,18 @@ export function sliceFloats(m: number, n: number, r: number): number {
 }
 
 /**
- * Randomized truncated SVD of W (Halko, Martinsson & Tropp 2011): Gaussian sketch, power
- * iterations, QR, SVD of the small projected matrix. Returns A = U·√S (m×r) and B = √S·Vᵀ (r×n)
- * with canonical signs (each column of U has its largest-magnitude entry positive).
- * When the sketch would span min(m,n) columns anyway, the exact SVD is used instead.
- * The caller owns the returned tensors.
+ * Randomized truncated SVD of W (Halko, Martinsson & Tropp 2011, Algorithm 4.4): Gaussian sketch,
+ * power iterations with re-orthonormalisation, SVD of W restricted to the found subspace. Returns
+ * A = U·√S (m×r) and B = √S·Vᵀ (r×n) with canonical signs (each column of U has its
+ * largest-magnitude entry positive). When the sketch would span min(m,n) columns anyway, the
+ * exact SVD is used instead. The caller owns the returned tensors.
+ *
+ * The subspace is kept on the short side k = min(m, n), where its QR is cheap. Wide W (m < n):
+ * Q = orth((W·Wᵀ)^q·W·Ω) and W ≈ Q·(Wᵀ·Q)ᵀ, Halko's approximation exactly. Tall W (m ≥ n): the
+ * mirror image on the row space, Z = orth((Wᵀ·W)^(q+1)·Ω) and W ≈ (W·Z)·Zᵀ; Halko's Q·Qᵀ·W has
+ * that same row space, and W·Z·Zᵀ is the best approximation with it, so the error is never larger.
+ * Either way the long-side factor Y (long×l) is split by the eigenvectors P of YᵀY: Y·P = U_Y·S,
+ * and the short-side singular vectors are basis·P.
  */
 export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOptions = {}): LowRank {
   const [m, n] = checkArgs('lowRankSlice', W, rank);
@@ -55,35 +63,43 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // A sketch of min(m,n) columns spans W's whole range: nothing to gain over the exact SVD.
   if (l >= k) return exactSlice(W, rank);
 
-  // Y = W·Ω, Ω an n×l seeded Gaussian.
+  const tall = m >= n;
+  const long = tall ? m : n;
+  // Ω: an n×l seeded Gaussian.
   const omega = gaussian(n, l, seed);
-  let q = orthonormalize(mulW(W, omega, n, l, false), m, l);
-  for (let it = 0; it < powerIters; it++) {
-    const z = orthonormalize(mulW(W, q, m, l, true), n, l);
-    q = orthonormalize(mulW(W, z, n, l, false), m, l);
+  // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
+  const Wt = tf.transpose(W) as tf.Tensor2D;
+  let basis: Float64Array; // k×l, orthonormal columns on the short side
+  let y: Float32Array; // long×l
+  try {
+    const toLong = tall ? W : Wt;
+    const toShort = tall ? Wt : W;
+    basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
+    for (let it = 0; it < powerIters; it++) basis = orthonormalize(mulW(toLong, toShort, basis, k, l), k, l);
+    y = mulW(toLong, undefined, basis, k, l);
+  } finally {
+    Wt.dispose();
   }
-  // smallᵀ = Wᵀ·Q (n×l, tall) = V' S U'ᵀ, so small = Qᵀ·W = U' S V'ᵀ.
-  const smallT = mulW(W, q, m, l, true);
-  checkFinite(smallT);
-  const svd = new SingularValueDecomposition(toMatrix(smallT, n, l));
-  const s = svd.diagonal;
-  const V = svd.leftSingularVectors; // n×l: right singular vectors of W
-  const Us = svd.rightSingularVectors; // l×l: left singular vectors of small
-  // U = Q·U_small, top r columns only.
-  const us = new Float64Array(l * rank);
-  for (let p = 0; p < l; p++) for (let j = 0; j < rank; j++) us[p * rank + j] = Us.get(p, j);
-  const U = new Float64Array(m * rank);
-  for (let i = 0; i < m; i++) {
-    for (let p = 0; p < l; p++) {
-      const qip = q[i * l + p];
-      if (qip === 0) continue;
-      for (let j = 0; j < rank; j++) U[i * rank + j] += qip * us[p * rank + j];
-    }
+  checkFinite(y);
+  const { vectors } = symmetricEigen(gram(y, long, l), l);
+  const p = new Float64Array(l * rank);
+  for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = vectors[i * l + j];
+  const longVecs = denseMatMul(y, p, long, l, rank); // columns σ_j·u_j
+  const shortVecs = denseMatMul(basis, p, k, l, rank); // unit columns
+  // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
+  const s = new Float64Array(rank);
+  for (let j = 0; j < rank; j++) {
+    let ss = 0;
+    for (let i = 0; i < long; i++) ss += longVecs[i * rank + j] ** 2;
+    s[j] = Math.sqrt(ss);
+    if (s[j] > 0) for (let i = 0; i < long; i++) longVecs[i * rank + j] /= s[j];
   }
+  const U = tall ? longVecs : shortVecs;
+  const V = tall ? shortVecs : longVecs;
   return canonicalFactors(
     m, n, rank, s,
     (i, j) => U[i * rank + j],
-    (c, j) => V.get(c, j),
+    (c, j) => V[c * rank + j],
   );
 }
 
@@ -121,14 +137,17 @@ function checkArgs(fn: string, W: tf.Tensor, rank: number): [number, number] {
   return [m, n];
 }
 
-/** W·X (m×n · n×cols) or Wᵀ·X (n×m · m×cols) on the tfjs backend, back as float32. */
-function mulW(W: tf.Tensor2D, x: ArrayLike<number>, rows: number, cols: number, transposeW: boolean): Float32Array {
+/**
+ * second·(first·X) (or first·X without `second`) on the tfjs backend, X row-major rows×cols; back
+ * as float32. The middle product stays on the backend: one upload, one read-back.
+ */
+function mulW(first: tf.Tensor2D, second: tf.Tensor2D | undefined, x: ArrayLike<number>, rows: number, cols: number): Float32Array {
   // The array is not returned through tf.tidy: tidy walks its result element by element.
   let out: Float32Array | undefined;
   tf.tidy(() => {
     const f32 = x instanceof Float32Array ? x : Float32Array.from(x);
-    const xt = tf.tensor2d(f32, [rows, cols], 'float32');
-    out = tf.matMul(W, xt, transposeW, false).dataSync() as Float32Array;
+    const once = tf.matMul(first, tf.tensor2d(f32, [rows, cols], 'float32'));
+    out = (second ? tf.matMul(second, once) : once).dataSync() as Float32Array;
   });
   return out!;
 }
@@ -146,17 +165,10 @@ function gaussian(rows: number, cols: number, seed: number): Float32Array {
   return out;
 }
 
-/**
- * Orthonormal basis of the columns of a row-major rows×cols matrix (rows ≥ cols): the thin Q of a
- * Householder QR (ml-matrix, float64), row-major rows×cols. Householder rather than Gram–Schmidt:
- * Q stays orthonormal even when the input is rank-deficient (a zero or low-rank W).
- */
+/** Orthonormal basis (row-major rows×cols, float64) of the columns of a finite rows×cols matrix. */
 function orthonormalize(y: ArrayLike<number>, rows: number, cols: number): Float64Array {
   checkFinite(y);
-  const Q = new QrDecomposition(toMatrix(y, rows, cols)).orthogonalMatrix;
-  const q = new Float64Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) q[i * cols + j] = Q.get(i, j);
-  return q;
+  return thinQ(y, rows, cols);
 }
 
 function toMatrix(data: ArrayLike<number>, rows: number, cols: number): Matrix {
