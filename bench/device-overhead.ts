@@ -62,7 +62,11 @@ function measureModel(name: string, spec: ModelSpec, o: OverheadOptions) {
   const generated = tf.tidy(() => ({ A: tf.add(current.A, tf.randomNormal(current.A.shape, 0, 1e-2, 'float32', 3)) as tf.Tensor2D, B: tf.clone(current.B) }));
   const applyMs = timeMs(() => {
     branches.set('p', layer, generated, current, 0.5);
-    tf.tidy(() => readSlot(model, layer).dataSync()); // force the kernel update
+    // Force the kernel update by reading the slot back. Not through tf.tidy: tidy walks a returned
+    // typed array element by element, which cost ~15 ms here and is no part of the device's work.
+    const w = readSlot(model, layer);
+    w.dataSync();
+    w.dispose();
   }, o.warmup, o.repeats);
   const G = tf.randomNormal([m, n], 0, 1e-3, 'float32', 4) as tf.Tensor2D;
   const feedbackMs = timeMs(() => {
