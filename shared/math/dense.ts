@@ -152,18 +152,21 @@ export function symmetricEigen(sym: ArrayLike<number>, n: number): SymmetricEige
         const t = Math.abs(tau) > 1e150 ? 1 / (2 * tau) : (tau >= 0 ? 1 : -1) / (Math.abs(tau) + Math.sqrt(1 + tau * tau));
         const c = 1 / Math.sqrt(1 + t * t);
         const s = t * c;
+        // Jᵀ·A·J touches rows and columns p, q only; A stays symmetric, so update both halves in
+        // one pass, and the two diagonal entries in closed form.
         for (let k = 0; k < n; k++) {
+          if (k === p || k === q) continue;
           const akp = a[k * n + p];
           const akq = a[k * n + q];
-          a[k * n + p] = c * akp - s * akq;
-          a[k * n + q] = s * akp + c * akq;
+          const np = c * akp - s * akq;
+          const nq = s * akp + c * akq;
+          a[k * n + p] = np;
+          a[p * n + k] = np;
+          a[k * n + q] = nq;
+          a[q * n + k] = nq;
         }
-        for (let k = 0; k < n; k++) {
-          const apk = a[p * n + k];
-          const aqk = a[q * n + k];
-          a[p * n + k] = c * apk - s * aqk;
-          a[q * n + k] = s * apk + c * aqk;
-        }
+        a[p * n + p] -= t * apq;
+        a[q * n + q] += t * apq;
         a[p * n + q] = 0;
         a[q * n + p] = 0;
         for (let k = 0; k < n; k++) {
