@@ -56,7 +56,7 @@ describe('dense kernels', () => {
       const q = thinQ(a, rows, cols);
       expectOrthonormalColumns(q, rows, cols);
       // Q·Qᵀ·A = A: Q spans A's column space.
-      const qta = matMul(toMatrix(q, rows, cols).transpose().to1DArray(), a, cols, rows, cols);
+      const qta = matMul(Float64Array.from(toMatrix(q, rows, cols).transpose().to1DArray()), a, cols, rows, cols);
       const back = matMul(q, qta, rows, cols, cols);
       let scale = 0;
       for (const v of a) scale = Math.max(scale, Math.abs(v));
@@ -73,7 +73,7 @@ describe('dense kernels', () => {
       ['Gram of a rank-3 matrix', gram(lowRankArray(40, n, 3, 'e2'), 40, n)],
       ['indefinite', (() => {
         const a = gaussianArray(n * n, 'e3');
-        return toMatrix(a, n, n).add(toMatrix(a, n, n).transpose()).to1DArray() as unknown as Float64Array;
+        return Float64Array.from(toMatrix(a, n, n).add(toMatrix(a, n, n).transpose()).to1DArray());
       })()],
       ['identity (all repeated)', Float64Array.from(Matrix.eye(n).to1DArray())],
       ['zero', new Float64Array(n * n)],
@@ -99,7 +99,7 @@ describe('dense kernels', () => {
     const n = 13;
     const q = thinQ(gaussianArray(n * n, 'graded'), n, n);
     const d = Array.from({ length: n }, (_, i) => 10 ** -i);
-    const a = matMul(matMul(q, Matrix.diag(d).to1DArray(), n, n, n), toMatrix(q, n, n).transpose().to1DArray(), n, n, n);
+    const a = matMul(matMul(q, Float64Array.from(Matrix.diag(d).to1DArray()), n, n, n), Float64Array.from(toMatrix(q, n, n).transpose().to1DArray()), n, n, n);
     const { values } = symmetricEigen(a, n);
     // Absolute error at rounding of the largest; relative only as good as the input's rounding.
     for (let i = 0; i < n; i++) expect(Math.abs(values[i] - d[i])).toBeLessThan(1e-14);

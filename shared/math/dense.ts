@@ -1,14 +1,15 @@
 // Small dense float64 kernels on plain row-major arrays, for the few-column matrices of a
 // randomized SVD (a sketch is at most a few dozen columns wide). At these sizes a tfjs op costs
 // more in dispatch than the arithmetic, and ml-matrix's element accessors dominated its QR
-// (~3 ms per 784×16 QR, most of a slice), so these loop over typed arrays directly.
+// (~3 ms per 784×16 QR, most of a slice), so these loop over typed arrays directly. Inputs are
+// Float64Array only: loops that also see Float32Array run several times slower in V8.
 
 /**
  * Orthonormal basis of the columns of a row-major rows×cols matrix (rows ≥ cols): the thin Q of a
  * Householder QR, row-major rows×cols. Householder rather than Gram–Schmidt: Q stays orthonormal
  * even when the input is rank-deficient (a zero column leaves its reflector out).
  */
-export function thinQ(a: ArrayLike<number>, rows: number, cols: number): Float64Array {
+export function thinQ(a: Float64Array, rows: number, cols: number): Float64Array {
   if (rows < cols) throw new Error(`thinQ: need rows ≥ cols, got ${rows}×${cols}`);
   // Column-major working copy: a reflector walks down one column at a time.
   const c = new Float64Array(rows * cols);
@@ -61,7 +62,7 @@ export function thinQ(a: ArrayLike<number>, rows: number, cols: number): Float64
 }
 
 /** YᵀY (cols×cols, row-major) of a row-major rows×cols matrix, accumulated in float64. */
-export function gram(y: ArrayLike<number>, rows: number, cols: number): Float64Array {
+export function gram(y: Float64Array, rows: number, cols: number): Float64Array {
   const g = new Float64Array(cols * cols);
   // Four rows per pass: the inner loop is only cols long, and this halves the loop overhead.
   let i = 0;
@@ -92,7 +93,7 @@ export function gram(y: ArrayLike<number>, rows: number, cols: number): Float64A
 }
 
 /** X·M for row-major X (rows×inner) and M (inner×cols), float64 result. */
-export function matMul(x: ArrayLike<number>, mat: ArrayLike<number>, rows: number, inner: number, cols: number): Float64Array {
+export function matMul(x: Float64Array, mat: Float64Array, rows: number, inner: number, cols: number): Float64Array {
   const out = new Float64Array(rows * cols);
   for (let i = 0; i < rows; i++) {
     const oi = i * cols;

@@ -70,7 +70,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
   const Wt = tf.transpose(W) as tf.Tensor2D;
   let basis: Float64Array; // k×l, orthonormal columns on the short side
-  let y: Float32Array; // long×l
+  let y: Float64Array; // long×l, float32 values
   try {
     const toLong = tall ? W : Wt;
     const toShort = tall ? Wt : W;
@@ -138,16 +138,17 @@ function checkArgs(fn: string, W: tf.Tensor, rank: number): [number, number] {
 }
 
 /**
- * second·(first·X) (or first·X without `second`) on the tfjs backend, X row-major rows×cols; back
- * as float32. The middle product stays on the backend: one upload, one read-back.
+ * second·(first·X) (or first·X without `second`) on the tfjs backend, X row-major rows×cols; the
+ * float32 result comes back as float64 for the plain-array kernels. The middle product stays on
+ * the backend: one upload, one read-back.
  */
-function mulW(first: tf.Tensor2D, second: tf.Tensor2D | undefined, x: ArrayLike<number>, rows: number, cols: number): Float32Array {
+function mulW(first: tf.Tensor2D, second: tf.Tensor2D | undefined, x: Float32Array | Float64Array, rows: number, cols: number): Float64Array {
   // The array is not returned through tf.tidy: tidy walks its result element by element.
-  let out: Float32Array | undefined;
+  let out: Float64Array | undefined;
   tf.tidy(() => {
     const f32 = x instanceof Float32Array ? x : Float32Array.from(x);
     const once = tf.matMul(first, tf.tensor2d(f32, [rows, cols], 'float32'));
-    out = (second ? tf.matMul(second, once) : once).dataSync() as Float32Array;
+    out = Float64Array.from((second ? tf.matMul(second, once) : once).dataSync() as Float32Array);
   });
   return out!;
 }
@@ -166,7 +167,7 @@ function gaussian(rows: number, cols: number, seed: number): Float32Array {
 }
 
 /** Orthonormal basis (row-major rows×cols, float64) of the columns of a finite rows×cols matrix. */
-function orthonormalize(y: ArrayLike<number>, rows: number, cols: number): Float64Array {
+function orthonormalize(y: Float64Array, rows: number, cols: number): Float64Array {
   checkFinite(y);
   return thinQ(y, rows, cols);
 }
