@@ -26,9 +26,16 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-/** Median ms of fn over `repeats` runs after `warmup`; interleaving is the caller's business. */
+/**
+ * Warm-up runs of every timed piece, at least: a device repeats each of them every cycle for as long
+ * as it runs, so its steady, JIT-compiled cost is what counts. With 2 warm-ups the first model
+ * measured also paid V8's compilation of the slice's plain-array kernels (~4× the steady time).
+ */
+const MIN_WARMUP = 20;
+
+/** Median ms of fn over `repeats` runs after `warmup` (≥ MIN_WARMUP); interleaving is the caller's business. */
 function timeMs(fn: () => void, warmup: number, repeats: number): number {
-  for (let i = 0; i < warmup; i++) fn();
+  for (let i = 0; i < Math.max(warmup, MIN_WARMUP); i++) fn();
   const ts: number[] = [];
   for (let i = 0; i < repeats; i++) {
     const t0 = performance.now();
