@@ -29,9 +29,10 @@ function median(xs: number[]): number {
 /**
  * Warm-up runs of every timed piece, at least: a device repeats each of them every cycle for as long
  * as it runs, so its steady, JIT-compiled cost is what counts. With 2 warm-ups the first model
- * measured also paid V8's compilation of the slice's plain-array kernels (~4× the steady time).
+ * measured also paid V8's compilation of the slice's plain-array kernels (2–4× the steady time;
+ * on a loaded machine the optimising compiler may need a few dozen calls).
  */
-const MIN_WARMUP = 20;
+const MIN_WARMUP = 50;
 
 /** Median ms of fn over `repeats` runs after `warmup` (≥ MIN_WARMUP); interleaving is the caller's business. */
 function timeMs(fn: () => void, warmup: number, repeats: number): number {
