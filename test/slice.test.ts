@@ -204,6 +204,37 @@ describe('lowRankSlice', () => {
     zero.dispose();
   });
 
+  it('slices weights far from unit scale as the scaled factors, without overflow or denormals', () => {
+    // W·Wᵀ squares the scale: 1e±25 entries would overflow or underflow float32 in the products.
+    for (const [m, n] of [[300, 60], [60, 300]] as [number, number][]) {
+      const W = decaying(m, n, 21);
+      const f = lowRankSlice(W, 4, { seed: 1 });
+      for (const c of [1e-25, 1e25]) {
+        const Wc = tf.tidy(() => tf.mul(W, c)) as tf.Tensor2D;
+        const fc = lowRankSlice(Wc, 4, { seed: 1 });
+        // A = U·√S: each factor scales by √c.
+        const root = Math.sqrt(c);
+        const rel = (x: tf.Tensor, y: tf.Tensor) => {
+          const a = x.dataSync();
+          const b = y.dataSync();
+          let d = 0;
+          let big = 0;
+          for (let i = 0; i < a.length; i++) {
+            d = Math.max(d, Math.abs(a[i] / root - b[i]));
+            big = Math.max(big, Math.abs(b[i]));
+          }
+          return d / big;
+        };
+        expect(rel(fc.A, f.A)).toBeLessThan(1e-5);
+        expect(rel(fc.B, f.B)).toBeLessThan(1e-5);
+        disposeLowRank(fc);
+        Wc.dispose();
+      }
+      disposeLowRank(f);
+      W.dispose();
+    }
+  });
+
   it('rejects bad ranks and inputs with readable errors', () => {
     const W = tf.randomNormal([20, 12]) as tf.Tensor2D;
     expect(() => lowRankSlice(W, 13)).toThrow(/rank must be an integer in \[1, min\(m, n\)\] = \[1, 12\].*\[20, 12\].*got 13/);

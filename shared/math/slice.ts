@@ -63,6 +63,36 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // A sketch of min(m,n) columns spans W's whole range: nothing to gain over the exact SVD.
   if (l >= k) return exactSlice(W, rank);
 
+  // Products with W·Wᵀ square W's scale, and float32 only holds that between ~1e-19 and ~1e19
+  // for ‖W‖: a W whose largest entry lies outside [2^-40, 2^40] is sliced as 2^-e·W (exact in
+  // float32) and its singular values scaled back, so it neither overflows nor sinks into denormals.
+  const maxAbs = maxAbsOf(W);
+  if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
+  const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
+  const Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
+  let svd: { s: Float64Array; U: Float64Array; V: Float64Array };
+  try {
+    svd = randomizedSvd(Wx, m, n, rank, l, powerIters, seed);
+  } finally {
+    if (Wx !== W) Wx.dispose();
+  }
+  const { s, U, V } = svd;
+  for (let j = 0; j < rank; j++) s[j] *= 2 ** e;
+  return canonicalFactors(
+    m, n, rank, s,
+    (i, j) => U[i * rank + j],
+    (c, j) => V[c * rank + j],
+  );
+}
+
+/**
+ * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice: singular values s,
+ * U (m×rank) and V (n×rank) row-major, unit columns (zero where s is 0), float64.
+ */
+function randomizedSvd(
+  W: tf.Tensor2D, m: number, n: number, rank: number, l: number, powerIters: number, seed: number,
+): { s: Float64Array; U: Float64Array; V: Float64Array } {
+  const k = Math.min(m, n);
   const tall = m >= n;
   const long = tall ? m : n;
   // Ω: an n×l seeded Gaussian.
@@ -94,13 +124,15 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     s[j] = Math.sqrt(ss);
     if (s[j] > 0) for (let i = 0; i < long; i++) longVecs[i * rank + j] /= s[j];
   }
-  const U = tall ? longVecs : shortVecs;
-  const V = tall ? shortVecs : longVecs;
-  return canonicalFactors(
-    m, n, rank, s,
-    (i, j) => U[i * rank + j],
-    (c, j) => V[c * rank + j],
-  );
+  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs };
+}
+
+/** max |W|, NaN or Infinity passed through. */
+function maxAbsOf(W: tf.Tensor): number {
+  const t = tf.tidy(() => tf.max(tf.abs(W)));
+  const v = t.dataSync()[0];
+  t.dispose();
+  return v;
 }
 
 /**
