@@ -77,6 +77,7 @@ function checkFactors(what: string, f: LowRank, m: number, n: number, layer: str
 export class KnowledgeBranches {
   private readonly model: tf.LayersModel;
   private readonly branches = new Map<string, Branch>();
+  private writes = 0;
 
   constructor(model: tf.LayersModel) {
     this.model = model;
@@ -184,11 +185,13 @@ export class KnowledgeBranches {
     const [m, n] = slotShapeOf(variable.shape);
     if (delta.shape[0] !== m || delta.shape[1] !== n) throw new Error(`writeWeight: delta [${delta.shape}] does not fit slot "${layer}" [${m}, ${n}]`);
     const saved = tf.clone(variable);
+    this.writes += 1;
     tf.tidy(() => {
       variable.assign(tf.add(variable, tf.reshape(delta, variable.shape)));
     });
     return {
       undo: () => {
+        this.writes += 1;
         variable.assign(saved);
         saved.dispose();
       },
@@ -203,9 +206,18 @@ export class KnowledgeBranches {
   keep(pairId: string): boolean {
     const b = this.branches.get(pairId);
     if (!b) return false;
+    if (!b.zero) this.writes += 1;
     b.K.dispose();
     this.branches.delete(pairId);
     return true;
+  }
+
+  /**
+   * How many times W itself was written other than by training (writeWeight, its undo, keep): a
+   * warm-started slice history of the slot must start cold after such a jump.
+   */
+  get weightWrites(): number {
+    return this.writes;
   }
 
   /** Take pair `pairId`'s branch out of its kernel. Returns false if the pair had none. */

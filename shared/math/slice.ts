@@ -26,6 +26,73 @@ export interface LowRankSliceOptions {
   powerIters?: number;
   /** Seed of the Gaussian sketch: the same seed gives the same factors. Default 0. */
   seed?: number;
+  /**
+   * Warm start: a caller that slices the same slot again and again (a device, every cycle) passes
+   * the same SliceHistory each time; see SliceHistory. Without it every slice is cold.
+   */
+  history?: SliceHistory;
+}
+
+/**
+ * The warm start's jump guard: a warm slice is kept only when its top `rank` directions lie in the
+ * subspace it started from up to 1 − ‖Q₀ᵀ·V_r‖²_F / r ≤ this (the mean sin² of their angles to it).
+ * It is not a convergence test: on a nearly flat spectrum (a near-init MLP) one iteration still
+ * moves them by ~3e-3 right after a cold start, and a cold restart would be less accurate than
+ * carrying on. It catches W having jumped (an unrelated W moves them by ~0.5 or more).
+ */
+export const WARM_SUBSPACE_TOL = 0.05;
+/**
+ * Relative tolerance of the warm start's energy guard: a warm slice is kept only when the share of
+ * ‖W‖²_F it captures, Σ s_j² / ‖W‖²_F, has not fallen by more than this (relative) below the
+ * previous slice's. A new strong direction orthogonal to the previous subspace is invisible to a
+ * power iteration started there; it shows as captured energy that ‖W‖_F grew without.
+ */
+export const WARM_ENERGY_TOL = 2e-3;
+/** Default of SliceHistory.coldEvery. */
+export const DEFAULT_COLD_EVERY = 16;
+
+/**
+ * The state a warm-started slice keeps between calls, one per sliced slot (docs/DESIGN.md §2
+ * "Slots and slices"): the previous slice's orthonormal short-side basis Q₀ (min(m,n)×l) and the
+ * share of ‖W‖²_F it captured. With a history, a slice of the same shape and rank starts its power
+ * iteration from Q₀ instead of a Gaussian sketch and runs `warmIters` iteration(s) (3 products with
+ * W at the default 1, against 7 cold). The weights move little between a device's cycles, so the
+ * previous subspace is already close and one iteration per slice keeps refining it.
+ *
+ * A slice is cold (the seeded Gaussian sketch, 2 iterations, exactly as without a history) when
+ * there is no basis yet, the shape, rank or sketch width changed, every `coldEvery`-th slice, and
+ * whenever a warm result fails either guard (WARM_SUBSPACE_TOL, WARM_ENERGY_TOL): the same call
+ * then starts over cold. reset() forgets the basis (e.g. when W was written outside training).
+ */
+export class SliceHistory {
+  readonly coldEvery: number;
+  readonly warmIters: number;
+  readonly subspaceTol: number;
+  readonly energyTol: number;
+  /** Slices taken through this history, by how they ended. */
+  readonly counts = { cold: 0, warm: 0, fallback: 0 };
+  /** @internal */ basis: Float64Array | undefined;
+  /** @internal */ key = '';
+  /** @internal */ sinceCold = 0;
+  /** @internal */ energyShare = 0;
+
+  /** @internal */ lastContainment = NaN;
+
+  constructor(opts: { coldEvery?: number; warmIters?: number; subspaceTol?: number; energyTol?: number } = {}) {
+    this.coldEvery = opts.coldEvery ?? DEFAULT_COLD_EVERY;
+    this.warmIters = opts.warmIters ?? 1;
+    this.subspaceTol = opts.subspaceTol ?? WARM_SUBSPACE_TOL;
+    this.energyTol = opts.energyTol ?? WARM_ENERGY_TOL;
+    if (!Number.isInteger(this.coldEvery) || this.coldEvery < 1) throw new Error(`SliceHistory: coldEvery must be an integer ≥ 1, got ${this.coldEvery}`);
+    if (!Number.isInteger(this.warmIters) || this.warmIters < 1) throw new Error(`SliceHistory: warmIters must be an integer ≥ 1, got ${this.warmIters}`);
+  }
+
+  reset(): void {
+    this.basis = undefined;
+    this.key = '';
+    this.sinceCold = 0;
+    this.energyShare = 0;
+  }
 }
 
 /** Floats in a rank-r slice of an m×n slot (what travels instead of m·n). */
@@ -70,9 +137,40 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
   const Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
-  let svd: { s: Float64Array; U: Float64Array; V: Float64Array };
+  let svd: Svd;
   try {
-    svd = randomizedSvd(Wx, m, n, rank, l, powerIters, seed);
+    const h = opts.history;
+    const key = `${m}x${n}:${rank}:${l}`;
+    const canWarm = h !== undefined && h.basis !== undefined && h.key === key && h.sinceCold < h.coldEvery - 1 && maxAbs > 0;
+    let warm: Svd | undefined;
+    if (canWarm) {
+      const energy = sumSquares(Wx);
+      warm = randomizedSvd(Wx, m, n, rank, l, h.warmIters, seed, h.basis);
+      const share = energy > 0 ? capturedEnergy(warm.s, rank) / energy : 0;
+      h.lastContainment = warm.containment!;
+      const ok = warm.containment! >= 1 - h.subspaceTol && share >= h.energyShare * (1 - h.energyTol);
+      if (ok) {
+        h.counts.warm += 1;
+        h.sinceCold += 1;
+        h.basis = warm.basis;
+        h.energyShare = share;
+      } else {
+        h.counts.fallback += 1;
+        warm = undefined;
+      }
+    }
+    if (warm) svd = warm;
+    else {
+      svd = randomizedSvd(Wx, m, n, rank, l, powerIters, seed);
+      if (h) {
+        const energy = sumSquares(Wx);
+        h.counts.cold += 1;
+        h.key = key;
+        h.basis = svd.basis;
+        h.sinceCold = 0;
+        h.energyShare = energy > 0 ? capturedEnergy(svd.s, rank) / energy : 0;
+      }
+    }
   } finally {
     if (Wx !== W) Wx.dispose();
   }
@@ -89,14 +187,22 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
  * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice: singular values s,
  * U (m×rank) and V (n×rank) row-major, unit columns (zero where s is 0), float64.
  */
+interface Svd {
+  s: Float64Array;
+  U: Float64Array;
+  V: Float64Array;
+  /** The final short-side basis (k×l, orthonormal columns): a warm start's next Q₀. */
+  basis: Float64Array;
+  /** Warm start only: ‖Q₀ᵀ·V_r‖²_F / r, 1 when the top directions lie in the start subspace. */
+  containment?: number;
+}
+
 function randomizedSvd(
-  W: tf.Tensor2D, m: number, n: number, rank: number, l: number, powerIters: number, seed: number,
-): { s: Float64Array; U: Float64Array; V: Float64Array } {
+  W: tf.Tensor2D, m: number, n: number, rank: number, l: number, powerIters: number, seed: number, start?: Float64Array,
+): Svd {
   const k = Math.min(m, n);
   const tall = m >= n;
   const long = tall ? m : n;
-  // Ω: an n×l seeded Gaussian.
-  const omega = gaussian(n, l, seed);
   // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
   const Wt = tf.transpose(W) as tf.Tensor2D;
   let basis: Float64Array; // k×l, orthonormal columns on the short side
@@ -104,7 +210,12 @@ function randomizedSvd(
   try {
     const toLong = tall ? W : Wt;
     const toShort = tall ? Wt : W;
-    basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
+    if (start) basis = start;
+    else {
+      // Ω: an n×l seeded Gaussian.
+      const omega = gaussian(n, l, seed);
+      basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
+    }
     for (let it = 0; it < powerIters; it++) basis = orthonormalize(mulW(toLong, toShort, basis, k, l), k, l);
     y = mulW(toLong, undefined, basis, k, l);
   } finally {
@@ -124,7 +235,35 @@ function randomizedSvd(
     s[j] = Math.sqrt(ss);
     if (s[j] > 0) for (let i = 0; i < long; i++) longVecs[i * rank + j] /= s[j];
   }
-  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs };
+  let containment: number | undefined;
+  if (start) {
+    // ‖Q₀ᵀ·V_r‖²_F / r: Q₀ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
+    const proj = denseMatMul(transposeOf(start, k, l), shortVecs, l, k, rank);
+    let ss = 0;
+    for (let i = 0; i < proj.length; i++) ss += proj[i] * proj[i];
+    containment = ss / rank;
+  }
+  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs, basis, containment };
+}
+
+function transposeOf(x: Float64Array, rows: number, cols: number): Float64Array {
+  const out = new Float64Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j];
+  return out;
+}
+
+function capturedEnergy(s: Float64Array, rank: number): number {
+  let e = 0;
+  for (let j = 0; j < rank; j++) e += s[j] * s[j];
+  return e;
+}
+
+/** ‖W‖²_F (W already scaled into float32's comfortable range). */
+function sumSquares(W: tf.Tensor): number {
+  const t = tf.tidy(() => tf.sum(tf.square(W)));
+  const v = t.dataSync()[0];
+  t.dispose();
+  return v;
 }
 
 /** max |W|, NaN or Infinity passed through. */
