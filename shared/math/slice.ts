@@ -133,7 +133,8 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // Products with W·Wᵀ square W's scale, and float32 only holds that between ~1e-19 and ~1e19
   // for ‖W‖: a W whose largest entry lies outside [2^-40, 2^40] is sliced as 2^-e·W (exact in
   // float32) and its singular values scaled back, so it neither overflows nor sinks into denormals.
-  const maxAbs = maxAbsOf(W);
+  // One read-back for both: max|W| and ‖W‖²_F (the warm start's energy guard).
+  const [maxAbs, sumSq] = maxAbsAndSumSquares(W);
   if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
   const Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
@@ -144,7 +145,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     const canWarm = h !== undefined && h.basis !== undefined && h.key === key && h.sinceCold < h.coldEvery - 1 && maxAbs > 0;
     let warm: Svd | undefined;
     if (canWarm) {
-      const energy = sumSquares(Wx);
+      const energy = e === 0 ? sumSq : sumSquares(Wx);
       warm = randomizedSvd(Wx, m, n, rank, l, h.warmIters, seed, h.basis);
       const share = energy > 0 ? capturedEnergy(warm.s, rank) / energy : 0;
       h.lastContainment = warm.containment!;
@@ -163,7 +164,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     else {
       svd = randomizedSvd(Wx, m, n, rank, l, powerIters, seed);
       if (h) {
-        const energy = sumSquares(Wx);
+        const energy = e === 0 ? sumSq : sumSquares(Wx);
         h.counts.cold += 1;
         h.key = key;
         h.basis = svd.basis;
@@ -206,7 +207,8 @@ function randomizedSvd(
   // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
   const Wt = tf.transpose(W) as tf.Tensor2D;
   let basis: Float64Array; // k×l, orthonormal columns on the short side
-  let y: Float64Array; // long×l, float32 values
+  let y: tf.Tensor2D | undefined; // Y = (long side)·basis, long×l, kept on the backend
+  let g: Float64Array; // YᵀY, l×l
   try {
     const toLong = tall ? W : Wt;
     const toShort = tall ? Wt : W;
@@ -217,15 +219,36 @@ function randomizedSvd(
       basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
     }
     for (let it = 0; it < powerIters; it++) basis = orthonormalize(mulW(toLong, toShort, basis, k, l), k, l);
-    y = mulW(toLong, undefined, basis, k, l);
+    // Y and its Gram stay on the backend: only the l×l YᵀY comes back here, and after the eigen
+    // step the long×rank Y·P (a long×l read-back, its Gram and Y·P in JS cost ~0.3 ms more).
+    const q = basis;
+    y = tf.tidy(() => tf.matMul(toLong, tf.tensor2d(Float32Array.from(q), [k, l]))) as tf.Tensor2D;
+    const yy = y;
+    // YᵀY = Qᵀ·(Wᵀ·W·Q) (tall; W·Wᵀ wide) through the short k×l product: wasm's matMul with a
+    // transposed operand (Yᵀ·Y directly) costs ~3× more.
+    const z = readBack(tf.matMul(toShort, yy));
+    g = denseMatMul(transposeOf(q, k, l), z, l, k, l);
+  } catch (err) {
+    y?.dispose();
+    throw err;
   } finally {
     Wt.dispose();
   }
-  checkFinite(y);
-  const { vectors } = symmetricEigen(gram(y, long, l), l);
-  const p = new Float64Array(l * rank);
-  for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = vectors[i * l + j];
-  const longVecs = denseMatMul(y, p, long, l, rank); // columns σ_j·u_j
+  let longVecs: Float64Array; // columns σ_j·u_j
+  let p: Float64Array;
+  let pFull: Float64Array; // all l eigenvectors of YᵀY, row-major l×l
+  try {
+    checkFinite(g);
+    const { vectors } = symmetricEigen(g, l);
+    pFull = vectors;
+    p = new Float64Array(l * rank);
+    for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = vectors[i * l + j];
+    const pr = Float32Array.from(p);
+    const yy = y;
+    longVecs = readBack(tf.tidy(() => tf.matMul(yy, tf.tensor2d(pr, [l, rank]))));
+  } finally {
+    y.dispose();
+  }
   const shortVecs = denseMatMul(basis, p, k, l, rank); // unit columns
   // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
   const s = new Float64Array(rank);
@@ -243,7 +266,19 @@ function randomizedSvd(
     for (let i = 0; i < proj.length; i++) ss += proj[i] * proj[i];
     containment = ss / rank;
   }
-  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs, basis, containment };
+  // The next warm start's Q₀: the same subspace in the Ritz basis (basis·P, eigenvalues
+  // descending), so the next Gram is already near diagonal and Jacobi needs few sweeps.
+  const ritz = denseMatMul(basis, pFull, k, l, l);
+  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs, basis: ritz, containment };
+}
+
+/** A tensor's values as float64; the tensor is disposed. */
+function readBack(t: tf.Tensor): Float64Array {
+  try {
+    return Float64Array.from(t.dataSync() as Float32Array);
+  } finally {
+    t.dispose();
+  }
 }
 
 function transposeOf(x: Float64Array, rows: number, cols: number): Float64Array {
@@ -266,12 +301,12 @@ function sumSquares(W: tf.Tensor): number {
   return v;
 }
 
-/** max |W|, NaN or Infinity passed through. */
-function maxAbsOf(W: tf.Tensor): number {
-  const t = tf.tidy(() => tf.max(tf.abs(W)));
-  const v = t.dataSync()[0];
+/** max |W| (NaN or Infinity passed through) and ‖W‖²_F in float32 (Infinity past ~1.8e38). */
+function maxAbsAndSumSquares(W: tf.Tensor): [number, number] {
+  const t = tf.tidy(() => tf.stack([tf.max(tf.abs(W)), tf.sum(tf.square(W))]));
+  const v = t.dataSync();
   t.dispose();
-  return v;
+  return [v[0], v[1]];
 }
 
 /**
