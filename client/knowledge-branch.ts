@@ -159,7 +159,9 @@ export class KnowledgeBranches {
     let delta: tf.Tensor2D | undefined;
     if (opts.keepDelta) delta = D;
     else D.dispose();
-    const branchNorm = factor === 0 ? 0 : factor === 1 ? dNorm : frobenius(K);
+    // ‖s·g·D‖_F = s·g·‖D‖_F up to float32 rounding of K (~1e-7 relative): no second read-back of
+    // the slot. Only a factor small enough to flush K to zero in float32 is measured on K itself.
+    const branchNorm = factor === 0 ? 0 : factor === 1 ? dNorm : factor < 1e-30 ? frobenius(K) : factor * dNorm;
     const zero = branchNorm === 0;
 
     // kernel += K_new − K_old, skipped when both are exactly zero so an identity transfer leaves
