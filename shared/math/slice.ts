@@ -180,11 +180,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   }
   const { s, U, V } = svd;
   for (let j = 0; j < rank; j++) s[j] *= 2 ** e;
-  return canonicalFactors(
-    m, n, rank, s,
-    (i, j) => U[i * rank + j],
-    (c, j) => V[c * rank + j],
-  );
+  return canonicalFactorsOf(m, n, rank, s, U, V);
 }
 
 /**
@@ -401,6 +397,27 @@ function checkFinite(data: ArrayLike<number>): void {
   for (let i = 0; i < data.length; i++) {
     if (!Number.isFinite(data[i])) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   }
+}
+
+/** canonicalFactors for row-major U (m×r) and V (n×r) arrays, without an accessor per element. */
+function canonicalFactorsOf(m: number, n: number, r: number, s: Float64Array, U: Float64Array, V: Float64Array): LowRank {
+  const a = new Float32Array(m * r);
+  const b = new Float32Array(r * n);
+  for (let j = 0; j < r; j++) {
+    let best = 0;
+    let bestAbs = -1;
+    for (let i = 0; i < m; i++) {
+      const x = Math.abs(U[i * r + j]);
+      if (x > bestAbs) {
+        bestAbs = x;
+        best = i;
+      }
+    }
+    const f = (U[best * r + j] < 0 ? -1 : 1) * Math.sqrt(Math.max(0, s[j]));
+    for (let i = 0; i < m; i++) a[i * r + j] = f * U[i * r + j];
+    for (let c = 0; c < n; c++) b[j * n + c] = f * V[c * r + j];
+  }
+  return { A: tf.tensor2d(a, [m, r]), B: tf.tensor2d(b, [r, n]) };
 }
 
 /**
