@@ -274,6 +274,10 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
       pairs: this.plan ? this.plan.pairs.map((p) => ({ ...p })) : [],
       connections: this.link.connections,
       slicesSent: this.slicesSent,
+      sliceStarts: [...this.sliceHistories.values()].reduce(
+        (t, h) => ({ cold: t.cold + h.counts.cold, warm: t.warm + h.counts.warm, fallback: t.fallback + h.counts.fallback }),
+        { cold: 0, warm: 0, fallback: 0 },
+      ),
       transfersReceived: this.link.transfersReceived,
       transfersApplied: this.applier.count,
       joined: [...this.applier.joined],

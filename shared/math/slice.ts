@@ -72,7 +72,7 @@ export class SliceHistory {
   readonly warmIters: number;
   readonly subspaceTol: number;
   readonly energyTol: number;
-  /** Slices taken through this history, by how they ended. */
+  /** Slices taken through this history: cold or warm; `fallback` of the cold ones followed a failed warm attempt. */
   readonly counts = { cold: 0, warm: 0, fallback: 0 };
   /** @internal */ basis: Float64Array | undefined;
   /** @internal */ key = '';
