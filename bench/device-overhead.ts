@@ -52,7 +52,8 @@ function timeMs(fn: () => void, warmup: number, repeats: number): number {
 /**
  * Slices along a training trajectory, as a device takes them: T_cycle real steps, then one slice
  * through the slot's SliceHistory; MIN_WARMUP cycles untimed, then ≥ 4·coldEvery timed. Each timed
- * slice is classed by how it ended (warm, or cold: scheduled restart or guard fallback); the
+ * slice is classed by whether it ran a cold sketch (a scheduled check, warm + cold, or a guard
+ * fallback) or not; the
  * amortised figure weights the median of each class by its count, robust to a stray GC pause.
  */
 function sliceTrajectory(model: tf.LayersModel, trainer: Trainer, xs: tf.Tensor, ys: tf.Tensor, layer: string, o: OverheadOptions) {
@@ -63,7 +64,6 @@ function sliceTrajectory(model: tf.LayersModel, trainer: Trainer, xs: tf.Tensor,
   const warmup = Math.max(o.warmup, MIN_WARMUP);
   for (let c = 0; c < warmup + timed; c++) {
     for (let s = 0; s < o.tCycle; s++) trainer.step(xs, ys);
-    const before = history.counts.warm;
     const t0 = performance.now();
     const w = readSlot(model, layer);
     const f = lowRankSlice(w, o.rank, { seed: c, history });
@@ -71,7 +71,7 @@ function sliceTrajectory(model: tf.LayersModel, trainer: Trainer, xs: tf.Tensor,
     w.dispose();
     disposeLowRank(f);
     const dt = performance.now() - t0;
-    if (c >= warmup) (history.counts.warm > before ? warm : cold).push(dt);
+    if (c >= warmup) (history.lastCold ? cold : warm).push(dt);
   }
   const warmMs = warm.length ? median(warm) : NaN;
   const coldMs = cold.length ? median(cold) : NaN;

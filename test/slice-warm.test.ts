@@ -72,8 +72,11 @@ describe('warm-started slices', () => {
       disposeLowRank(exact);
       disposeLowRank(warm);
     }
-    // Cold at slices 0, 16, 32; warm otherwise (no guard fired on a smooth trajectory).
-    expect(history.counts).toEqual({ cold: 3, warm: 37, fallback: 0 });
+    // Cold at slice 0, cold checks at 16 and 32, no guard fired on a smooth trajectory.
+    expect(history.counts.checks).toBe(2);
+    expect(history.counts.fallback).toBe(0);
+    expect(history.counts.cold + history.counts.warm).toBe(40);
+    expect(history.counts.warm).toBeGreaterThanOrEqual(37);
     W.dispose();
   });
 
@@ -109,31 +112,45 @@ describe('warm-started slices', () => {
       [exact, cold, warm].forEach(disposeLowRank);
     }
     expect(history.counts.fallback).toBe(0);
-    // The last slice before each cold restart (15 warm iterations in): within 3e-3 of exact,
-    // where the cold slices stay ~5e-2 away.
+    // The cold checks at slices 16 keep the warm subspace (a fresh sketch captures less), so the
+    // slices go on converging: within 3e-3 of exact after 15 slices, 1e-3 after 31, where the cold
+    // slices stay ~5e-2 away.
+    expect(history.counts.checks).toBe(1);
+    expect(history.counts.cold).toBe(1);
     expect(warmDeficits[15]).toBeLessThan(3e-3);
-    expect(warmDeficits[31]).toBeLessThan(3e-3);
+    expect(warmDeficits[31]).toBeLessThan(1e-3);
     expect(Math.min(...coldDeficits)).toBeGreaterThan(1e-2);
     teacher.dispose();
     trainer.dispose?.();
     model.dispose();
   });
 
-  it('starts cold every coldEvery-th slice, after a change of shape or rank, and after reset()', () => {
+  it('checks cold every coldEvery-th slice, starts cold after a change of shape or rank and after reset()', () => {
     const W = decaying(200, 48, 3);
     const h = new SliceHistory({ coldEvery: 4 });
-    for (let i = 0; i < 9; i++) disposeLowRank(lowRankSlice(W, 6, { history: h }));
-    expect(h.counts).toEqual({ cold: 3, warm: 6, fallback: 0 });
+    const colds: boolean[] = [];
+    for (let i = 0; i < 9; i++) {
+      disposeLowRank(lowRankSlice(W, 6, { history: h }));
+      colds.push(h.lastCold);
+    }
+    // A cold sketch at slices 0 (first), 4 and 8 (checks); warm only in between.
+    expect(colds).toEqual([true, false, false, false, true, false, false, false, true]);
+    expect(h.counts.checks).toBe(2);
+    expect(h.counts.cold + h.counts.warm).toBe(9);
+    expect(h.counts.fallback).toBe(0);
+    const c0 = h.counts.cold;
     disposeLowRank(lowRankSlice(W, 5, { history: h })); // rank changed
-    expect(h.counts.cold).toBe(4);
+    expect(h.counts.cold).toBe(c0 + 1);
     const Wt = tf.transpose(W) as tf.Tensor2D;
     disposeLowRank(lowRankSlice(Wt, 5, { history: h })); // shape changed
-    expect(h.counts.cold).toBe(5);
+    expect(h.counts.cold).toBe(c0 + 2);
+    const w0 = h.counts.warm;
     disposeLowRank(lowRankSlice(Wt, 5, { history: h }));
-    expect(h.counts.warm).toBe(7);
+    expect(h.counts.warm).toBe(w0 + 1);
     h.reset();
     disposeLowRank(lowRankSlice(Wt, 5, { history: h }));
-    expect(h.counts).toEqual({ cold: 6, warm: 7, fallback: 0 });
+    expect(h.counts.cold).toBe(c0 + 3);
+    expect(h.lastCold).toBe(true);
     expect(DEFAULT_COLD_EVERY).toBe(16);
     expect(() => new SliceHistory({ coldEvery: 0 })).toThrow(/coldEvery/);
     tf.dispose([W, Wt]);
@@ -147,7 +164,7 @@ describe('warm-started slices', () => {
     disposeLowRank(lowRankSlice(W1, 4, { history: h }));
     const viaHistory = lowRankSlice(W2, 4, { seed: 9, history: h });
     const cold = lowRankSlice(W2, 4, { seed: 9 });
-    expect(h.counts).toEqual({ cold: 2, warm: 1, fallback: 1 });
+    expect(h.counts).toEqual({ cold: 2, warm: 1, fallback: 1, checks: 0 });
     expect(Array.from(viaHistory.A.dataSync())).toEqual(Array.from(cold.A.dataSync()));
     expect(Array.from(viaHistory.B.dataSync())).toEqual(Array.from(cold.B.dataSync()));
     [viaHistory, cold].forEach(disposeLowRank);

@@ -48,7 +48,7 @@ export const WARM_SUBSPACE_TOL = 0.05;
  * power iteration started there; it shows as captured energy that ‖W‖_F grew without.
  */
 export const WARM_ENERGY_TOL = 2e-3;
-/** Default of SliceHistory.coldEvery. */
+/** Default of SliceHistory.coldEvery: a cold check every 16th slice. */
 export const DEFAULT_COLD_EVERY = 16;
 
 /**
@@ -63,17 +63,26 @@ export const DEFAULT_COLD_EVERY = 16;
  * one (tests: test/slice-warm.test.ts).
  *
  * A slice is cold (the seeded Gaussian sketch, 2 iterations, exactly as without a history) when
- * there is no basis yet, the shape, rank or sketch width changed, every `coldEvery`-th slice, and
- * whenever a warm result fails either guard (WARM_SUBSPACE_TOL, WARM_ENERGY_TOL): the same call
- * then starts over cold. reset() forgets the basis (e.g. when W was written outside training).
+ * there is no basis yet, the shape, rank or sketch width changed, and whenever a warm result fails
+ * either guard (WARM_SUBSPACE_TOL, WARM_ENERGY_TOL): the same call then starts over cold. Every
+ * `coldEvery`-th slice a cold sketch is taken besides the warm one (a check): the one capturing
+ * more of ‖W‖²_F is returned and carried on, so a direction the iteration cannot see from Q₀ is
+ * found within coldEvery slices, while a warm subspace more converged than a fresh sketch (a flat
+ * spectrum) is not thrown away. reset() forgets the basis (e.g. when W was written outside
+ * training).
  */
 export class SliceHistory {
   readonly coldEvery: number;
   readonly warmIters: number;
   readonly subspaceTol: number;
   readonly energyTol: number;
-  /** Slices taken through this history: cold or warm; `fallback` of the cold ones followed a failed warm attempt. */
-  readonly counts = { cold: 0, warm: 0, fallback: 0 };
+  /**
+   * Slices taken through this history, cold or warm (the one returned); `fallback`: warm attempts
+   * that failed a guard (a cold slice followed), `checks`: scheduled cold checks.
+   */
+  readonly counts = { cold: 0, warm: 0, fallback: 0, checks: 0 };
+  /** Whether the last call ran a cold sketch (first slice, check, fallback): it cost ~2× a warm one. */
+  lastCold = false;
   /** @internal */ basis: Float64Array | undefined;
   /** @internal */ key = '';
   /** @internal */ sinceCold = 0;
@@ -145,35 +154,45 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   try {
     const h = opts.history;
     const key = `${m}x${n}:${rank}:${l}`;
-    const canWarm = h !== undefined && h.basis !== undefined && h.key === key && h.sinceCold < h.coldEvery - 1 && maxAbs > 0;
+    const energy = h ? (e === 0 ? sumSq : sumSquares(Wx)) : 0;
+    const shareOf = (x: Svd): number => (energy > 0 ? capturedEnergy(x.s, rank) / energy : 0);
     let warm: Svd | undefined;
-    if (canWarm) {
-      const energy = e === 0 ? sumSq : sumSquares(Wx);
+    let warmShare = 0;
+    if (h !== undefined && h.basis !== undefined && h.key === key && maxAbs > 0) {
       warm = randomizedSvd(Wx, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
-      const share = energy > 0 ? capturedEnergy(warm.s, rank) / energy : 0;
+      warmShare = shareOf(warm);
       h.lastContainment = warm.containment!;
-      const ok = warm.containment! >= 1 - h.subspaceTol && share >= h.energyShare * (1 - h.energyTol);
-      if (ok) {
-        h.counts.warm += 1;
-        h.sinceCold += 1;
-        h.basis = warm.next;
-        h.energyShare = share;
-      } else {
+      const ok = warm.containment! >= 1 - h.subspaceTol && warmShare >= h.energyShare * (1 - h.energyTol);
+      if (!ok) {
         h.counts.fallback += 1;
         warm = undefined;
       }
     }
-    if (warm) svd = warm;
+    // Every coldEvery-th slice a cold sketch checks the warm one: it sees what a power iteration
+    // from Q₀ cannot, and whichever captures more of ‖W‖²_F is the slice and the next start.
+    const check = warm !== undefined && h!.sinceCold >= h!.coldEvery - 1;
+    let share = warmShare;
+    let isWarm = warm !== undefined;
+    if (warm && !check) svd = warm;
     else {
-      svd = randomizedSvd(Wx, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
-      if (h) {
-        const energy = e === 0 ? sumSq : sumSquares(Wx);
-        h.counts.cold += 1;
-        h.key = key;
-        h.basis = svd.next;
-        h.sinceCold = 0;
-        h.energyShare = energy > 0 ? capturedEnergy(svd.s, rank) / energy : 0;
+      const cold = randomizedSvd(Wx, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
+      const coldShare = h ? shareOf(cold) : 0;
+      if (warm && warmShare >= coldShare) svd = warm;
+      else {
+        svd = cold;
+        share = coldShare;
+        isWarm = false;
       }
+    }
+    if (h) {
+      if (isWarm) h.counts.warm += 1;
+      else h.counts.cold += 1;
+      if (check) h.counts.checks += 1;
+      h.lastCold = !(warm && !check);
+      h.key = key;
+      h.basis = svd.next;
+      h.energyShare = share;
+      h.sinceCold = isWarm && !check ? h.sinceCold + 1 : 0;
     }
   } finally {
     if (Wx !== W) Wx.dispose();
