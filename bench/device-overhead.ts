@@ -2,6 +2,9 @@
 // the slot, apply a transfer as a knowledge branch, project the accumulated gradient into feedback,
 // as a share of the local training those T_cycle steps cost. Measured on the zoo's MNIST MLP and CNN
 // with their default sizes, on the slot dense_0 (the largest of both), from random batches.
+// A device warm-starts each slice of a slot from its previous one (SliceHistory), so the slice is
+// timed as the device pays it: along a training trajectory, one slice after every T_cycle real
+// steps, cold restarts and guard fallbacks included. Repeated slices of one W would flatter it.
 import * as tf from '@tensorflow/tfjs';
 import { projectFeedback } from '../client/target/feedback.js';
 import { KnowledgeBranches } from '../client/knowledge-branch.js';
@@ -9,7 +12,7 @@ import { buildModel, type ModelSpec } from '../client/models/mnist-models.js';
 import { CNN_DEFAULTS, MLP_DEFAULT_HIDDEN } from '../client/models/registry.js';
 import { readSlot } from '../client/slot.js';
 import { Trainer } from '../client/trainer.js';
-import { lowRankSlice } from '../shared/math/slice.js';
+import { lowRankSlice, SliceHistory } from '../shared/math/slice.js';
 import { disposeLowRank } from '../shared/math/low-rank.js';
 
 export interface OverheadOptions {
@@ -26,9 +29,17 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-/** Median ms of fn over `repeats` runs after `warmup`; interleaving is the caller's business. */
+/**
+ * Warm-up runs of every timed piece, at least: a device repeats each of them every cycle for as long
+ * as it runs, so its steady, JIT-compiled cost is what counts. With 2 warm-ups the first model
+ * measured also paid V8's compilation of the slice's plain-array kernels (2–4× the steady time;
+ * on a loaded machine the optimising compiler may need a few dozen calls).
+ */
+const MIN_WARMUP = 50;
+
+/** Median ms of fn over `repeats` runs after `warmup` (≥ MIN_WARMUP); interleaving is the caller's business. */
 function timeMs(fn: () => void, warmup: number, repeats: number): number {
-  for (let i = 0; i < warmup; i++) fn();
+  for (let i = 0; i < Math.max(warmup, MIN_WARMUP); i++) fn();
   const ts: number[] = [];
   for (let i = 0; i < repeats; i++) {
     const t0 = performance.now();
@@ -36,6 +47,36 @@ function timeMs(fn: () => void, warmup: number, repeats: number): number {
     ts.push(performance.now() - t0);
   }
   return +median(ts).toFixed(3);
+}
+
+/**
+ * Slices along a training trajectory, as a device takes them: T_cycle real steps, then one slice
+ * through the slot's SliceHistory; MIN_WARMUP cycles untimed, then ≥ 4·coldEvery timed. Each timed
+ * slice is classed by whether it ran a cold sketch (a scheduled check, warm + cold, or a guard
+ * fallback) or not; the
+ * amortised figure weights the median of each class by its count, robust to a stray GC pause.
+ */
+function sliceTrajectory(model: tf.LayersModel, trainer: Trainer, xs: tf.Tensor, ys: tf.Tensor, layer: string, o: OverheadOptions) {
+  const history = new SliceHistory();
+  const warm: number[] = [];
+  const cold: number[] = [];
+  const timed = Math.max(o.repeats, 4 * history.coldEvery);
+  const warmup = Math.max(o.warmup, MIN_WARMUP);
+  for (let c = 0; c < warmup + timed; c++) {
+    for (let s = 0; s < o.tCycle; s++) trainer.step(xs, ys);
+    const t0 = performance.now();
+    const w = readSlot(model, layer);
+    const f = lowRankSlice(w, o.rank, { seed: c, history });
+    f.B.dataSync();
+    w.dispose();
+    disposeLowRank(f);
+    const dt = performance.now() - t0;
+    if (c >= warmup) (history.lastCold ? cold : warm).push(dt);
+  }
+  const warmMs = warm.length ? median(warm) : NaN;
+  const coldMs = cold.length ? median(cold) : NaN;
+  const amortizedMs = ((warm.length ? warm.length * warmMs : 0) + (cold.length ? cold.length * coldMs : 0)) / timed;
+  return { warmMs: +warmMs.toFixed(3), coldMs: +coldMs.toFixed(3), amortizedMs: +amortizedMs.toFixed(3), counts: { ...history.counts } };
 }
 
 function measureModel(name: string, spec: ModelSpec, o: OverheadOptions) {
@@ -51,18 +92,25 @@ function measureModel(name: string, spec: ModelSpec, o: OverheadOptions) {
   const W = readSlot(model, layer);
   const [m, n] = W.shape;
   const current = lowRankSlice(W, o.rank);
-  const sliceMs = timeMs(() => {
+  // Cold: every slice from a fresh Gaussian sketch (what a slice without history costs).
+  const sliceColdMs = timeMs(() => {
     const w = readSlot(model, layer);
     const f = lowRankSlice(w, o.rank);
     f.B.dataSync();
     w.dispose();
     disposeLowRank(f);
   }, o.warmup, o.repeats);
+  const traj = sliceTrajectory(model, trainer, xs, ys, layer, o);
+  const sliceMs = traj.amortizedMs;
   // A transfer: the adapter's output, here the slice slightly moved.
   const generated = tf.tidy(() => ({ A: tf.add(current.A, tf.randomNormal(current.A.shape, 0, 1e-2, 'float32', 3)) as tf.Tensor2D, B: tf.clone(current.B) }));
   const applyMs = timeMs(() => {
     branches.set('p', layer, generated, current, 0.5);
-    tf.tidy(() => readSlot(model, layer).dataSync()); // force the kernel update
+    // Force the kernel update by reading the slot back. Not through tf.tidy: tidy walks a returned
+    // typed array element by element, which cost ~15 ms here and is no part of the device's work.
+    const w = readSlot(model, layer);
+    w.dataSync();
+    w.dispose();
   }, o.warmup, o.repeats);
   const G = tf.randomNormal([m, n], 0, 1e-3, 'float32', 4) as tf.Tensor2D;
   const feedbackMs = timeMs(() => {
@@ -79,7 +127,7 @@ function measureModel(name: string, spec: ModelSpec, o: OverheadOptions) {
   model.dispose();
   return {
     model: name, slot: layer, slotShape: [m, n], inputSize, rank: o.rank, batchSize: o.batchSize, tCycle: o.tCycle,
-    stepMs, sliceMs, applyMs, feedbackMs, perCycleMs: +perCycleMs.toFixed(3),
+    stepMs, sliceMs, sliceColdMs, sliceWarmMs: traj.warmMs, sliceRestartMs: traj.coldMs, sliceCounts: traj.counts, applyMs, feedbackMs, perCycleMs: +perCycleMs.toFixed(3),
     shareOfTraining: +(perCycleMs / trainingMs).toFixed(3),
   };
 }

@@ -16,6 +16,13 @@ export interface DeviceStatus {
   /** (re)connections made, the first included */
   connections: number;
   slicesSent: number;
+  /**
+   * How the randomized slices were taken, summed over slots (SliceHistory): warm from the slot's
+   * previous subspace, or cold (first, every 16th, after a rank change or a write of W, and after
+   * a warm result failed its guard: those are also counted in `fallback`). Slots small enough for
+   * the exact SVD count in none.
+   */
+  sliceStarts: { cold: number; warm: number; fallback: number };
   transfersReceived: number;
   transfersApplied: number;
   /** target pairs whose join-time transfer was kept (written into W once) */

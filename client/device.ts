@@ -17,7 +17,7 @@ import { TypedEmitter } from './emitter.js';
 import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
-import { lowRankSlice } from '../shared/math/slice.js';
+import { lowRankSlice, SliceHistory } from '../shared/math/slice.js';
 import { EVENTS } from '../shared/protocol/events.js';
 import {
   describeZodError,
@@ -130,6 +130,12 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
   private readonly branches: KnowledgeBranches;
   private readonly slices: SliceMemory;
   private readonly schedule = new SliceSchedule();
+  /**
+   * Per slot: the previous slice's subspace, so the next slice of the slot is warm-started
+   * (SliceHistory; cold every 16th slice, after a change of rank, and after W was written).
+   */
+  private readonly sliceHistories = new Map<string, SliceHistory>();
+  private sliceHistoryWrites = 0;
   private readonly windows: FeedbackWindows;
   private readonly transfers = new TransferQueue();
   private readonly applier: TransferApplier;
@@ -268,6 +274,10 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
       pairs: this.plan ? this.plan.pairs.map((p) => ({ ...p })) : [],
       connections: this.link.connections,
       slicesSent: this.slicesSent,
+      sliceStarts: [...this.sliceHistories.values()].reduce(
+        (t, h) => ({ cold: t.cold + h.counts.cold, warm: t.warm + h.counts.warm, fallback: t.fallback + h.counts.fallback }),
+        { cold: 0, warm: 0, fallback: 0 },
+      ),
       transfersReceived: this.link.transfersReceived,
       transfersApplied: this.applier.count,
       joined: [...this.applier.joined],
@@ -608,12 +618,19 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
   private sendDueSlices(): void {
     if (!this.plan || !this.link.connected) return;
     const step = this.loop.step;
+    if (this.branches.weightWrites !== this.sliceHistoryWrites) {
+      // W jumped (join-time transfer, a kept readout): no previous subspace is a safe start.
+      for (const h of this.sliceHistories.values()) h.reset();
+      this.sliceHistoryWrites = this.branches.weightWrites;
+    }
     for (const due of this.schedule.due(step)) {
       const sliceId = this.nextSliceId++;
       const W = this.branches.weight(due.slot); // W, not W_eff: the branch is not knowledge of this device
+      let history = this.sliceHistories.get(due.slot);
+      if (!history) this.sliceHistories.set(due.slot, (history = new SliceHistory()));
       let factors: LowRank;
       try {
-        factors = lowRankSlice(W, due.rank, { seed: (this.opts.seed * 1_000_003 + sliceId) >>> 0 });
+        factors = lowRankSlice(W, due.rank, { seed: (this.opts.seed * 1_000_003 + sliceId) >>> 0, history });
       } finally {
         W.dispose();
       }

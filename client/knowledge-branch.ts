@@ -29,19 +29,29 @@ interface Branch {
   zero: boolean;
 }
 
-/** ‖t‖_F, scaled by max|t| first so huge entries do not overflow float32 when squared. */
+/**
+ * ‖t‖_F, NaN if any entry is NaN or ±Inf. Read back once and summed in float64 on the plain
+ * array: float32 squares cannot overflow there, and the 5-op tfjs version (scale by max|t|, then
+ * tf.norm) cost ~1.4 ms per slot on wasm, most of applying a transfer.
+ */
 function frobenius(t: tf.Tensor): number {
-  const [maxAbs, rel] = tf.tidy(() => {
-    const m = tf.max(tf.abs(t));
-    return [m, tf.norm(tf.div(t, tf.maximum(m, tf.scalar(1e-30))))];
-  });
-  const a = maxAbs.dataSync()[0];
-  const r = rel.dataSync()[0];
-  maxAbs.dispose();
-  rel.dispose();
-  if (Number.isNaN(r) || Number.isNaN(a)) return NaN;
-  if (a === 0) return 0;
-  return a * r;
+  const data = t.dataSync() as Float32Array;
+  // Four partial sums: one accumulator would wait on each add's latency.
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  const len = data.length;
+  let i = 0;
+  for (; i + 3 < len; i += 4) {
+    s0 += data[i] * data[i];
+    s1 += data[i + 1] * data[i + 1];
+    s2 += data[i + 2] * data[i + 2];
+    s3 += data[i + 3] * data[i + 3];
+  }
+  for (; i < len; i++) s0 += data[i] * data[i];
+  const ss = s0 + s1 + (s2 + s3);
+  return Number.isFinite(ss) ? Math.sqrt(ss) : NaN;
 }
 
 function describe(shape: readonly number[]): string {
@@ -67,6 +77,7 @@ function checkFactors(what: string, f: LowRank, m: number, n: number, layer: str
 export class KnowledgeBranches {
   private readonly model: tf.LayersModel;
   private readonly branches = new Map<string, Branch>();
+  private writes = 0;
 
   constructor(model: tf.LayersModel) {
     this.model = model;
@@ -148,7 +159,9 @@ export class KnowledgeBranches {
     let delta: tf.Tensor2D | undefined;
     if (opts.keepDelta) delta = D;
     else D.dispose();
-    const branchNorm = factor === 0 ? 0 : factor === 1 ? dNorm : frobenius(K);
+    // ‖s·g·D‖_F = s·g·‖D‖_F up to float32 rounding of K (~1e-7 relative): no second read-back of
+    // the slot. Only a factor small enough to flush K to zero in float32 is measured on K itself.
+    const branchNorm = factor === 0 ? 0 : factor === 1 ? dNorm : factor < 1e-30 ? frobenius(K) : factor * dNorm;
     const zero = branchNorm === 0;
 
     // kernel += K_new − K_old, skipped when both are exactly zero so an identity transfer leaves
@@ -174,11 +187,13 @@ export class KnowledgeBranches {
     const [m, n] = slotShapeOf(variable.shape);
     if (delta.shape[0] !== m || delta.shape[1] !== n) throw new Error(`writeWeight: delta [${delta.shape}] does not fit slot "${layer}" [${m}, ${n}]`);
     const saved = tf.clone(variable);
+    this.writes += 1;
     tf.tidy(() => {
       variable.assign(tf.add(variable, tf.reshape(delta, variable.shape)));
     });
     return {
       undo: () => {
+        this.writes += 1;
         variable.assign(saved);
         saved.dispose();
       },
@@ -193,9 +208,18 @@ export class KnowledgeBranches {
   keep(pairId: string): boolean {
     const b = this.branches.get(pairId);
     if (!b) return false;
+    if (!b.zero) this.writes += 1;
     b.K.dispose();
     this.branches.delete(pairId);
     return true;
+  }
+
+  /**
+   * How many times W itself was written other than by training (writeWeight, its undo, keep): a
+   * warm-started slice history of the slot must start cold after such a jump.
+   */
+  get weightWrites(): number {
+    return this.writes;
   }
 
   /** Take pair `pairId`'s branch out of its kernel. Returns false if the pair had none. */

@@ -171,7 +171,7 @@ describe('the browser device in chromium', () => {
     expect(inNode.K.some((v) => v !== 0)).toBe(true);
     expect(inNode.gA.some((v) => v !== 0)).toBe(true);
     // Bit-identical: the same wasm binary (SIMD, no threads in either runtime), the same seeded JS
-    // (seedrandom, ml-matrix in float64, V8's Math in both), the same order of operations.
+    // (seedrandom, the float64 kernels of shared/math/dense.ts, V8's Math in both), the same order of operations.
     for (const key of ['A', 'B', 'K', 'G', 'gA', 'gB'] as const) {
       expect({ key, maxAbsDiff: maxAbsDiff(inBrowser[key], inNode[key]) }).toEqual({ key, maxAbsDiff: 0 });
       expect(inBrowser[key]).toEqual(inNode[key]);

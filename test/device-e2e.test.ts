@@ -120,6 +120,15 @@ describe('devices against the real coordinator', () => {
       expect(s.feedbackAcked, d.deviceId).toBeGreaterThanOrEqual(s.feedbackSent - 2);
       expect(s.feedbackAcked, d.deviceId).toBeLessThanOrEqual(s.feedbackSent);
     }
+    // Slices of one slot are warm-started from the previous one (SliceHistory); every slice is
+    // counted once, cold (guard fallbacks included) or warm, sent or not. b's slot is small enough for the
+    // exact SVD, which keeps no history.
+    for (const d of [a, c]) {
+      const { cold, warm } = d.status().sliceStarts;
+      expect(cold + warm, d.deviceId).toBeGreaterThanOrEqual(d.status().slicesSent);
+      expect(warm, d.deviceId).toBeGreaterThan(cold);
+    }
+    expect(b.status().sliceStarts).toEqual({ cold: 0, warm: 0, fallback: 0 });
     expect(b.status().adapterSteps['a-to-b']).toBeLessThanOrEqual(pairStatus(coord, 'a-to-b').adapterStep);
     expect(b.status().adapterSteps['a-to-b']).toBeGreaterThanOrEqual(pairStatus(coord, 'a-to-b').adapterStep - 1);
     // The coordinator saw every device's registration and metrics.

@@ -313,4 +313,28 @@ describe('KnowledgeBranches', () => {
     kb.dispose();
     M.dispose();
   });
+  it('counts writes of W itself (writeWeight, its undo, keeping a non-zero branch), not transfers', () => {
+    const M = seededMlp(6, 12, 8, 5);
+    const kb = new KnowledgeBranches(M);
+    const cur = factors(12, 3, 8, 180);
+    const gen = factors(12, 3, 8, 190);
+    kb.set('p', 'h', gen, cur);
+    kb.set('q', 'h', cur, cur); // zero branch
+    kb.remove('q');
+    expect(kb.weightWrites).toBe(0);
+    const D = tf.zeros([12, 8]) as tf.Tensor2D;
+    const w = kb.writeWeight('h', D);
+    expect(kb.weightWrites).toBe(1);
+    w.undo();
+    expect(kb.weightWrites).toBe(2);
+    kb.set('q', 'h', cur, cur);
+    kb.keep('q'); // zero: W unchanged
+    expect(kb.weightWrites).toBe(2);
+    kb.keep('p');
+    expect(kb.weightWrites).toBe(3);
+    [cur, gen].forEach(disposeLowRank);
+    D.dispose();
+    kb.dispose();
+    M.dispose();
+  });
 });

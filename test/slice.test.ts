@@ -89,7 +89,9 @@ function expectCanonical(f: LowRank): void {
 const SHAPES: [number, number][] = [
   [64, 10],
   [784, 128],
+  [784, 64], // the zoo MLP's dense_0 at rank 8: the device's hot path
   [200, 300],
+  [40, 500],
 ];
 
 describe('lowRankSlice', () => {
@@ -123,7 +125,7 @@ describe('lowRankSlice', () => {
   }
 
   it('gives the same factors whatever the construction signs and the sketch seed', () => {
-    for (const [m, n] of [[784, 128], [200, 300]] as [number, number][]) {
+    for (const [m, n] of [[784, 128], [200, 300], [784, 64]] as [number, number][]) {
       const W = decaying(m, n, 11);
       const Wflip = decaying(m, n, 11, (i) => i % 2 === 1 || i === 0);
       for (const r of [1, 4, 8]) {
@@ -154,6 +156,30 @@ describe('lowRankSlice', () => {
     }
   });
 
+  it('returns balanced SVD factors: AᵀA = B·Bᵀ = diag(s), s non-increasing, on flat spectra too', () => {
+    for (const [m, n] of [[784, 64], [64, 784], [300, 90]] as [number, number][]) {
+      const W = tf.randomNormal([m, n], 0, 1, 'float32', m + n) as tf.Tensor2D;
+      const r = 8;
+      const f = lowRankSlice(W, r, { seed: 2 });
+      const ata = tf.tidy(() => tf.matMul(f.A, f.A, true, false).dataSync());
+      const bbt = tf.tidy(() => tf.matMul(f.B, f.B, false, true).dataSync());
+      const s1 = ata[0];
+      for (let i = 0; i < r; i++) {
+        if (i > 0) expect(ata[i * r + i]).toBeLessThanOrEqual(ata[(i - 1) * r + i - 1] * (1 + 1e-6));
+        for (let j = 0; j < r; j++) {
+          expect(Math.abs(ata[i * r + j] - bbt[i * r + j])).toBeLessThan(1e-5 * s1);
+          if (i !== j) expect(Math.abs(ata[i * r + j])).toBeLessThan(1e-5 * s1);
+        }
+      }
+      // A flat spectrum is the hard case for a sketch: the error is still close to the optimum.
+      const exact = exactSlice(W, r);
+      expect(relError(W, f)).toBeLessThan(relError(W, exact) * 1.02);
+      expectCanonical(f);
+      [f, exact].forEach(disposeLowRank);
+      W.dispose();
+    }
+  });
+
   it('is deterministic for a seed', () => {
     const W = tf.randomNormal([300, 90], 0, 1, 'float32', 5) as tf.Tensor2D;
     const f1 = lowRankSlice(W, 6, { seed: 9 });
@@ -176,6 +202,37 @@ describe('lowRankSlice', () => {
     [f, z].forEach(disposeLowRank);
     W.dispose();
     zero.dispose();
+  });
+
+  it('slices weights far from unit scale as the scaled factors, without overflow or denormals', () => {
+    // W·Wᵀ squares the scale: 1e±25 entries would overflow or underflow float32 in the products.
+    for (const [m, n] of [[300, 60], [60, 300]] as [number, number][]) {
+      const W = decaying(m, n, 21);
+      const f = lowRankSlice(W, 4, { seed: 1 });
+      for (const c of [1e-25, 1e25]) {
+        const Wc = tf.tidy(() => tf.mul(W, c)) as tf.Tensor2D;
+        const fc = lowRankSlice(Wc, 4, { seed: 1 });
+        // A = U·√S: each factor scales by √c.
+        const root = Math.sqrt(c);
+        const rel = (x: tf.Tensor, y: tf.Tensor) => {
+          const a = x.dataSync();
+          const b = y.dataSync();
+          let d = 0;
+          let big = 0;
+          for (let i = 0; i < a.length; i++) {
+            d = Math.max(d, Math.abs(a[i] / root - b[i]));
+            big = Math.max(big, Math.abs(b[i]));
+          }
+          return d / big;
+        };
+        expect(rel(fc.A, f.A)).toBeLessThan(1e-5);
+        expect(rel(fc.B, f.B)).toBeLessThan(1e-5);
+        disposeLowRank(fc);
+        Wc.dispose();
+      }
+      disposeLowRank(f);
+      W.dispose();
+    }
   });
 
   it('rejects bad ranks and inputs with readable errors', () => {

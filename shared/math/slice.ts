@@ -1,30 +1,110 @@
 // Slice: the rank-r factors A (m×r), B (r×n) of a slot W ≈ A·B, from a truncated SVD
 // W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (docs/DESIGN.md §2 "Slots and slices").
 //
-// Where the work happens, and why:
-// - the products with W (the only O(m·n) work) run on the tfjs backend;
-// - the orthonormalisations run in float64 JS (ml-matrix's thin Householder QR): tf.linalg.qr
-//   builds an m×m Q internally and took ~0.8 s on a 2048×40 input on wasm, while this takes
-//   milliseconds;
-// - the SVD of the small sketched matrix uses ml-matrix (tfjs has no SVD), always on a tall
-//   matrix, since ml-matrix's SVD of a wide matrix needs its autoTranspose switch.
+// Where the work happens, and why (a 784×64 slot at rank 8 must cost ~1 ms on a device):
+// - the products with W (the only O(m·n) work) run on the tfjs backend, a few ops each: wasm's
+//   matMul beats a JS loop by ~10× there, while its per-op dispatch is what makes small ops costly;
+// - everything of size (m or n)×l or smaller runs in float64 on plain arrays (shared/math/dense.ts):
+//   the orthonormalisations only ever on the short side min(m, n), and the final SVD through the
+//   l×l Gram matrix of the long side (Jacobi), so no m×l QR and no ml-matrix accessor loops;
+// - ml-matrix's SVD remains for the exact path (tests, small slots).
 import * as tf from '@tensorflow/tfjs';
-import { Matrix, QrDecomposition, SingularValueDecomposition } from 'ml-matrix';
+import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
+import { gram, matMul as denseMatMul, symmetricEigen, thinQ } from './dense.js';
 import type { LowRank } from './low-rank.js';
 
 export interface LowRankSliceOptions {
   /** Extra sketch columns beyond the rank. Default 8. */
   oversample?: number;
   /**
-   * Power iterations (each one multiplies by W·Wᵀ and re-orthonormalises). Default 2: with one,
-   * the reconstruction error is already within 1e-5 of the exact SVD's on a 0.8^i spectrum, but
-   * the factors themselves move by ~1e-3 between sketch seeds; with two they agree to ~2e-5, and
-   * the adapter consumes the factors, not just their product.
+   * Power iterations (each one multiplies by W·Wᵀ, or Wᵀ·W, and re-orthonormalises). Default 2:
+   * with one, the reconstruction error is already within 1e-5 of the exact SVD's on a 0.8^i
+   * spectrum, but the factors themselves move by ~1e-3 between sketch seeds; with two they agree
+   * to ~2e-5, and the adapter consumes the factors, not just their product.
    */
   powerIters?: number;
   /** Seed of the Gaussian sketch: the same seed gives the same factors. Default 0. */
   seed?: number;
+  /**
+   * Warm start: a caller that slices the same slot again and again (a device, every cycle) passes
+   * the same SliceHistory each time; see SliceHistory. Without it every slice is cold.
+   */
+  history?: SliceHistory;
+}
+
+/**
+ * The warm start's jump guard: a warm slice is kept only when its top `rank` directions lie in the
+ * subspace it started from up to 1 − ‖Q₀ᵀ·V_r‖²_F / r ≤ this (the mean sin² of their angles to it).
+ * It is not a convergence test: on a nearly flat spectrum (a near-init MLP) one iteration still
+ * moves them by ~3e-3 right after a cold start, and a cold restart would be less accurate than
+ * carrying on. It catches W having jumped (an unrelated W moves them by ~0.5 or more).
+ */
+export const WARM_SUBSPACE_TOL = 0.05;
+/**
+ * Relative tolerance of the warm start's energy guard: a warm slice is kept only when the share of
+ * ‖W‖²_F it captures, Σ s_j² / ‖W‖²_F, has not fallen by more than this (relative) below the
+ * previous slice's. A new strong direction orthogonal to the previous subspace is invisible to a
+ * power iteration started there; it shows as captured energy that ‖W‖_F grew without.
+ */
+export const WARM_ENERGY_TOL = 2e-3;
+/** Default of SliceHistory.coldEvery: a cold check every 16th slice. */
+export const DEFAULT_COLD_EVERY = 16;
+
+/**
+ * The state a warm-started slice keeps between calls, one per sliced slot (docs/DESIGN.md §2
+ * "Slots and slices"): the previous slice's orthonormal short-side basis Q₀ (min(m,n)×l) and the
+ * share of ‖W‖²_F it captured. With a history, a slice of the same shape and rank takes Q₀ as its
+ * subspace instead of a Gaussian sketch: Y = W·Q₀ and M·Q₀ = Wᵀ·Y (W·Wᵀ·Q₀ wide) give the Ritz
+ * pairs, and orth(M·Q₀·P) is the next slice's Q₀, so each slice costs 2 products with W (7 cold)
+ * and still advances the power iteration by one (`warmIters` − 1 more before the Ritz step). The
+ * weights move little between a device's cycles, so the iteration keeps converging across slices:
+ * on the near-flat spectrum of a young MLP a warm slice ends far closer to the exact SVD than a cold
+ * one (tests: test/slice-warm.test.ts).
+ *
+ * A slice is cold (the seeded Gaussian sketch, 2 iterations, exactly as without a history) when
+ * there is no basis yet, the shape, rank or sketch width changed, and whenever a warm result fails
+ * either guard (WARM_SUBSPACE_TOL, WARM_ENERGY_TOL): the same call then starts over cold. Every
+ * `coldEvery`-th slice a cold sketch is taken besides the warm one (a check): the one capturing
+ * more of ‖W‖²_F is returned and carried on, so a direction the iteration cannot see from Q₀ is
+ * found within coldEvery slices, while a warm subspace more converged than a fresh sketch (a flat
+ * spectrum) is not thrown away. reset() forgets the basis (e.g. when W was written outside
+ * training).
+ */
+export class SliceHistory {
+  readonly coldEvery: number;
+  readonly warmIters: number;
+  readonly subspaceTol: number;
+  readonly energyTol: number;
+  /**
+   * Slices taken through this history, cold or warm (the one returned); `fallback`: warm attempts
+   * that failed a guard (a cold slice followed), `checks`: scheduled cold checks.
+   */
+  readonly counts = { cold: 0, warm: 0, fallback: 0, checks: 0 };
+  /** Whether the last call ran a cold sketch (first slice, check, fallback): it cost ~2× a warm one. */
+  lastCold = false;
+  /** @internal */ basis: Float64Array | undefined;
+  /** @internal */ key = '';
+  /** @internal */ sinceCold = 0;
+  /** @internal */ energyShare = 0;
+
+  /** @internal */ lastContainment = NaN;
+
+  constructor(opts: { coldEvery?: number; warmIters?: number; subspaceTol?: number; energyTol?: number } = {}) {
+    this.coldEvery = opts.coldEvery ?? DEFAULT_COLD_EVERY;
+    this.warmIters = opts.warmIters ?? 1;
+    this.subspaceTol = opts.subspaceTol ?? WARM_SUBSPACE_TOL;
+    this.energyTol = opts.energyTol ?? WARM_ENERGY_TOL;
+    if (!Number.isInteger(this.coldEvery) || this.coldEvery < 1) throw new Error(`SliceHistory: coldEvery must be an integer ≥ 1, got ${this.coldEvery}`);
+    if (!Number.isInteger(this.warmIters) || this.warmIters < 1) throw new Error(`SliceHistory: warmIters must be an integer ≥ 1, got ${this.warmIters}`);
+  }
+
+  reset(): void {
+    this.basis = undefined;
+    this.key = '';
+    this.sinceCold = 0;
+    this.energyShare = 0;
+  }
 }
 
 /** Floats in a rank-r slice of an m×n slot (what travels instead of m·n). */
@@ -33,11 +113,18 @@ export function sliceFloats(m: number, n: number, r: number): number {
 }
 
 /**
- * Randomized truncated SVD of W (Halko, Martinsson & Tropp 2011): Gaussian sketch, power
- * iterations, QR, SVD of the small projected matrix. Returns A = U·√S (m×r) and B = √S·Vᵀ (r×n)
- * with canonical signs (each column of U has its largest-magnitude entry positive).
- * When the sketch would span min(m,n) columns anyway, the exact SVD is used instead.
- * The caller owns the returned tensors.
+ * Randomized truncated SVD of W (Halko, Martinsson & Tropp 2011, Algorithm 4.4): Gaussian sketch,
+ * power iterations with re-orthonormalisation, SVD of W restricted to the found subspace. Returns
+ * A = U·√S (m×r) and B = √S·Vᵀ (r×n) with canonical signs (each column of U has its
+ * largest-magnitude entry positive). When the sketch would span min(m,n) columns anyway, the
+ * exact SVD is used instead. The caller owns the returned tensors.
+ *
+ * The subspace is kept on the short side k = min(m, n), where its QR is cheap. Wide W (m < n):
+ * Q = orth((W·Wᵀ)^q·W·Ω) and W ≈ Q·(Wᵀ·Q)ᵀ, Halko's approximation exactly. Tall W (m ≥ n): the
+ * mirror image on the row space, Z = orth((Wᵀ·W)^(q+1)·Ω) and W ≈ (W·Z)·Zᵀ; Halko's Q·Qᵀ·W has
+ * that same row space, and W·Z·Zᵀ is the best approximation with it, so the error is never larger.
+ * Either way the long-side factor Y (long×l) is split by the eigenvectors P of YᵀY: Y·P = U_Y·S,
+ * and the short-side singular vectors are basis·P.
  */
 export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOptions = {}): LowRank {
   const [m, n] = checkArgs('lowRankSlice', W, rank);
@@ -55,36 +142,197 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // A sketch of min(m,n) columns spans W's whole range: nothing to gain over the exact SVD.
   if (l >= k) return exactSlice(W, rank);
 
-  // Y = W·Ω, Ω an n×l seeded Gaussian.
-  const omega = gaussian(n, l, seed);
-  let q = orthonormalize(mulW(W, omega, n, l, false), m, l);
-  for (let it = 0; it < powerIters; it++) {
-    const z = orthonormalize(mulW(W, q, m, l, true), n, l);
-    q = orthonormalize(mulW(W, z, n, l, false), m, l);
+  // Products with W·Wᵀ square W's scale, and float32 only holds that between ~1e-19 and ~1e19
+  // for ‖W‖: a W whose largest entry lies outside [2^-40, 2^40] is sliced as 2^-e·W (exact in
+  // float32) and its singular values scaled back, so it neither overflows nor sinks into denormals.
+  // One read-back for both: max|W| and ‖W‖²_F (the warm start's energy guard).
+  const [maxAbs, sumSq] = maxAbsAndSumSquares(W);
+  if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
+  const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
+  const Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
+  let svd: Svd;
+  try {
+    const h = opts.history;
+    const key = `${m}x${n}:${rank}:${l}`;
+    const energy = h ? (e === 0 ? sumSq : sumSquares(Wx)) : 0;
+    const shareOf = (x: Svd): number => (energy > 0 ? capturedEnergy(x.s, rank) / energy : 0);
+    let warm: Svd | undefined;
+    let warmShare = 0;
+    if (h !== undefined && h.basis !== undefined && h.key === key && maxAbs > 0) {
+      warm = randomizedSvd(Wx, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
+      warmShare = shareOf(warm);
+      h.lastContainment = warm.containment!;
+      const ok = warm.containment! >= 1 - h.subspaceTol && warmShare >= h.energyShare * (1 - h.energyTol);
+      if (!ok) {
+        h.counts.fallback += 1;
+        warm = undefined;
+      }
+    }
+    // Every coldEvery-th slice a cold sketch checks the warm one: it sees what a power iteration
+    // from Q₀ cannot, and whichever captures more of ‖W‖²_F is the slice and the next start.
+    const check = warm !== undefined && h!.sinceCold >= h!.coldEvery - 1;
+    let share = warmShare;
+    let isWarm = warm !== undefined;
+    if (warm && !check) svd = warm;
+    else {
+      const cold = randomizedSvd(Wx, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
+      const coldShare = h ? shareOf(cold) : 0;
+      if (warm && warmShare >= coldShare) svd = warm;
+      else {
+        svd = cold;
+        share = coldShare;
+        isWarm = false;
+      }
+    }
+    if (h) {
+      if (isWarm) h.counts.warm += 1;
+      else h.counts.cold += 1;
+      if (check) h.counts.checks += 1;
+      h.lastCold = !(warm && !check);
+      h.key = key;
+      h.basis = svd.next;
+      h.energyShare = share;
+      h.sinceCold = isWarm && !check ? h.sinceCold + 1 : 0;
+    }
+  } finally {
+    if (Wx !== W) Wx.dispose();
   }
-  // smallᵀ = Wᵀ·Q (n×l, tall) = V' S U'ᵀ, so small = Qᵀ·W = U' S V'ᵀ.
-  const smallT = mulW(W, q, m, l, true);
-  checkFinite(smallT);
-  const svd = new SingularValueDecomposition(toMatrix(smallT, n, l));
-  const s = svd.diagonal;
-  const V = svd.leftSingularVectors; // n×l: right singular vectors of W
-  const Us = svd.rightSingularVectors; // l×l: left singular vectors of small
-  // U = Q·U_small, top r columns only.
-  const us = new Float64Array(l * rank);
-  for (let p = 0; p < l; p++) for (let j = 0; j < rank; j++) us[p * rank + j] = Us.get(p, j);
-  const U = new Float64Array(m * rank);
-  for (let i = 0; i < m; i++) {
-    for (let p = 0; p < l; p++) {
-      const qip = q[i * l + p];
-      if (qip === 0) continue;
-      for (let j = 0; j < rank; j++) U[i * rank + j] += qip * us[p * rank + j];
+  const { s, U, V } = svd;
+  for (let j = 0; j < rank; j++) s[j] *= 2 ** e;
+  return canonicalFactorsOf(m, n, rank, s, U, V);
+}
+
+/**
+ * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice: singular values s,
+ * U (m×rank) and V (n×rank) row-major, unit columns (zero where s is 0), float64.
+ */
+interface Svd {
+  s: Float64Array;
+  U: Float64Array;
+  V: Float64Array;
+  /**
+   * With `next`: orth(M·Q·P), one more power iteration of the final basis Q, in Ritz order (M =
+   * Wᵀ·W tall, W·Wᵀ wide): the next warm start's Q₀, k×l with orthonormal columns.
+   */
+  next?: Float64Array;
+  /** Warm start only: ‖Q₁ᵀ·V_r‖²_F / r for Q₁ = next, 1 when one more iteration leaves V_r in place. */
+  containment?: number;
+}
+
+function randomizedSvd(
+  W: tf.Tensor2D, m: number, n: number, rank: number, l: number, powerIters: number, seed: number, start?: Float64Array, next = false,
+): Svd {
+  const k = Math.min(m, n);
+  const tall = m >= n;
+  const long = tall ? m : n;
+  // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
+  const Wt = tf.transpose(W) as tf.Tensor2D;
+  let basis: Float64Array; // k×l, orthonormal columns on the short side
+  let y: tf.Tensor2D | undefined; // Y = (long side)·basis, long×l, kept on the backend
+  let g: Float64Array; // YᵀY, l×l
+  let z: Float64Array; // M·basis, k×l
+  try {
+    const toLong = tall ? W : Wt;
+    const toShort = tall ? Wt : W;
+    if (start) basis = start;
+    else {
+      // Ω: an n×l seeded Gaussian.
+      const omega = gaussian(n, l, seed);
+      basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
+    }
+    for (let it = 0; it < powerIters; it++) basis = orthonormalize(mulW(toLong, toShort, basis, k, l), k, l);
+    // Y and its Gram stay on the backend: only the l×l YᵀY comes back here, and after the eigen
+    // step the long×rank Y·P (a long×l read-back, its Gram and Y·P in JS cost ~0.3 ms more).
+    const q = basis;
+    y = tf.tidy(() => tf.matMul(toLong, tf.tensor2d(Float32Array.from(q), [k, l]))) as tf.Tensor2D;
+    const yy = y;
+    // YᵀY = Qᵀ·(Wᵀ·W·Q) (tall; W·Wᵀ wide) through the short k×l product: wasm's matMul with a
+    // transposed operand (Yᵀ·Y directly) costs ~3× more.
+    z = readBack(tf.matMul(toShort, yy));
+    g = denseMatMul(transposeOf(q, k, l), z, l, k, l);
+  } catch (err) {
+    y?.dispose();
+    throw err;
+  } finally {
+    Wt.dispose();
+  }
+  let longVecs: Float64Array; // columns σ_j·u_j
+  let p: Float64Array;
+  let pFull: Float64Array; // all l eigenvectors of YᵀY, row-major l×l
+  try {
+    checkFinite(g);
+    const { vectors } = symmetricEigen(g, l);
+    pFull = vectors;
+    p = new Float64Array(l * rank);
+    for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = vectors[i * l + j];
+    const pr = Float32Array.from(p);
+    const yy = y;
+    longVecs = readBack(tf.tidy(() => tf.matMul(yy, tf.tensor2d(pr, [l, rank]))));
+  } finally {
+    y.dispose();
+  }
+  const shortVecs = denseMatMul(basis, p, k, l, rank); // unit columns
+  // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
+  const s = new Float64Array(rank);
+  for (let j = 0; j < rank; j++) {
+    let ss = 0;
+    for (let i = 0; i < long; i++) ss += longVecs[i * rank + j] ** 2;
+    s[j] = Math.sqrt(ss);
+    if (s[j] > 0) for (let i = 0; i < long; i++) longVecs[i * rank + j] /= s[j];
+  }
+  // M·Q came back for the Gram anyway: one more power iteration costs only its QR. Ordered by
+  // the Ritz values (M·Q·P), so the next Gram is near diagonal and Jacobi needs few sweeps.
+  let nextBasis: Float64Array | undefined;
+  let containment: number | undefined;
+  if (next) {
+    checkFinite(z);
+    nextBasis = thinQ(denseMatMul(z, pFull!, k, l, l), k, l);
+    if (start) {
+      // ‖Q₁ᵀ·V_r‖²_F / r: Q₁ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
+      const proj = denseMatMul(transposeOf(nextBasis, k, l), shortVecs, l, k, rank);
+      let ss = 0;
+      for (let i = 0; i < proj.length; i++) ss += proj[i] * proj[i];
+      containment = ss / rank;
     }
   }
-  return canonicalFactors(
-    m, n, rank, s,
-    (i, j) => U[i * rank + j],
-    (c, j) => V.get(c, j),
-  );
+  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs, next: nextBasis, containment };
+}
+
+/** A tensor's values as float64; the tensor is disposed. */
+function readBack(t: tf.Tensor): Float64Array {
+  try {
+    return Float64Array.from(t.dataSync() as Float32Array);
+  } finally {
+    t.dispose();
+  }
+}
+
+function transposeOf(x: Float64Array, rows: number, cols: number): Float64Array {
+  const out = new Float64Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j];
+  return out;
+}
+
+function capturedEnergy(s: Float64Array, rank: number): number {
+  let e = 0;
+  for (let j = 0; j < rank; j++) e += s[j] * s[j];
+  return e;
+}
+
+/** ‖W‖²_F (W already scaled into float32's comfortable range). */
+function sumSquares(W: tf.Tensor): number {
+  const t = tf.tidy(() => tf.sum(tf.square(W)));
+  const v = t.dataSync()[0];
+  t.dispose();
+  return v;
+}
+
+/** max |W| (NaN or Infinity passed through) and ‖W‖²_F in float32 (Infinity past ~1.8e38). */
+function maxAbsAndSumSquares(W: tf.Tensor): [number, number] {
+  const t = tf.tidy(() => tf.stack([tf.max(tf.abs(W)), tf.sum(tf.square(W))]));
+  const v = t.dataSync();
+  t.dispose();
+  return [v[0], v[1]];
 }
 
 /**
@@ -121,14 +369,18 @@ function checkArgs(fn: string, W: tf.Tensor, rank: number): [number, number] {
   return [m, n];
 }
 
-/** W·X (m×n · n×cols) or Wᵀ·X (n×m · m×cols) on the tfjs backend, back as float32. */
-function mulW(W: tf.Tensor2D, x: ArrayLike<number>, rows: number, cols: number, transposeW: boolean): Float32Array {
+/**
+ * second·(first·X) (or first·X without `second`) on the tfjs backend, X row-major rows×cols; the
+ * float32 result comes back as float64 for the plain-array kernels. The middle product stays on
+ * the backend: one upload, one read-back.
+ */
+function mulW(first: tf.Tensor2D, second: tf.Tensor2D | undefined, x: Float32Array | Float64Array, rows: number, cols: number): Float64Array {
   // The array is not returned through tf.tidy: tidy walks its result element by element.
-  let out: Float32Array | undefined;
+  let out: Float64Array | undefined;
   tf.tidy(() => {
     const f32 = x instanceof Float32Array ? x : Float32Array.from(x);
-    const xt = tf.tensor2d(f32, [rows, cols], 'float32');
-    out = tf.matMul(W, xt, transposeW, false).dataSync() as Float32Array;
+    const once = tf.matMul(first, tf.tensor2d(f32, [rows, cols], 'float32'));
+    out = Float64Array.from((second ? tf.matMul(second, once) : once).dataSync() as Float32Array);
   });
   return out!;
 }
@@ -146,17 +398,10 @@ function gaussian(rows: number, cols: number, seed: number): Float32Array {
   return out;
 }
 
-/**
- * Orthonormal basis of the columns of a row-major rows×cols matrix (rows ≥ cols): the thin Q of a
- * Householder QR (ml-matrix, float64), row-major rows×cols. Householder rather than Gram–Schmidt:
- * Q stays orthonormal even when the input is rank-deficient (a zero or low-rank W).
- */
-function orthonormalize(y: ArrayLike<number>, rows: number, cols: number): Float64Array {
+/** Orthonormal basis (row-major rows×cols, float64) of the columns of a finite rows×cols matrix. */
+function orthonormalize(y: Float64Array, rows: number, cols: number): Float64Array {
   checkFinite(y);
-  const Q = new QrDecomposition(toMatrix(y, rows, cols)).orthogonalMatrix;
-  const q = new Float64Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) q[i * cols + j] = Q.get(i, j);
-  return q;
+  return thinQ(y, rows, cols);
 }
 
 function toMatrix(data: ArrayLike<number>, rows: number, cols: number): Matrix {
@@ -171,6 +416,27 @@ function checkFinite(data: ArrayLike<number>): void {
   for (let i = 0; i < data.length; i++) {
     if (!Number.isFinite(data[i])) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   }
+}
+
+/** canonicalFactors for row-major U (m×r) and V (n×r) arrays, without an accessor per element. */
+function canonicalFactorsOf(m: number, n: number, r: number, s: Float64Array, U: Float64Array, V: Float64Array): LowRank {
+  const a = new Float32Array(m * r);
+  const b = new Float32Array(r * n);
+  for (let j = 0; j < r; j++) {
+    let best = 0;
+    let bestAbs = -1;
+    for (let i = 0; i < m; i++) {
+      const x = Math.abs(U[i * r + j]);
+      if (x > bestAbs) {
+        bestAbs = x;
+        best = i;
+      }
+    }
+    const f = (U[best * r + j] < 0 ? -1 : 1) * Math.sqrt(Math.max(0, s[j]));
+    for (let i = 0; i < m; i++) a[i * r + j] = f * U[i * r + j];
+    for (let c = 0; c < n; c++) b[j * n + c] = f * V[c * r + j];
+  }
+  return { A: tf.tensor2d(a, [m, r]), B: tf.tensor2d(b, [r, n]) };
 }
 
 /**
