@@ -165,6 +165,28 @@ describe('simd gemm', () => {
     }
   });
 
+  it('with relaxed-SIMD fused multiply-adds, expRow is exp(x − shift) within 5e-6 relative', () => {
+    const fused = createSimdGemm(64, true)!;
+    if (!fused.fused) return;
+    const rng = seedrandom('fma-exp');
+    const mem = new Float32Array(fused.memory.buffer);
+    for (const n4 of [4, 12, 132]) {
+      const x = Float32Array.from({ length: n4 }, () => 40 * rng() - 35);
+      x[0] = -1e30;
+      mem.set(x);
+      const shift = 2 * rng();
+      const sum = fused.expRow(0, n4, shift);
+      let ref = 0;
+      for (let i = 0; i < n4; i++) {
+        const e = Math.exp(x[i] - shift);
+        ref += e;
+        expect(Math.abs(mem[i] - e)).toBeLessThanOrEqual(5e-6 * e + 1e-38);
+      }
+      expect(mem[0]).toBe(0);
+      expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
+    }
+  });
+
   it('uses the fused module by default where V8 accepts it, the plain one with MERGENET_WASM_RELAXED_SIMD=0', () => {
     const saved = process.env.MERGENET_WASM_RELAXED_SIMD;
     try {

@@ -15,7 +15,8 @@
 //   rowMax(p, n4) → max of the n4 floats at p (n4 a multiple of 4)
 //   expRow(p, n4, shift) → x ← exp(x − shift) in place; returns the sum. Polynomial exp: 2^n·e^t,
 //     n = nearest((x − shift)·log2 e) ≥ −127 (2^−127 is built as 0, so −1e30 pads give exactly 0),
-//     |t| ≤ ln2/2, degree-6 Taylor polynomial in float32 (≈1e-6 relative, from rounding x·log2 e)
+//     |t| ≤ ln2/2, degree-6 Taylor polynomial in float32 (≈1e-6 relative, from rounding x·log2 e;
+//     Horner steps fused in the relaxed-SIMD module, like the gemm's multiply-adds)
 //   scaleRow(p, n4, s): x ← x·s
 //   softmaxGradRow(p, ds, n4, D): ds ← p⊙(ds − D)   (the softmax backward, one row)
 //   softmaxRows, expRows, softmaxGradRows: the same over many rows in one call (see their bodies)
@@ -282,7 +283,7 @@ function rowMaxBody(): number[] {
 // expRow(p, n4, shift) → f32 sum. The constants are set once into locals. The loop takes two
 // vectors at a time with their steps interleaved: each is a ~20-deep chain of dependent
 // operations (the polynomial), so two chains side by side keep the vector units busier.
-function expRowBody(): number[] {
+function expRowBody(fused: boolean): number[] {
   const [P, N4, SHIFT, Je, NB, JEND2] = [0, 1, 2, 3, 4, 5];
   let next = 6;
   const v = () => next++;
@@ -316,7 +317,8 @@ function expRowBody(): number[] {
     out.push(...each((r) => [...get(r.Y), ...get(r.NV), ...simd(SIMD.f32x4Sub), ...get(K_LN2), ...simd(SIMD.f32x4Mul), ...set(r.TV)]));
     // poly(t), Horner
     out.push(...each((r) => [...get(KP[0]), ...set(r.RV)]));
-    for (const k of KP.slice(1)) out.push(...each((r) => [...get(r.RV), ...get(r.TV), ...simd(SIMD.f32x4Mul), ...get(k), ...simd(SIMD.f32x4Add), ...set(r.RV)]));
+    // (with `fused`, one FMA per step: the Horner chain is most of the exp's dependent steps)
+    for (const k of KP.slice(1)) out.push(...each((r) => [...madd(fused, get(k), get(r.RV), get(r.TV)), ...set(r.RV)]));
     // r = poly(t) · 2^n, 2^n = (bits(y + 1.5·2²³) + 127) << 23
     out.push(...each((r, c) => [
       ...get(r.RV), ...get(r.MN), ...get(K_I127), ...simd(SIMD.i32x4Add), OP.i32Const, 23, ...simd(SIMD.i32x4Shl),
@@ -460,7 +462,7 @@ function moduleBytes(fma: boolean): Uint8Array {
     ...str('softmaxGradRows'), 0x00, 7,
   ]);
   const code = section(10, [
-    8, ...gemmBody(fma), ...rowMaxBody(), ...expRowBody(), ...scaleRowBody(), ...softmaxGradRowBody(),
+    8, ...gemmBody(fma), ...rowMaxBody(), ...expRowBody(fma), ...scaleRowBody(), ...softmaxGradRowBody(),
     ...softmaxRowsBody(), ...expRowsBody(), ...softmaxGradRowsBody(),
   ]);
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
@@ -524,8 +526,9 @@ function enableRelaxedSimd(): void {
 
 /**
  * The fused gemm against float64 sums on a fixed product that runs every block kind (4-row and
- * single rows, every column width): an experimental V8 feature must compute what it claims before
- * it is used by default. Each element within 1e-6 of its sum of magnitudes (float32 rounding).
+ * single rows, every column width), and the fused exp against Math.exp: an experimental V8 feature
+ * must compute what it claims before it is used by default. Each product element within 1e-6 of its
+ * sum of magnitudes (float32 rounding), each exp within 5e-6 relative (as tested for the plain one).
  */
 function selfCheck(wasm: WasmApi, mod: object): boolean {
   try {
@@ -548,6 +551,14 @@ function selfCheck(wasm: WasmApi, mod: object): boolean {
         }
         if (!(Math.abs(f[co + i * n + j] - s) <= 1e-6 * mag)) return false;
       }
+    }
+    // and the exp (its polynomial uses the same fused multiply-adds)
+    const expRow = new wasm.Instance(mod, { env: { mem: memory } }).exports.expRow as (p: number, n4: number, shift: number) => number;
+    for (let i = 0; i < 36; i++) f[i] = 0.7 * i - 20;
+    expRow(0, 36, 1);
+    for (let i = 0; i < 36; i++) {
+      const e = Math.exp(0.7 * i - 21);
+      if (!(Math.abs(f[i] - e) <= 5e-6 * e)) return false;
     }
     return true;
   } catch {
