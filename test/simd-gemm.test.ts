@@ -5,7 +5,8 @@ import seedrandom from 'seedrandom';
 import { describe, expect, it } from 'vitest';
 import { createSimdGemm } from '../coordinator/adapter/simd-gemm.js';
 
-const simd = createSimdGemm(64)!;
+// the plain module (no fused multiply-adds), whose products are exact to the scalar order
+const simd = createSimdGemm(64, false)!;
 
 /** Scalar reference in float32 arithmetic, summing over k in order as the gemm does. */
 function gemmRef(m: number, n: number, k: number, a: Float32Array, lda: number, b: Float32Array, ldb: number, c: Float32Array, ldc: number, acc: boolean): void {
@@ -161,6 +162,41 @@ describe('simd gemm', () => {
           expect(Math.abs(mem[8192 + i * n + j] - s)).toBeLessThanOrEqual(1e-6 * scale);
         }
       }
+    }
+  });
+
+  it('with relaxed-SIMD fused multiply-adds, expRow is exp(x − shift) within 5e-6 relative', () => {
+    const fused = createSimdGemm(64, true)!;
+    if (!fused.fused) return;
+    const rng = seedrandom('fma-exp');
+    const mem = new Float32Array(fused.memory.buffer);
+    for (const n4 of [4, 12, 132]) {
+      const x = Float32Array.from({ length: n4 }, () => 40 * rng() - 35);
+      x[0] = -1e30;
+      mem.set(x);
+      const shift = 2 * rng();
+      const sum = fused.expRow(0, n4, shift);
+      let ref = 0;
+      for (let i = 0; i < n4; i++) {
+        const e = Math.exp(x[i] - shift);
+        ref += e;
+        expect(Math.abs(mem[i] - e)).toBeLessThanOrEqual(5e-6 * e + 1e-38);
+      }
+      expect(mem[0]).toBe(0);
+      expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
+    }
+  });
+
+  it('uses the fused module by default where V8 accepts it, the plain one with MERGENET_WASM_RELAXED_SIMD=0', () => {
+    const saved = process.env.MERGENET_WASM_RELAXED_SIMD;
+    try {
+      delete process.env.MERGENET_WASM_RELAXED_SIMD;
+      expect(createSimdGemm(1)!.fused).toBe(createSimdGemm(1, true)!.fused);
+      process.env.MERGENET_WASM_RELAXED_SIMD = '0';
+      expect(createSimdGemm(1)!.fused).toBe(false);
+    } finally {
+      if (saved === undefined) delete process.env.MERGENET_WASM_RELAXED_SIMD;
+      else process.env.MERGENET_WASM_RELAXED_SIMD = saved;
     }
   });
 });

@@ -20,29 +20,41 @@ export function linearForwardSimd(simd: SimdGemm, x: F32, n: number, inDim: numb
   simd.gemm(n, outDim, inDim, x.byteOffset, inDim, W.byteOffset, outDim, y.byteOffset, outDim, 1, 1);
 }
 
-/** Backward of linearForwardSimd: dW += xᵀ·dy, db += Σ rows of dy, and dx += dy·Wᵀ when dx is given. */
+/**
+ * Backward of linearForwardSimd: dW += xᵀ·dy, db += Σ rows of dy, and dx += dy·Wᵀ when dx is given.
+ * dy may already be float32 in the gemm's memory (then it is used in place, as the attention's
+ * dK, dV are: no float64 round trip), and `dx32` (in the gemm's memory) receives dy·Wᵀ itself,
+ * overwritten, for a caller that wants it in float32 (the attention's dO): what dx += would add to
+ * zeros, so the same bits.
+ */
 export function linearBackwardSimd(
   simd: SimdGemm, ws: Workspace, x: F32, n: number, inDim: number, W: F32, outDim: number,
-  dy: F64, dx: F64 | null, dW: F64, db: F64,
+  dy: F64 | F32, dx: F64 | null, dW: F64, db: F64, dx32: F32 | null = null,
 ): void {
-  // dy in float32 for the gemm, and db, in one sweep
-  const dy32 = ws.f32(n * outDim);
-  for (let i = 0, o = 0; i < n; i++) {
-    for (let j = 0; j < outDim; j++, o++) {
-      const g = dy[o];
-      dy32[o] = g;
-      db[j] += g;
+  let dy32: F32;
+  if (dy instanceof Float32Array && dy.buffer === simd.memory.buffer) {
+    dy32 = dy;
+    for (let i = 0, o = 0; i < n; i++) for (let j = 0; j < outDim; j++, o++) db[j] += dy32[o];
+  } else {
+    // dy in float32 for the gemm, and db, in one sweep
+    dy32 = ws.f32(n * outDim);
+    for (let i = 0, o = 0; i < n; i++) {
+      for (let j = 0; j < outDim; j++, o++) {
+        const g = dy[o];
+        dy32[o] = g;
+        db[j] += g;
+      }
     }
   }
   // dW += xᵀ·dy, x read transposed in place (lda 1, aStep inDim)
   const dW32 = ws.f32(inDim * outDim);
   simd.gemm(inDim, outDim, n, x.byteOffset, 1, dy32.byteOffset, outDim, dW32.byteOffset, outDim, 0, inDim);
   for (let i = 0; i < dW32.length; i++) dW[i] += dW32[i];
-  if (dx === null) return;
+  if (dx === null && dx32 === null) return;
   // dx += dy·Wᵀ (W is at most a few thousand floats: the transpose is cheap)
   const wt = ws.f32(outDim * inDim);
   transpose32(W, inDim, outDim, wt);
-  const dx32 = ws.f32(n * inDim);
-  simd.gemm(n, inDim, outDim, dy32.byteOffset, outDim, wt.byteOffset, inDim, dx32.byteOffset, inDim, 0, 1);
-  for (let i = 0; i < dx32.length; i++) dx[i] += dx32[i];
+  const out = dx32 ?? ws.f32(n * inDim);
+  simd.gemm(n, inDim, outDim, dy32.byteOffset, outDim, wt.byteOffset, inDim, out.byteOffset, inDim, 0, 1);
+  if (dx !== null) for (let i = 0; i < out.length; i++) dx[i] += out[i];
 }

@@ -83,8 +83,8 @@ function transposePadded(src: F32, ns: number, c: number, out: F32, ns4: number)
   }
 }
 
-/** out[ns, c] (float64) = the first ns columns of src [c, ns4], transposed. */
-function untransposePadded(src: F32, c: number, ns: number, ns4: number, out: F64): void {
+/** out[ns, c] = the first ns columns of src [c, ns4], transposed. */
+function untransposePadded(src: F32, c: number, ns: number, ns4: number, out: F64 | F32): void {
   for (let t = 0; t < c; t++) {
     const o = t * ns4;
     for (let j = 0; j < ns; j++) out[j * c + t] = src[o + j];
@@ -324,6 +324,32 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
         const GP = GL.attn[qs][ks];
         const A = T.attn[ks];
         const ns = nSource[ks];
+        if (A.K !== null && ws.simd !== null && gemmLinear && simdLinearFits(d, r) && simdLinearFits(r, d)) {
+          // All on the gemm: dO comes out of the output projection's backward in float32 and dK, dV
+          // go into the projections' backward in float32, without float64 copies (same bits: those
+          // copies held float32 values exactly).
+          const simd = ws.simd;
+          const ns4 = A.ns4;
+          const dO32 = ws.f32(N * d);
+          linearBackwardSimd(simd, ws, A.O, N, d, P.Wo, r, dA, null, GP.Wo, GP.bo, dO32);
+          const dQ32 = ws.f32(N * d);
+          const dKt = ws.f32(d * ns4);
+          const dVt = ws.f32(d * ns4);
+          const block = Math.min(N, ATTN_ROW_BLOCK);
+          const S = ws.f32(A.P === null ? block * ns4 : 0);
+          const stats = ws.f32(A.P === null ? 2 * block : 0);
+          const dS = ws.f32(block * ns4);
+          attentionBackwardSimd(simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
+          const dQ = ws.f64(N * d);
+          for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i] * scale;
+          linearBackwardSimd(simd, ws, T.xq, N, r, P.Wq, d, dQ, dxq, GP.Wq, GP.bq);
+          const dK32 = ws.f32(ns * d);
+          untransposePadded(dKt, d, ns, ns4, dK32);
+          linearBackwardSimd(simd, ws, tape.y[ks], ns, r, P.Wk, d, dK32, dy[ks], GP.Wk, GP.bk);
+          untransposePadded(dVt, d, ns, ns4, dK32); // dK32's buffer reused for dV
+          linearBackwardSimd(simd, ws, tape.y[ks], ns, r, P.Wv, d, dK32, dy[ks], GP.Wv, GP.bv);
+          continue;
+        }
         const dO = ws.f64(N * d, true);
         linB(A.O, N, d, P.Wo, r, dA, dO, GP.Wo, GP.bo);
         const dQ = ws.f64(N * d);
