@@ -3,7 +3,9 @@
 // PyTorch's figure means: one forward with tape, backward and AdamW step. "cycle" is the
 // coordinator's per-cycle adapter cost: the transfer's forward, then the update (which reuses the
 // forward's tape when it fits KEEP_TAPE_BYTES, else recomputes it). "tfjsEngineForwardUpdate" is
-// the same forward+update on the tfjs engine, interleaved, to place TFJS_ABOVE.
+// the same forward+update on the tfjs engine, interleaved, to place TFJS_ABOVE. "plain…" times the
+// same two on plain arrays, alone and with more repeats: what an adapter worker runs, and the
+// figure to set beside PyTorch's (its tensors are native arrays too).
 //
 // The adapter is timed twice in the same process, interleaved repeat by repeat: the Float32Array /
 // wasm-SIMD kernels that run in the coordinator, and the tfjs implementation they replaced
@@ -17,7 +19,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { availableBackends, initBackend } from '../shared/tf/backend.js';
 import { AdamW } from '../coordinator/adapter/adamw.js';
-import { AdapterWithOptimizer } from '../coordinator/adapter/update.js';
+import { AdapterWithOptimizer, adapterUpdateFactors } from '../coordinator/adapter/update.js';
 import { defaultAdapterConfig } from '../coordinator/adapter/config.js';
 import { lpkaEngineFor, setLpkaEngine } from '../coordinator/adapter/lpka.js';
 import { TfjsReferenceLpka } from '../coordinator/adapter/lpka-tfjs.js';
@@ -64,6 +66,18 @@ function timeInterleaved(fns: Record<string, () => void>): Record<string, Timing
     }
   }
   return Object.fromEntries(names.map((n) => [n, { medianMs: +median(ts[n]).toFixed(3), minMs: +Math.min(...ts[n]).toFixed(3) }]));
+}
+
+/** WARMUP + 5 untimed calls (the JIT settles), then `repeats` timed ones. */
+function timeSeries(fn: () => void, repeats: number): Timing {
+  for (let i = 0; i < WARMUP + 5; i++) fn();
+  const ts: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  return { medianMs: +median(ts).toFixed(3), minMs: +Math.min(...ts).toFixed(3) };
 }
 
 /** A matrix with a decaying spectrum, like a trained weight. */
@@ -157,6 +171,22 @@ async function main(): Promise<void> {
           };
         }
         const times = timeInterleaved(fns);
+        // What an adapter worker runs: plain arrays, no tensors, timed on their own (not between
+        // tfjs calls) with enough repeats for a stable median. PyTorch's figure is of this kind.
+        const arrays = {
+          t: { A: Float32Array.from(t.A.dataSync()), B: Float32Array.from(t.B.dataSync()), m: target[0], n: target[1] },
+          s: { A: Float32Array.from(s.A.dataSync()), B: Float32Array.from(s.B.dataSync()), m: source[0], n: source[1] },
+          gA: Float32Array.from(gA.dataSync()),
+          gB: Float32Array.from(gB.dataSync()),
+        };
+        const plainRepeats = Math.max(REPEATS, shapeId === 0 ? 200 : 21);
+        const plain = {
+          forwardUpdate: timeSeries(() => void adapterUpdateFactors(pair.adapter, pair.opt, arrays.t, arrays.s, arrays.gA, arrays.gB), plainRepeats),
+          cycle: timeSeries(() => {
+            pair.adapter.forwardFactors(arrays.t, arrays.s, undefined, { keepTape: true });
+            adapterUpdateFactors(pair.adapter, pair.opt, arrays.t, arrays.s, arrays.gA, arrays.gB);
+          }, plainRepeats),
+        };
         const autoEngine = (setLpkaEngine('auto'), lpkaEngineFor(target[0] + target[1], source[0] + source[1]));
         setLpkaEngine('kernels');
         const row = {
@@ -168,6 +198,11 @@ async function main(): Promise<void> {
           forwardUpdateMinMs: times.forwardUpdate.minMs,
           cycleMs: times.cycle.medianMs,
           cycleMinMs: times.cycle.minMs,
+          plainForwardUpdateMs: plain.forwardUpdate.medianMs,
+          plainForwardUpdateMinMs: plain.forwardUpdate.minMs,
+          plainCycleMs: plain.cycle.medianMs,
+          plainCycleMinMs: plain.cycle.minMs,
+          plainRepeats,
           tfjsEngineForwardUpdateMs: times.tfjsEngineForwardUpdate.medianMs,
           ...(ref ? {
             referenceForwardMs: times.referenceForward.medianMs,
@@ -183,7 +218,7 @@ async function main(): Promise<void> {
         results.push(row);
         process.stderr.write(
           `bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward ${times.forward.medianMs} ms, forward+update ${times.forwardUpdate.medianMs} ms (min ${times.forwardUpdate.minMs}), ` +
-            `cycle ${times.cycle.medianMs} ms, tfjs engine forward+update ${times.tfjsEngineForwardUpdate.medianMs} ms` +
+            `cycle ${times.cycle.medianMs} ms; plain arrays: forward+update ${plain.forwardUpdate.medianMs} ms (min ${plain.forwardUpdate.minMs}), cycle ${plain.cycle.medianMs} ms; tfjs engine forward+update ${times.tfjsEngineForwardUpdate.medianMs} ms` +
             (ref ? `, tfjs reference ${times.referenceForwardUpdate.medianMs} ms (min ${times.referenceForwardUpdate.minMs})` : '') +
             `, slices ${slices.target.medianMs}/${slices.source.medianMs} ms\n`,
         );
