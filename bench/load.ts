@@ -70,7 +70,7 @@ async function main(): Promise<void> {
     .option('--checkpoint-interval <ms>', 'checkpoint.minIntervalMs (default: the config default)', (v) => Number(v))
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
     .option('--max-queued <n>', 'throughput.maxQueuedPerWorker (default: the config default)', positiveInt)
-    .option('--workers <n>', "adapter worker threads ('auto': one per core but one; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
+    .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
     .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number; checkpointInterval?: number; warmup: number }>();
   const shapes = SLOT_SETS[o.slots];

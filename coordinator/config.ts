@@ -182,7 +182,7 @@ const rawConfigSchema = z.strictObject({
       sourceMaxAgeMs: posInt.default(120_000),
     })
     .prefault({}),
-  /** Where adapters run (docs/DESIGN.md §11): 0 on the event loop; N or 'auto' (one per core but one) in worker threads. */
+  /** Where adapters run (docs/DESIGN.md §11): 0 on the event loop; N or 'auto' (one per core) in worker threads. */
   throughput: z
     .strictObject({
       adapterWorkers: z.union([z.literal('auto'), nonNegInt.max(256)]).default(0),
@@ -318,16 +318,6 @@ export function defaultPairId(source: Endpoint, target: Endpoint): string {
 }
 
 /**
- * `adapterWorkers: auto`: one worker per core but one, which stays with the event loop. With a
- * worker on every core, the event loop competed with busy workers for the CPU: on 2 cores at 1000
- * devices, late registrations took 2.4 s (p99) against 0.3 s with one worker, for the same
- * throughput (docs/DESIGN.md §11).
- */
-export function autoAdapterWorkers(): number {
-  return Math.max(1, availableParallelism() - 1);
-}
-
-/**
  * Validate an already-parsed object (from YAML or built in code) and resolve the tokens.
  * Throws ConfigError listing every problem by field.
  */
@@ -450,7 +440,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     limits: raw.limits,
     timing: raw.timing,
     throughput: {
-      adapterWorkers: raw.throughput.adapterWorkers === 'auto' ? autoAdapterWorkers() : raw.throughput.adapterWorkers,
+      adapterWorkers: raw.throughput.adapterWorkers === 'auto' ? availableParallelism() : raw.throughput.adapterWorkers,
       maxQueuedPerWorker: raw.throughput.maxQueuedPerWorker,
     },
     checkpoint: {
