@@ -187,7 +187,7 @@ const rawConfigSchema = z.strictObject({
     .strictObject({
       adapterWorkers: z.union([z.literal('auto'), nonNegInt.max(256)]).default(0),
       /** adapter requests waiting in the pool, per worker, beyond which new cycles are skipped as `overloaded` */
-      maxQueuedPerWorker: posInt.default(8),
+      maxQueuedPerWorker: posInt.default(16),
     })
     .prefault({}),
   checkpoint: z

@@ -357,7 +357,7 @@ describe('engine with adapters in worker threads', () => {
 describe('throughput config', () => {
   it('defaults to adapters on the event loop; auto is one worker per core; errors name the field', () => {
     const base = { devices: [{ id: 'a', token: 'x' }] };
-    expect(parseCoordinatorConfig(base).throughput).toEqual({ adapterWorkers: 0, maxQueuedPerWorker: 8 });
+    expect(parseCoordinatorConfig(base).throughput).toEqual({ adapterWorkers: 0, maxQueuedPerWorker: 16 });
     expect(parseCoordinatorConfig({ ...base, throughput: { adapterWorkers: 'auto' } }).throughput.adapterWorkers).toBe(availableParallelism());
     expect(() => parseCoordinatorConfig({ ...base, throughput: { adapterWorkers: -1 } })).toThrow(/throughput\.adapterWorkers/);
     expect(() => parseCoordinatorConfig({ ...base, throughput: { maxQueuedPerWorker: 0 } })).toThrow(/throughput\.maxQueuedPerWorker/);
