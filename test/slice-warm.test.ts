@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../shared/tf/backend.js';
 import { exactSlice, lowRankSlice, SliceHistory, DEFAULT_COLD_EVERY } from '../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { squaredRelError } from './helpers/low-rank-error.js';
 import { buildModel } from '../client/models/mnist-models.js';
 import { MLP_DEFAULT_HIDDEN } from '../client/models/registry.js';
 import { readSlot } from '../client/slot.js';
@@ -18,22 +19,7 @@ beforeAll(async () => {
 
 /** ‖W − A·B‖²_F / ‖W‖²_F in float64. */
 function residual(W: tf.Tensor2D, f: LowRank): number {
-  const [m, n] = W.shape;
-  const r = f.A.shape[1];
-  const w = W.dataSync();
-  const a = f.A.dataSync();
-  const b = f.B.dataSync();
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let acc = 0;
-      for (let p = 0; p < r; p++) acc += a[i * r + p] * b[p * n + j];
-      num += (w[i * n + j] - acc) ** 2;
-      den += w[i * n + j] ** 2;
-    }
-  }
-  return num / den;
+  return squaredRelError(W, f);
 }
 
 /**

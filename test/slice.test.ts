@@ -5,6 +5,7 @@ import seedrandom from 'seedrandom';
 import { initBackend } from '../shared/tf/backend.js';
 import { exactSlice, lowRankSlice, sliceFloats } from '../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { squaredRelError } from './helpers/low-rank-error.js';
 
 beforeAll(async () => {
   await initBackend();
@@ -49,22 +50,7 @@ function decaying(m: number, n: number, seed: number, flip: (i: number) => boole
 }
 
 function relError(W: tf.Tensor2D, f: LowRank): number {
-  const [m, n] = W.shape;
-  const r = f.A.shape[1];
-  const w = W.dataSync();
-  const a = f.A.dataSync();
-  const b = f.B.dataSync();
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let acc = 0;
-      for (let p = 0; p < r; p++) acc += a[i * r + p] * b[p * n + j];
-      num += (w[i * n + j] - acc) ** 2;
-      den += w[i * n + j] ** 2;
-    }
-  }
-  return Math.sqrt(num / den);
+  return Math.sqrt(squaredRelError(W, f));
 }
 
 function maxAbsDiff(x: tf.Tensor, y: tf.Tensor): number {

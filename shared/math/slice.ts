@@ -453,22 +453,10 @@ function canonicalFactors(
   u: (i: number, j: number) => number,
   v: (c: number, j: number) => number,
 ): LowRank {
-  const a = new Float32Array(m * r);
-  const b = new Float32Array(r * n);
-  for (let j = 0; j < r; j++) {
-    let best = 0;
-    let bestAbs = -1;
-    for (let i = 0; i < m; i++) {
-      const x = Math.abs(u(i, j));
-      if (x > bestAbs) {
-        bestAbs = x;
-        best = i;
-      }
-    }
-    const sign = u(best, j) < 0 ? -1 : 1;
-    const root = Math.sqrt(Math.max(0, s[j]));
-    for (let i = 0; i < m; i++) a[i * r + j] = sign * root * u(i, j);
-    for (let c = 0; c < n; c++) b[j * n + c] = sign * root * v(c, j);
-  }
-  return { A: tf.tensor2d(a, [m, r]), B: tf.tensor2d(b, [r, n]) };
+  const U = new Float64Array(m * r);
+  const V = new Float64Array(n * r);
+  for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) U[i * r + j] = u(i, j);
+  for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) V[c * r + j] = v(c, j);
+  return canonicalFactorsOf(m, n, r, Float64Array.from({ length: r }, (_, j) => s[j]), U, V);
 }
+
