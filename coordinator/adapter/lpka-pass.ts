@@ -19,10 +19,12 @@ export const LN_EPS = 1e-5;
 
 /**
  * Keep the attention probabilities for the backward pass when they total at most this many floats
- * (64 MB, enough for 784×128 slots at any rank); above it they are recomputed, which costs one more
- * score product and softmax per element (measured at 784×128 / 800×128: a quarter more VJP time).
+ * (96 MB: enough for 960×160 / 2048×100 slots, 19.2 M floats, at any rank); above it they are
+ * recomputed, which costs one more score product and softmax per element (a quarter more VJP time
+ * at 784×128 / 800×128, a third at 960×160 / 2048×100). Autograd keeps them too. The workspace keeps
+ * its high-water mark, so a thread that once updated such a pair holds this much from then on.
  */
-const KEEP_PROBS_LIMIT = 16 << 20;
+const KEEP_PROBS_LIMIT = 24 << 20;
 
 /**
  * The same limit for a forward whose tape is kept for the update (keepProbs 'tape'): 4 MB, so that
@@ -148,7 +150,9 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
   // The SIMD path needs head widths in whole 4-lane vectors.
   const simd = ws.simd !== null && (d / heads) % 4 === 0 ? ws.simd : null;
   const limit = keepProbs === 'tape' || simd === null ? KEEP_PROBS_TAPE_LIMIT : KEEP_PROBS_LIMIT;
-  const keep = keepProbs !== false && W.length * 2 * heads * nq * (source.m + source.n) <= limit;
+  // the floats the kept probabilities take: [heads, nq, ns4] per layer and key set
+  const probFloats = W.length * heads * nq * (((source.m + 3) & ~3) + ((source.n + 3) & ~3));
+  const keep = keepProbs !== false && probFloats <= limit;
 
   // The linear layers run on the gemm when the parameters live in its memory (LpkaAdapter puts them
   // there); then the inputs are copied in too, so every activation is a gemm operand.
@@ -340,9 +344,10 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const stats = ws.f32(A.P === null ? 2 * block : 0);
           const dS = ws.f32(block * ns4);
           attentionBackwardSimd(simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
-          const dQ = ws.f64(N * d);
-          for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i] * scale;
-          linearBackwardSimd(simd, ws, T.xq, N, r, P.Wq, d, dQ, dxq, GP.Wq, GP.bq);
+          // scaled in place: the float32 rounding of the product is what the gemm was given before,
+          // when the scaled dQ went through float64
+          for (let i = 0; i < dQ32.length; i++) dQ32[i] *= scale;
+          linearBackwardSimd(simd, ws, T.xq, N, r, P.Wq, d, dQ32, dxq, GP.Wq, GP.bq);
           const dK32 = ws.f32(ns * d);
           untransposePadded(dKt, d, ns, ns4, dK32);
           linearBackwardSimd(simd, ws, tape.y[ks], ns, r, P.Wk, d, dK32, dy[ks], GP.Wk, GP.bk);
