@@ -14,9 +14,18 @@ export function simdLinearFits(inDim: number, outDim: number): boolean {
   return inDim % 4 === 0 && outDim % 4 === 0;
 }
 
+/**
+ * y[0 … total) = b repeated, by doubling copies: a few calls instead of one `set` per row (a set
+ * costs more to call than to copy 32 floats, and a large pair's pass fills ~10⁵ rows).
+ */
+function fillRows(y: F32, b: F32, total: number): void {
+  y.set(b, 0);
+  for (let filled = b.length; filled < total; filled *= 2) y.copyWithin(filled, 0, Math.min(filled, total - filled));
+}
+
 /** y[n, out] = x[n, in]·W[in, out] + b (y in the gemm's memory). */
 export function linearForwardSimd(simd: SimdGemm, x: F32, n: number, inDim: number, W: F32, b: F32, outDim: number, y: F32): void {
-  for (let i = 0; i < n; i++) y.set(b, i * outDim);
+  fillRows(y, b, n * outDim);
   simd.gemm(n, outDim, inDim, x.byteOffset, inDim, W.byteOffset, outDim, y.byteOffset, outDim, 1, 1);
 }
 

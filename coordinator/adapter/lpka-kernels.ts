@@ -123,22 +123,22 @@ export function tanhApprox(x: number): number {
   return p / q;
 }
 
-/** g = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), elementwise over `len` values. */
-export function geluForward(x: F32, len: number, g: F32): void {
-  for (let i = 0; i < len; i++) {
-    const v = x[i];
-    g[i] = 0.5 * v * (1 + tanhApprox(GELU_C * (v + GELU_K * v * v * v)));
-  }
-}
-
-/** dx = dg·gelu′(x), overwriting dx. */
-export function geluBackward(x: F32, dg: F64, len: number, dx: F64): void {
+/**
+ * g = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), elementwise over `len` values, and its derivative
+ * gelu′(x) into gd (float32) for geluBackward: the backward then needs no second tanh.
+ */
+export function geluForward(x: F32, len: number, g: F32, gd: F32): void {
   for (let i = 0; i < len; i++) {
     const v = x[i];
     const t = tanhApprox(GELU_C * (v + GELU_K * v * v * v));
-    const d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * GELU_C * (1 + 3 * GELU_K * v * v);
-    dx[i] = dg[i] * d;
+    g[i] = 0.5 * v * (1 + t);
+    gd[i] = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * GELU_C * (1 + 3 * GELU_K * v * v);
   }
+}
+
+/** dx = dg·gelu′(x), overwriting dx, from the derivative geluForward kept. */
+export function geluBackward(gd: F32, dg: F64, len: number, dx: F64): void {
+  for (let i = 0; i < len; i++) dx[i] = dg[i] * gd[i];
 }
 
 /** out[c, r] = inᵀ for in[r, c] (float32). */

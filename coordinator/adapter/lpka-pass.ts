@@ -119,7 +119,7 @@ interface AttnTape { Q: F32; K: F32 | null; V: F32 | null; Kt: F32; Vt: F32; O: 
 interface QueryTape {
   xIn: F32; xq: F32; xqHat: F32; xqRstd: F32;
   attn: Record<TokenSet, AttnTape>;
-  z: F32; zHat: F32; zRstd: F32; h1: F32; g: F32;
+  z: F32; zHat: F32; zRstd: F32; h1: F32; g: F32; gd: F32;
 }
 interface LayerTape {
   y: Record<TokenSet, F32>; yHat: Record<TokenSet, F32>; yRstd: Record<TokenSet, F32>;
@@ -269,7 +269,8 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
       T.h1 = ws.f32(N * f);
       lin(T.z, N, r, F.W1, F.b1, f, T.h1);
       T.g = ws.f32(N * f);
-      geluForward(T.h1, N * f, T.g);
+      T.gd = ws.f32(N * f);
+      geluForward(T.h1, N * f, T.g, T.gd);
       const out = ws.f32(N * r);
       lin(T.g, N, f, F.W2, F.b2, r, out);
       const mq = mid[qs];
@@ -313,7 +314,7 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
       const dg = ws.f64(N * f, true);
       linB(T.g, N, f, L.ffn[qs].W2, r, dOut, dg, GL.ffn[qs].W2, GL.ffn[qs].b2);
       const dh1 = ws.f64(N * f);
-      geluBackward(T.h1, dg, N * f, dh1);
+      geluBackward(T.gd, dg, N * f, dh1);
       const dz = ws.f64(N * r, true);
       linB(T.z, N, r, L.ffn[qs].W1, f, dh1, dz, GL.ffn[qs].W1, GL.ffn[qs].b1);
       const dMid = ws.f64(N * r);
