@@ -13,9 +13,21 @@
 // machines whose cores are shared, absolute times swing with the load, but the two columns
 // see the same load, so their ratio holds. Medians and minima are both reported.
 //
+// PyTorch: the bar for "plain" is the same LPKA in PyTorch on one thread (bench/reference/
+// lpka_torch.py), run live in a child process and interleaved round by round with the plain-array
+// forward+update (bench/pytorch-interleaved.ts), so both see the same load. Its median and min and
+// the plain side's from the same rounds are in each row (pytorchSource 'live, interleaved'). With no
+// python that has torch (CI has none), rows at r 8 carry issue 9's stated figures instead
+// (pytorchSource 'stated (issue 9, one thread)') and pytorchReference.skipped says why.
+// `npm run bench:pytorch` runs only this comparison; `npm run bench:pytorch:check` checks that
+// the reference computes the same function as the kernels.
+//
 // Env: BENCH_REPEATS, BENCH_WARMUP, BENCH_BACKENDS=wasm,cpu, BENCH_SHAPES=0,1 (indices into
 // SHAPES), BENCH_RANKS=8, BENCH_REFERENCE=0 (skip the tfjs reference), BENCH_DEVICE=0 (skip the
-// device overhead).
+// device overhead). PyTorch: BENCH_PYTORCH=0 (stated figures, no live run), BENCH_PYTHON (the
+// python with torch; default /tmp/torchenv/bin/python, then python3), BENCH_PYTORCH_ROUNDS (9),
+// BENCH_PYTORCH_REPS (reps per side per round; default ~60 ms worth), BENCH_PYTORCH_ATTENTION=
+// sdpa|matmul (the reference's attention; default sdpa).
 import * as tf from '@tensorflow/tfjs';
 import { availableBackends, initBackend } from '../shared/tf/backend.js';
 import { AdamW } from '../coordinator/adapter/adamw.js';
@@ -26,14 +38,11 @@ import { TfjsReferenceLpka } from '../coordinator/adapter/lpka-tfjs.js';
 import { lowRankSlice } from '../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
 import { measureDeviceOverhead } from './device-overhead.js';
+import { compareWithPytorch, type Interleaved, interleaveOptionsFromEnv, pytorchRowFields } from './pytorch-interleaved.js';
+import { type PytorchStart, startPytorchReference } from './pytorch-reference.js';
+import { benchInputs, PYTORCH_R8_MS, SHAPES } from './shapes.js';
+import { median } from './stats.js';
 
-const SHAPES: { target: [number, number]; source: [number, number] }[] = [
-  { target: [64, 10], source: [128, 10] },
-  { target: [784, 128], source: [800, 128] },
-  { target: [960, 160], source: [2048, 100] },
-];
-/** PyTorch, one thread, same LPKA, forward+update at r 8 (issue 9): the bar to meet. */
-const PYTORCH_R8_MS = [2.7, 37, 86];
 const list = (v: string | undefined) => v?.split(',').map((x) => x.trim()).filter(Boolean);
 const RANKS = (list(process.env.BENCH_RANKS) ?? ['8', '32']).map(Number);
 const SHAPE_IDS = (list(process.env.BENCH_SHAPES) ?? ['0', '1', '2']).map(Number);
@@ -41,12 +50,7 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 7);
 const WITH_REFERENCE = process.env.BENCH_REFERENCE !== '0';
 const WITH_DEVICE = process.env.BENCH_DEVICE !== '0';
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
+const WITH_PYTORCH = process.env.BENCH_PYTORCH !== '0';
 
 interface Timing {
   medianMs: number;
@@ -80,162 +84,155 @@ function timeSeries(fn: () => void, repeats: number): Timing {
   return { medianMs: +median(ts).toFixed(3), minMs: +Math.min(...ts).toFixed(3) };
 }
 
-/** A matrix with a decaying spectrum, like a trained weight. */
-function decayingMatrix(m: number, n: number, seed: number): tf.Tensor2D {
-  return tf.tidy(() => {
-    const k = Math.min(m, n);
-    const U = tf.linalg.qr(tf.randomNormal([m, k], 0, 1, 'float32', seed))[0];
-    const V = tf.linalg.qr(tf.randomNormal([n, k], 0, 1, 'float32', seed + 1))[0];
-    const s = tf.pow(tf.scalar(0.9), tf.range(0, k));
-    return tf.matMul(tf.mul(U, s), V, false, true) as tf.Tensor2D;
-  });
-}
-
 async function main(): Promise<void> {
   const only = list(process.env.BENCH_BACKENDS);
   const backends = (await availableBackends()).filter((b) => !only || only.includes(b));
   const results: unknown[] = [];
   let deviceOverhead: unknown;
-  // Time the kernels themselves; the row says which engine 'auto' would pick for the shape.
-  setLpkaEngine('kernels');
-  for (const backend of backends) {
-    await initBackend(backend, () => {});
-    for (const shapeId of SHAPE_IDS) {
-      const { target, source } = SHAPES[shapeId];
-      for (const requested of RANKS) {
-        const rank = Math.min(requested, ...target, ...source);
-        const Wt = decayingMatrix(target[0], target[1], 1);
-        const Ws = decayingMatrix(source[0], source[1], 2);
-        const slices = timeInterleaved({
-          target: () => {
-            const f = lowRankSlice(Wt, rank);
-            f.B.dataSync();
-            disposeLowRank(f);
-          },
-          source: () => {
-            const f = lowRankSlice(Ws, rank);
-            f.B.dataSync();
-            disposeLowRank(f);
-          },
-        });
-        const t = lowRankSlice(Wt, rank);
-        const s = lowRankSlice(Ws, rank);
-        // initScale 1: non-zero output projections, as in a trained adapter
-        const cfg = defaultAdapterConfig(rank, { seed: 1, initScale: 1 });
-        const pair = AdapterWithOptimizer.create(cfg);
-        const ref = WITH_REFERENCE ? new TfjsReferenceLpka(cfg, pair.adapter.exportWeights(), (n) => pair.adapter.paramShape(n)!) : undefined;
-        const refOpt = ref ? new AdamW([...ref.params].map(([name, variable]) => ({ name, variable })), cfg) : undefined;
-        const gA = tf.randomNormal(t.A.shape, 0, 1e-2, 'float32', 3) as tf.Tensor2D;
-        const gB = tf.randomNormal(t.B.shape, 0, 1e-2, 'float32', 4) as tf.Tensor2D;
-        const fns: Record<string, () => void> = {
-          // a forward that keeps no tape (so the update after it recomputes its own)
-          forward: () => {
-            const out: LowRank = pair.adapter.forward(t, s);
-            out.B.dataSync();
-            disposeLowRank(out);
-          },
-          // PyTorch's "forward+update": one forward with tape, backward, AdamW step (the update's
-          // VJP runs the forward itself)
-          forwardUpdate: () => {
-            pair.update({ target: t, source: s }, { gA, gB });
-          },
-          // the coordinator's cycle: the transfer's forward (keeping its tape where it fits
-          // KEEP_TAPE_BYTES), then the update at the same input
-          cycle: () => {
-            const out: LowRank = pair.forward(t, s);
-            out.B.dataSync();
-            disposeLowRank(out);
-            pair.update({ target: t, source: s }, { gA, gB });
-          },
-          // the same forward+update on the tfjs engine (what 'auto' picks above TFJS_ABOVE)
-          tfjsEngineForwardUpdate: () => {
-            setLpkaEngine('tfjs');
-            try {
+  const pytorch: PytorchStart = WITH_PYTORCH ? await startPytorchReference() : { ok: false, reason: 'BENCH_PYTORCH=0' };
+  const torchRef = pytorch.ok ? pytorch.ref : null;
+  process.stderr.write(pytorch.ok
+    ? `bench: PyTorch reference live: ${pytorch.ref.python}, torch ${pytorch.ref.torchVersion}, ${pytorch.ref.threads} thread, attention ${pytorch.ref.attention}\n`
+    : `bench: PyTorch reference skipped (${pytorch.reason}); rows at r 8 carry the stated figures\n`);
+  try {
+    // Time the kernels themselves; the row says which engine 'auto' would pick for the shape.
+    setLpkaEngine('kernels');
+    for (const backend of backends) {
+      await initBackend(backend, () => {});
+      for (const shapeId of SHAPE_IDS) {
+        const { target, source } = SHAPES[shapeId];
+        for (const requested of RANKS) {
+          const rank = Math.min(requested, ...target, ...source);
+          const inputs = benchInputs(SHAPES[shapeId], rank);
+          const { Wt, Ws, t, s, gA, gB, arrays } = inputs;
+          const slices = timeInterleaved({
+            target: () => {
+              const f = lowRankSlice(Wt, rank);
+              f.B.dataSync();
+              disposeLowRank(f);
+            },
+            source: () => {
+              const f = lowRankSlice(Ws, rank);
+              f.B.dataSync();
+              disposeLowRank(f);
+            },
+          });
+          // initScale 1: non-zero output projections, as in a trained adapter
+          const cfg = defaultAdapterConfig(rank, { seed: 1, initScale: 1 });
+          const pair = AdapterWithOptimizer.create(cfg);
+          const ref = WITH_REFERENCE ? new TfjsReferenceLpka(cfg, pair.adapter.exportWeights(), (n) => pair.adapter.paramShape(n)!) : undefined;
+          const refOpt = ref ? new AdamW([...ref.params].map(([name, variable]) => ({ name, variable })), cfg) : undefined;
+          const fns: Record<string, () => void> = {
+            // a forward that keeps no tape (so the update after it recomputes its own)
+            forward: () => {
+              const out: LowRank = pair.adapter.forward(t, s);
+              out.B.dataSync();
+              disposeLowRank(out);
+            },
+            // PyTorch's "forward+update": one forward with tape, backward, AdamW step (the update's
+            // VJP runs the forward itself)
+            forwardUpdate: () => {
               pair.update({ target: t, source: s }, { gA, gB });
-            } finally {
-              setLpkaEngine('kernels');
-            }
-          },
-        };
-        if (ref && refOpt) {
-          fns.referenceForward = () => {
-            const out = ref.forward(t, s);
-            out.B.dataSync();
-            disposeLowRank(out);
+            },
+            // the coordinator's cycle: the transfer's forward (keeping its tape where it fits
+            // KEEP_TAPE_BYTES), then the update at the same input
+            cycle: () => {
+              const out: LowRank = pair.forward(t, s);
+              out.B.dataSync();
+              disposeLowRank(out);
+              pair.update({ target: t, source: s }, { gA, gB });
+            },
+            // the same forward+update on the tfjs engine (what 'auto' picks above TFJS_ABOVE)
+            tfjsEngineForwardUpdate: () => {
+              setLpkaEngine('tfjs');
+              try {
+                pair.update({ target: t, source: s }, { gA, gB });
+              } finally {
+                setLpkaEngine('kernels');
+              }
+            },
           };
-          fns.referenceForwardUpdate = () => {
-            const out = ref.forward(t, s);
-            out.B.dataSync();
-            disposeLowRank(out);
-            refOpt.step(ref.vjp(t, s, gA, gB));
+          if (ref && refOpt) {
+            fns.referenceForward = () => {
+              const out = ref.forward(t, s);
+              out.B.dataSync();
+              disposeLowRank(out);
+            };
+            fns.referenceForwardUpdate = () => {
+              const out = ref.forward(t, s);
+              out.B.dataSync();
+              disposeLowRank(out);
+              refOpt.step(ref.vjp(t, s, gA, gB));
+            };
+          }
+          const times = timeInterleaved(fns);
+          // What an adapter worker runs: plain arrays, no tensors, timed on their own (not between
+          // tfjs calls) with enough repeats for a stable median. PyTorch's figure is of this kind.
+          const plainRepeats = Math.max(REPEATS, shapeId === 0 ? 200 : 21);
+          const plain = {
+            forwardUpdate: timeSeries(() => void adapterUpdateFactors(pair.adapter, pair.opt, arrays.t, arrays.s, arrays.gA, arrays.gB), plainRepeats),
+            cycle: timeSeries(() => {
+              pair.adapter.forwardFactors(arrays.t, arrays.s, undefined, { keepTape: true });
+              adapterUpdateFactors(pair.adapter, pair.opt, arrays.t, arrays.s, arrays.gA, arrays.gB);
+            }, plainRepeats),
           };
+          // the same forward+update against the live PyTorch reference, in alternating rounds
+          const live: Interleaved | null = torchRef ? await compareWithPytorch(torchRef, pair, arrays, interleaveOptionsFromEnv(WARMUP + 5)) : null;
+          const autoEngine = (setLpkaEngine('auto'), lpkaEngineFor(target[0] + target[1], source[0] + source[1]));
+          setLpkaEngine('kernels');
+          const row = {
+            backend, target, source, rankRequested: requested, rank,
+            adapterParams: pair.adapter.numParams(),
+            autoEngine,
+            forwardMs: times.forward.medianMs,
+            forwardUpdateMs: times.forwardUpdate.medianMs,
+            forwardUpdateMinMs: times.forwardUpdate.minMs,
+            cycleMs: times.cycle.medianMs,
+            cycleMinMs: times.cycle.minMs,
+            plainForwardUpdateMs: plain.forwardUpdate.medianMs,
+            plainForwardUpdateMinMs: plain.forwardUpdate.minMs,
+            plainCycleMs: plain.cycle.medianMs,
+            plainCycleMinMs: plain.cycle.minMs,
+            plainRepeats,
+            tfjsEngineForwardUpdateMs: times.tfjsEngineForwardUpdate.medianMs,
+            ...(ref ? {
+              referenceForwardMs: times.referenceForward.medianMs,
+              referenceForwardUpdateMs: times.referenceForwardUpdate.medianMs,
+              referenceForwardUpdateMinMs: times.referenceForwardUpdate.minMs,
+              speedup: +(times.referenceForwardUpdate.medianMs / times.forwardUpdate.medianMs).toFixed(2),
+            } : {}),
+            ...pytorchRowFields(live, requested === 8 ? PYTORCH_R8_MS[shapeId] : undefined),
+            sliceTargetMs: slices.target.medianMs,
+            sliceSourceMs: slices.source.medianMs,
+            repeats: REPEATS,
+          };
+          results.push(row);
+          process.stderr.write(
+            `bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward ${times.forward.medianMs} ms, forward+update ${times.forwardUpdate.medianMs} ms (min ${times.forwardUpdate.minMs}), ` +
+              `cycle ${times.cycle.medianMs} ms; plain arrays: forward+update ${plain.forwardUpdate.medianMs} ms (min ${plain.forwardUpdate.minMs}), cycle ${plain.cycle.medianMs} ms; tfjs engine forward+update ${times.tfjsEngineForwardUpdate.medianMs} ms` +
+              (ref ? `, tfjs reference ${times.referenceForwardUpdate.medianMs} ms (min ${times.referenceForwardUpdate.minMs})` : '') +
+              `, slices ${slices.target.medianMs}/${slices.source.medianMs} ms` +
+              (live ? `; interleaved with PyTorch: plain ${live.plain.medianMs} ms vs PyTorch ${live.pytorch.medianMs} ms (${live.ratioOfMedians}×, per round ${live.pairedRatio.median}×)` : '') +
+              '\n',
+          );
+          pair.dispose();
+          ref?.dispose();
+          inputs.dispose();
         }
-        const times = timeInterleaved(fns);
-        // What an adapter worker runs: plain arrays, no tensors, timed on their own (not between
-        // tfjs calls) with enough repeats for a stable median. PyTorch's figure is of this kind.
-        const arrays = {
-          t: { A: Float32Array.from(t.A.dataSync()), B: Float32Array.from(t.B.dataSync()), m: target[0], n: target[1] },
-          s: { A: Float32Array.from(s.A.dataSync()), B: Float32Array.from(s.B.dataSync()), m: source[0], n: source[1] },
-          gA: Float32Array.from(gA.dataSync()),
-          gB: Float32Array.from(gB.dataSync()),
-        };
-        const plainRepeats = Math.max(REPEATS, shapeId === 0 ? 200 : 21);
-        const plain = {
-          forwardUpdate: timeSeries(() => void adapterUpdateFactors(pair.adapter, pair.opt, arrays.t, arrays.s, arrays.gA, arrays.gB), plainRepeats),
-          cycle: timeSeries(() => {
-            pair.adapter.forwardFactors(arrays.t, arrays.s, undefined, { keepTape: true });
-            adapterUpdateFactors(pair.adapter, pair.opt, arrays.t, arrays.s, arrays.gA, arrays.gB);
-          }, plainRepeats),
-        };
-        const autoEngine = (setLpkaEngine('auto'), lpkaEngineFor(target[0] + target[1], source[0] + source[1]));
-        setLpkaEngine('kernels');
-        const row = {
-          backend, target, source, rankRequested: requested, rank,
-          adapterParams: pair.adapter.numParams(),
-          autoEngine,
-          forwardMs: times.forward.medianMs,
-          forwardUpdateMs: times.forwardUpdate.medianMs,
-          forwardUpdateMinMs: times.forwardUpdate.minMs,
-          cycleMs: times.cycle.medianMs,
-          cycleMinMs: times.cycle.minMs,
-          plainForwardUpdateMs: plain.forwardUpdate.medianMs,
-          plainForwardUpdateMinMs: plain.forwardUpdate.minMs,
-          plainCycleMs: plain.cycle.medianMs,
-          plainCycleMinMs: plain.cycle.minMs,
-          plainRepeats,
-          tfjsEngineForwardUpdateMs: times.tfjsEngineForwardUpdate.medianMs,
-          ...(ref ? {
-            referenceForwardMs: times.referenceForward.medianMs,
-            referenceForwardUpdateMs: times.referenceForwardUpdate.medianMs,
-            referenceForwardUpdateMinMs: times.referenceForwardUpdate.minMs,
-            speedup: +(times.referenceForwardUpdate.medianMs / times.forwardUpdate.medianMs).toFixed(2),
-          } : {}),
-          ...(requested === 8 ? { pytorchForwardUpdateMs: PYTORCH_R8_MS[shapeId] } : {}),
-          sliceTargetMs: slices.target.medianMs,
-          sliceSourceMs: slices.source.medianMs,
-          repeats: REPEATS,
-        };
-        results.push(row);
-        process.stderr.write(
-          `bench ${backend} ${target.join('x')}/${source.join('x')} r=${rank}: forward ${times.forward.medianMs} ms, forward+update ${times.forwardUpdate.medianMs} ms (min ${times.forwardUpdate.minMs}), ` +
-            `cycle ${times.cycle.medianMs} ms; plain arrays: forward+update ${plain.forwardUpdate.medianMs} ms (min ${plain.forwardUpdate.minMs}), cycle ${plain.cycle.medianMs} ms; tfjs engine forward+update ${times.tfjsEngineForwardUpdate.medianMs} ms` +
-            (ref ? `, tfjs reference ${times.referenceForwardUpdate.medianMs} ms (min ${times.referenceForwardUpdate.minMs})` : '') +
-            `, slices ${slices.target.medianMs}/${slices.source.medianMs} ms\n`,
-        );
-        pair.dispose();
-        ref?.dispose();
-        tf.dispose([Wt, Ws, gA, gB]);
-        disposeLowRank(t);
-        disposeLowRank(s);
+      }
+      if (WITH_DEVICE && deviceOverhead === undefined) {
+        deviceOverhead = measureDeviceOverhead({ tCycle: 2, rank: 8, batchSize: 32, warmup: WARMUP, repeats: REPEATS });
+        process.stderr.write(`bench ${backend} device overhead: ${JSON.stringify(deviceOverhead)}\n`);
+        deviceOverhead = { backend, ...(deviceOverhead as object) };
       }
     }
-    if (WITH_DEVICE && deviceOverhead === undefined) {
-      deviceOverhead = measureDeviceOverhead({ tCycle: 2, rank: 8, batchSize: 32, warmup: WARMUP, repeats: REPEATS });
-      process.stderr.write(`bench ${backend} device overhead: ${JSON.stringify(deviceOverhead)}\n`);
-      deviceOverhead = { backend, ...(deviceOverhead as object) };
-    }
+  } finally {
+    await torchRef?.close();
   }
-  process.stdout.write(JSON.stringify({ date: new Date().toISOString(), node: process.version, warmup: WARMUP, repeats: REPEATS, results, deviceOverhead }, null, 2) + '\n');
+  const pytorchReference = pytorch.ok
+    ? { python: pytorch.ref.python, torch: pytorch.ref.torchVersion, threads: pytorch.ref.threads, attention: pytorch.ref.attention }
+    : { skipped: pytorch.reason };
+  process.stdout.write(JSON.stringify({ date: new Date().toISOString(), node: process.version, warmup: WARMUP, repeats: REPEATS, pytorchReference, results, deviceOverhead }, null, 2) + '\n');
 }
 
 main().catch((err) => {
