@@ -1,9 +1,12 @@
 // Slice: the rank-r factors A (m×r), B (r×n) of a slot W ≈ A·B, from a truncated SVD
 // W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (docs/DESIGN.md §2 "Slots and slices").
 //
-// Where the work happens, and why (a 784×64 slot at rank 8 must cost ~1 ms on a device):
-// - the products with W (the only O(m·n) work) run on the tfjs backend, a few ops each: wasm's
-//   matMul beats a JS loop by ~10× there, while its per-op dispatch is what makes small ops costly;
+// Where the work happens, and why (a 784×64 slot at rank 8 must cost well under 1 ms on a device):
+// - the products with W (the only O(m·n) work) run in the device's WebAssembly SIMD gemm on one
+//   read-back of W (shared/math/device-gemm.ts; ~0.1 ms for a warm slice's two, at the core's
+//   multiply-add rate), or, where no gemm is registered, on the tfjs backend, a few ops each
+//   (wasm's matMul beats a JS loop by ~10× there, but each op's dispatch and read-back costs
+//   ~50–100 µs, which made up half a warm slice);
 // - everything of size (m or n)×l or smaller runs in float64 on plain arrays (shared/math/dense.ts):
 //   the orthonormalisations only ever on the short side min(m, n), and the final SVD through the
 //   l×l Gram matrix of the long side (Jacobi), so no m×l QR and no ml-matrix accessor loops;
@@ -11,7 +14,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
-import { gram, matMul as denseMatMul, symmetricEigen, thinQ } from './dense.js';
+import { matMul as denseMatMul, symmetricEigen, thinQ } from './dense.js';
+import { deviceArena, pad4, type GemmArena } from './device-gemm.js';
 import type { LowRank } from './low-rank.js';
 
 export interface LowRankSliceOptions {
@@ -146,20 +150,23 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // for ‖W‖: a W whose largest entry lies outside [2^-40, 2^40] is sliced as 2^-e·W (exact in
   // float32) and its singular values scaled back, so it neither overflows nor sinks into denormals.
   // One read-back for both: max|W| and ‖W‖²_F (the warm start's energy guard).
-  const [maxAbs, sumSq] = maxAbsAndSumSquares(W);
+  const arena = deviceArena();
+  const data = arena ? (W.dataSync() as Float32Array) : undefined;
+  const [maxAbs, sumSq] = data ? maxAbsAndSumSquaresOf(data) : maxAbsAndSumSquares(W);
   if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
-  const Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
+  const products: WProducts = data ? new ArenaProducts(arena!, data, m, n, l, rank, 2 ** -e) : new TfjsProducts(W, m, n, e);
   let svd: Svd;
   try {
     const h = opts.history;
     const key = `${m}x${n}:${rank}:${l}`;
-    const energy = h ? (e === 0 ? sumSq : sumSquares(Wx)) : 0;
+    // ‖2^-e·W‖²_F: exact from the float64 sum; the tfjs path sums the scaled tensor again.
+    const energy = h ? (data ? sumSq * 4 ** -e : e === 0 ? sumSq : (products as TfjsProducts).sumSquares()) : 0;
     const shareOf = (x: Svd): number => (energy > 0 ? capturedEnergy(x.s, rank) / energy : 0);
     let warm: Svd | undefined;
     let warmShare = 0;
     if (h !== undefined && h.basis !== undefined && h.key === key && maxAbs > 0) {
-      warm = randomizedSvd(Wx, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
+      warm = randomizedSvd(products, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
       warmShare = shareOf(warm);
       h.lastContainment = warm.containment!;
       const ok = warm.containment! >= 1 - h.subspaceTol && warmShare >= h.energyShare * (1 - h.energyTol);
@@ -175,7 +182,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     let isWarm = warm !== undefined;
     if (warm && !check) svd = warm;
     else {
-      const cold = randomizedSvd(Wx, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
+      const cold = randomizedSvd(products, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
       const coldShare = h ? shareOf(cold) : 0;
       if (warm && warmShare >= coldShare) svd = warm;
       else {
@@ -195,7 +202,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
       h.sinceCold = isWarm && !check ? h.sinceCold + 1 : 0;
     }
   } finally {
-    if (Wx !== W) Wx.dispose();
+    products.dispose();
   }
   const { s, U, V } = svd;
   for (let j = 0; j < rank; j++) s[j] *= 2 ** e;
@@ -219,58 +226,220 @@ interface Svd {
   containment?: number;
 }
 
+/**
+ * The products with W (m×n, already scaled by 2^-e) a randomized SVD takes, on the short side
+ * k = min(m, n) and the long side: toLong is W (tall) or Wᵀ (wide), toShort the other, and
+ * M = toShort·toLong (Wᵀ·W tall, W·Wᵀ wide). Results come back as float64 for the plain-array
+ * kernels of dense.ts; the products themselves are float32 either way.
+ */
+interface WProducts {
+  /** toShort·x for a long×cols x: W·Ω, the cold sketch of a wide W. */
+  short(x: Float32Array | Float64Array, cols: number): Float64Array;
+  /** M·x for a k×cols x (x: the n×l Gaussian of a tall W's cold sketch): one power iteration. */
+  gram(x: Float32Array | Float64Array, cols: number): Float64Array;
+  /** Y = toLong·q (long×cols), kept for yTimes; returns toShort·Y = M·q. */
+  project(q: Float64Array, cols: number): Float64Array;
+  /** Y·P for the Y of the last project, P row-major cols×rank; releases Y. */
+  yTimes(p: Float64Array, rank: number): Float64Array;
+  /** Free what the products hold (tensors); idempotent. */
+  dispose(): void;
+}
+
+/** The products on the tfjs backend: a few ops each, one upload and one read-back per product. */
+class TfjsProducts implements WProducts {
+  private readonly Wx: tf.Tensor2D;
+  private readonly Wt: tf.Tensor2D;
+  private readonly toLong: tf.Tensor2D;
+  private readonly toShort: tf.Tensor2D;
+  private y: tf.Tensor2D | undefined;
+  private cols = 0;
+
+  constructor(private readonly W: tf.Tensor2D, m: number, n: number, e: number) {
+    this.Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
+    // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
+    this.Wt = tf.transpose(this.Wx) as tf.Tensor2D;
+    const tall = m >= n;
+    this.toLong = tall ? this.Wx : this.Wt;
+    this.toShort = tall ? this.Wt : this.Wx;
+  }
+
+  /** ‖2^-e·W‖²_F in float32. */
+  sumSquares(): number {
+    return sumSquares(this.Wx);
+  }
+
+  short(x: Float32Array | Float64Array, cols: number): Float64Array {
+    return mulW(this.toShort, undefined, x, x.length / cols, cols);
+  }
+
+  gram(x: Float32Array | Float64Array, cols: number): Float64Array {
+    return mulW(this.toLong, this.toShort, x, x.length / cols, cols);
+  }
+
+  project(q: Float64Array, cols: number): Float64Array {
+    this.y?.dispose();
+    // Y stays on the backend: only the k×l M·Q comes back (for the Gram Qᵀ·M·Q), and after the
+    // eigen step the long×rank Y·P. Yᵀ·Y directly (a transposed operand) costs ~3× more on wasm.
+    this.y = tf.tidy(() => tf.matMul(this.toLong, tf.tensor2d(Float32Array.from(q), [q.length / cols, cols]))) as tf.Tensor2D;
+    this.cols = cols;
+    return readBack(tf.matMul(this.toShort, this.y));
+  }
+
+  yTimes(p: Float64Array, rank: number): Float64Array {
+    const y = this.y!;
+    this.y = undefined;
+    try {
+      return readBack(tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank]))));
+    } finally {
+      y.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.y?.dispose();
+    this.y = undefined;
+    this.Wt.dispose();
+    if (this.Wx !== this.W) this.Wx.dispose();
+  }
+}
+
+/**
+ * The products on plain arrays in the device's gemm arena (device-gemm.ts): W is read back once
+ * and copied in (scaled), and each product is a gemm on it, Wᵀ read in place. Sketch widths are
+ * padded to a multiple of 4 with zero columns, which stay zero through every product.
+ * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O long·r4.
+ */
+class ArenaProducts implements WProducts {
+  private readonly tall: boolean;
+  private readonly long: number;
+  private readonly k: number;
+  private readonly c4: number;
+  private readonly oX: number;
+  private readonly oY: number;
+  private readonly oZ: number;
+  private readonly oP: number;
+  private readonly oO: number;
+  private f32: Float32Array;
+  private yCols = 0;
+
+  constructor(private readonly arena: GemmArena, data: Float32Array, private readonly m: number, private readonly n: number, l: number, rank: number, scale: number) {
+    this.tall = m >= n;
+    this.long = Math.max(m, n);
+    this.k = Math.min(m, n);
+    this.c4 = pad4(l);
+    const r4 = pad4(rank);
+    this.oX = m * n;
+    this.oY = this.oX + this.long * this.c4;
+    this.oZ = this.oY + this.long * this.c4;
+    this.oP = this.oZ + this.k * this.c4;
+    this.oO = this.oP + this.c4 * r4;
+    this.f32 = arena.reserve(this.oO + this.long * r4);
+    // scale is a power of two: 2^-e·W is exact in float32.
+    if (scale === 1) this.f32.set(data, 0);
+    else for (let i = 0; i < data.length; i++) this.f32[i] = data[i] * scale;
+  }
+
+  /** x (rows×cols, row-major) into X with row length c4, zero-padded. */
+  private putX(x: Float32Array | Float64Array, rows: number, cols: number): void {
+    const f = this.f32;
+    const c4 = this.c4;
+    for (let i = 0; i < rows; i++) {
+      const o = this.oX + i * c4;
+      const xi = i * cols;
+      for (let j = 0; j < cols; j++) f[o + j] = x[xi + j];
+      for (let j = cols; j < c4; j++) f[o + j] = 0;
+    }
+  }
+
+  /** rows×cols of the buffer at `off` (row length ld) as float64. */
+  private get(off: number, rows: number, cols: number, ld: number): Float64Array {
+    const f = this.f32;
+    const out = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++) {
+      const o = off + i * ld;
+      const oi = i * cols;
+      for (let j = 0; j < cols; j++) out[oi + j] = f[o + j];
+    }
+    return out;
+  }
+
+  /** C = W·B (B n×c4, C m×c4) */
+  private w(b: number, c: number): void {
+    this.arena.gemm(this.m, this.c4, this.n, 0, this.n, 1, b, this.c4, c, this.c4);
+  }
+
+  /** C = Wᵀ·B (B m×c4, C n×c4): W read transposed in place */
+  private wt(b: number, c: number): void {
+    this.arena.gemm(this.n, this.c4, this.m, 0, 1, this.n, b, this.c4, c, this.c4);
+  }
+
+  private toLong(b: number, c: number): void {
+    if (this.tall) this.w(b, c);
+    else this.wt(b, c);
+  }
+
+  private toShort(b: number, c: number): void {
+    if (this.tall) this.wt(b, c);
+    else this.w(b, c);
+  }
+
+  short(x: Float32Array | Float64Array, cols: number): Float64Array {
+    this.putX(x, this.long, cols);
+    this.toShort(this.oX, this.oZ);
+    return this.get(this.oZ, this.k, cols, this.c4);
+  }
+
+  gram(x: Float32Array | Float64Array, cols: number): Float64Array {
+    this.putX(x, this.k, cols);
+    this.toLong(this.oX, this.oY);
+    this.toShort(this.oY, this.oZ);
+    return this.get(this.oZ, this.k, cols, this.c4);
+  }
+
+  project(q: Float64Array, cols: number): Float64Array {
+    this.yCols = cols;
+    return this.gram(q, cols);
+  }
+
+  yTimes(p: Float64Array, rank: number): Float64Array {
+    const f = this.f32;
+    const r4 = pad4(rank);
+    const cols = this.yCols;
+    // P (cols×rank) into c4×r4, zero-padded: Y's padding columns meet zero rows.
+    for (let i = 0; i < this.c4; i++) {
+      for (let j = 0; j < r4; j++) f[this.oP + i * r4 + j] = i < cols && j < rank ? p[i * rank + j] : 0;
+    }
+    this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, this.oO, r4);
+    return this.get(this.oO, this.long, rank, r4);
+  }
+
+  dispose(): void {}
+}
+
 function randomizedSvd(
-  W: tf.Tensor2D, m: number, n: number, rank: number, l: number, powerIters: number, seed: number, start?: Float64Array, next = false,
+  W: WProducts, m: number, n: number, rank: number, l: number, powerIters: number, seed: number, start?: Float64Array, next = false,
 ): Svd {
   const k = Math.min(m, n);
   const tall = m >= n;
   const long = tall ? m : n;
-  // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
-  const Wt = tf.transpose(W) as tf.Tensor2D;
   let basis: Float64Array; // k×l, orthonormal columns on the short side
-  let y: tf.Tensor2D | undefined; // Y = (long side)·basis, long×l, kept on the backend
-  let g: Float64Array; // YᵀY, l×l
-  let z: Float64Array; // M·basis, k×l
-  try {
-    const toLong = tall ? W : Wt;
-    const toShort = tall ? Wt : W;
-    if (start) basis = start;
-    else {
-      // Ω: an n×l seeded Gaussian.
-      const omega = gaussian(n, l, seed);
-      basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
-    }
-    for (let it = 0; it < powerIters; it++) basis = orthonormalize(mulW(toLong, toShort, basis, k, l), k, l);
-    // Y and its Gram stay on the backend: only the l×l YᵀY comes back here, and after the eigen
-    // step the long×rank Y·P (a long×l read-back, its Gram and Y·P in JS cost ~0.3 ms more).
-    const q = basis;
-    y = tf.tidy(() => tf.matMul(toLong, tf.tensor2d(Float32Array.from(q), [k, l]))) as tf.Tensor2D;
-    const yy = y;
-    // YᵀY = Qᵀ·(Wᵀ·W·Q) (tall; W·Wᵀ wide) through the short k×l product: wasm's matMul with a
-    // transposed operand (Yᵀ·Y directly) costs ~3× more.
-    z = readBack(tf.matMul(toShort, yy));
-    g = denseMatMul(transposeOf(q, k, l), z, l, k, l);
-  } catch (err) {
-    y?.dispose();
-    throw err;
-  } finally {
-    Wt.dispose();
+  if (start) basis = start;
+  else {
+    // Ω: an n×l seeded Gaussian.
+    const omega = gaussian(n, l, seed);
+    basis = orthonormalize(tall ? W.gram(omega, l) : W.short(omega, l), k, l);
   }
-  let longVecs: Float64Array; // columns σ_j·u_j
-  let p: Float64Array;
-  let pFull: Float64Array; // all l eigenvectors of YᵀY, row-major l×l
-  try {
-    checkFinite(g);
-    const { vectors } = symmetricEigen(g, l);
-    pFull = vectors;
-    p = new Float64Array(l * rank);
-    for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = vectors[i * l + j];
-    const pr = Float32Array.from(p);
-    const yy = y;
-    longVecs = readBack(tf.tidy(() => tf.matMul(yy, tf.tensor2d(pr, [l, rank]))));
-  } finally {
-    y.dispose();
-  }
+  for (let it = 0; it < powerIters; it++) basis = orthonormalize(W.gram(basis, l), k, l);
+  // YᵀY = Qᵀ·(M·Q) for Y = (long side)·Q, through the short k×l product; Y itself stays with the
+  // products until Y·P.
+  const q = basis;
+  const z = W.project(q, l); // M·basis, k×l
+  const g = denseMatMul(transposeOf(q, k, l), z, l, k, l); // YᵀY, l×l
+  checkFinite(g);
+  const { vectors: pFull } = symmetricEigen(g, l); // all l eigenvectors of YᵀY, row-major l×l
+  const p = new Float64Array(l * rank);
+  for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = pFull[i * l + j];
+  const longVecs = W.yTimes(p, rank); // columns σ_j·u_j
   const shortVecs = denseMatMul(basis, p, k, l, rank); // unit columns
   // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
   const s = new Float64Array(rank);
@@ -286,7 +455,7 @@ function randomizedSvd(
   let containment: number | undefined;
   if (next) {
     checkFinite(z);
-    nextBasis = thinQ(denseMatMul(z, pFull!, k, l, l), k, l);
+    nextBasis = thinQ(denseMatMul(z, pFull, k, l, l), k, l);
     if (start) {
       // ‖Q₁ᵀ·V_r‖²_F / r: Q₁ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
       const proj = denseMatMul(transposeOf(nextBasis, k, l), shortVecs, l, k, rank);
@@ -325,6 +494,23 @@ function sumSquares(W: tf.Tensor): number {
   const v = t.dataSync()[0];
   t.dispose();
   return v;
+}
+
+/**
+ * max |W| and ‖W‖²_F of the read-back W, the sum in float64; max NaN if any entry is not finite
+ * (NaN and ±Infinity make the sum NaN or Infinity; finite float32 squares cannot overflow it).
+ * One plain loop: V8 runs it faster than an unrolled one with several accumulators.
+ */
+function maxAbsAndSumSquaresOf(w: Float32Array): [number, number] {
+  let mx = 0;
+  let ss = 0;
+  for (let i = 0; i < w.length; i++) {
+    const a = w[i];
+    ss += a * a;
+    const b = Math.abs(a);
+    if (b > mx) mx = b;
+  }
+  return Number.isFinite(ss) ? [mx, ss] : [NaN, ss];
 }
 
 /** max |W| (NaN or Infinity passed through) and ‖W‖²_F in float32 (Infinity past ~1.8e38). */

@@ -1,0 +1,82 @@
+// The float32 products of a device's MergeNet work (the slice's products with W, the knowledge
+// branch's A′B′ − AB, the feedback's G·B′ᵀ and A′ᵀ·G) on plain arrays, through a WebAssembly SIMD
+// gemm, instead of tfjs ops: on the wasm backend each op costs ~50–100 µs of dispatch and every
+// read-back another copy, which made up most of a device's per-cycle overhead on a 784×64 slot
+// (docs/DESIGN.md §2). The operands are small enough (a slot, a few dozen columns) that one read of
+// W and a few thin products in one arena beat a chain of backend calls several times over.
+//
+// The gemm is the coordinator's (coordinator/adapter/simd-gemm.ts). That module imports node:v8 (to
+// enable relaxed SIMD), which the isomorphic device core must not reach, so it is not imported
+// here: a Node entry registers it through setDeviceGemm (shared/tf/backend.ts does, on import).
+// Without a registered gemm (the browser bundle, or setDeviceGemm(null)), every caller takes its
+// tfjs path, which computes the same quantities in the same float32 precision.
+
+/** gemm(M, N, K, A, lda, B, ldb, C, ldc, acc, aStep) of simd-gemm.ts: byte offsets, N % 4 = 0. */
+export type GemmFn = (m: number, n: number, k: number, a: number, lda: number, b: number, ldb: number, c: number, ldc: number, acc: number, aStep: number) => void;
+
+/** The part of simd-gemm.ts's SimdGemm used here. */
+export interface GemmModule {
+  memory: { readonly buffer: ArrayBuffer; grow(pages: number): number };
+  gemm: GemmFn;
+}
+
+const PAGE_BYTES = 65536;
+
+/**
+ * One growable float32 arena in the gemm's memory. A caller reserves what one call needs, lays its
+ * buffers out by float offset, and must not keep views across calls (growing replaces the buffer).
+ * Single-threaded and synchronous: no caller holds it while another runs.
+ */
+export class GemmArena {
+  private f32View: Float32Array;
+
+  constructor(private readonly mod: GemmModule) {
+    this.f32View = new Float32Array(mod.memory.buffer);
+  }
+
+  /** The arena as float32, at least `floats` long. Views taken before this call may be stale. */
+  reserve(floats: number): Float32Array {
+    const bytes = floats * 4;
+    const have = this.mod.memory.buffer.byteLength;
+    if (bytes > have) this.mod.memory.grow(Math.ceil((bytes - have) / PAGE_BYTES));
+    if (this.f32View.buffer !== this.mod.memory.buffer) this.f32View = new Float32Array(this.mod.memory.buffer);
+    return this.f32View;
+  }
+
+  /**
+   * C[m, n] = A[m, k]·B[k, n], offsets in floats: A[i, p] at a + i·lda + p·aStep (aStep 1 and
+   * lda = row length for row-major A; lda 1 and aStep = m's row length to read a row-major k×m
+   * matrix transposed), B row-major with row length ldb, C with ldc. n must be a multiple of 4.
+   */
+  gemm(m: number, n: number, k: number, a: number, lda: number, aStep: number, b: number, ldb: number, c: number, ldc: number): void {
+    this.mod.gemm(m, n, k, 4 * a, lda, 4 * b, ldb, 4 * c, ldc, 0, aStep);
+  }
+}
+
+/** n rounded up to a multiple of 4 (the gemm's column blocks). */
+export function pad4(n: number): number {
+  return (n + 3) & ~3;
+}
+
+let factory: (() => GemmModule | null) | null = null;
+let arena: GemmArena | null | undefined;
+
+/**
+ * Register the gemm the device's plain-array paths use (null: none, every caller takes its tfjs
+ * path). The module is created on first use. Returns the previous factory (tests switch paths).
+ */
+export function setDeviceGemm(f: (() => GemmModule | null) | null): (() => GemmModule | null) | null {
+  const prev = factory;
+  factory = f;
+  arena = undefined;
+  return prev;
+}
+
+/** The arena of the registered gemm, or null when there is none (or it cannot be built here). */
+export function deviceArena(): GemmArena | null {
+  if (arena === undefined) {
+    const mod = factory ? factory() : null;
+    arena = mod ? new GemmArena(mod) : null;
+  }
+  return arena;
+}
