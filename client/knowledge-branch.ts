@@ -4,6 +4,7 @@
 // is kept equal to W_eff, so training and inference need no change; W is kernel − Σ_p K_p.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../shared/math/low-rank.js';
+import { deviceArena, pad4, type GemmArena } from '../shared/math/device-gemm.js';
 import { slotShapeOf, slotVariable } from './slot.js';
 
 export const DEFAULT_TAU = 0.5;
@@ -21,9 +22,16 @@ export interface BranchUpdate {
   weightNorm: number;
 }
 
+/**
+ * A pair's branch. K is held as a tensor (the tfjs path), as a plain array (the device-gemm path),
+ * or both once its values were read (kData). Neither changes once made. A branch held as an array
+ * gets a temporary tensor where an op needs one (kTensor), so tensor counts do not depend on which
+ * path made it.
+ */
 interface Branch {
   layer: string;
-  K: tf.Tensor2D;
+  K: tf.Tensor2D | undefined;
+  data: Float32Array | undefined;
   scale: number;
   /** K is exactly zero: nothing to add or subtract, which keeps identity transfers bit-exact. */
   zero: boolean;
@@ -52,6 +60,51 @@ function frobenius(t: tf.Tensor): number {
   for (; i < len; i++) s0 += data[i] * data[i];
   const ss = s0 + s1 + (s2 + s3);
   return Number.isFinite(ss) ? Math.sqrt(ss) : NaN;
+}
+
+function kTensor(b: Branch, m: number, n: number): tf.Tensor2D {
+  return b.K ?? tf.tensor2d(b.data!, [m, n]);
+}
+
+/** K's values; not to be written (on the cpu backend dataSync hands out the backend's own array). */
+function kData(b: Branch): Float32Array {
+  return (b.data ??= b.K!.dataSync() as Float32Array);
+}
+
+/**
+ * A′B′ − AB (m×n) in the device's arena: both products in the gemm, then their difference in
+ * float32, as tf.sub of the two tf.matMul gives it (equal factors give exactly 0). Returns the float
+ * offset of D (m×n, row-major) and the first free offset after it. Layout (floats):
+ * A′ m·r | A m·r | B′ r·n4 | B r·n4 | A′B′ m·n4 | AB m·n4 | D m·n.
+ */
+function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRank, m: number, n: number, extra: number): { oD: number; free: number } {
+  const r = generated.A.shape[1];
+  const rc = current.A.shape[1];
+  const n4 = pad4(n);
+  const oA2 = m * r;
+  const oB1 = oA2 + m * rc;
+  const oB2 = oB1 + r * n4;
+  const oP1 = oB2 + rc * n4;
+  const oP2 = oP1 + m * n4;
+  const oD = oP2 + m * n4;
+  const free = oD + m * n;
+  const f = arena.reserve(free + extra);
+  f.set(generated.A.dataSync() as Float32Array, 0);
+  f.set(current.A.dataSync() as Float32Array, oA2);
+  const putB = (b: Float32Array, rows: number, off: number) => {
+    if (n4 === n) f.set(b, off);
+    else for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < n; j++) f[off + i * n4 + j] = b[i * n + j];
+      for (let j = n; j < n4; j++) f[off + i * n4 + j] = 0;
+    }
+  };
+  putB(generated.B.dataSync() as Float32Array, r, oB1);
+  putB(current.B.dataSync() as Float32Array, rc, oB2);
+  arena.gemm(m, n4, r, 0, r, 1, oB1, n4, oP1, n4);
+  arena.gemm(m, n4, rc, oA2, rc, 1, oB2, n4, oP2, n4);
+  if (n4 === n) arena.sub(oP1, oP2, oD, m * n);
+  else for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) f[oD + i * n + j] = f[oP1 + i * n4 + j] - f[oP2 + i * n4 + j];
+  return { oD, free };
 }
 
 function describe(shape: readonly number[]): string {
@@ -105,6 +158,8 @@ export class KnowledgeBranches {
     checkFactors(`pair "${pairId}" generated (A′, B′)`, generated, m, n, layer);
     checkFactors(`pair "${pairId}" current slice (A, B)`, current, m, n, layer);
 
+    const arena = deviceArena();
+    if (arena) return this.setInArena(arena, pairId, layer, m, n, generated, current, tau, gate, opts);
     const D = tf.tidy(() =>
       tf.sub(tf.matMul(generated.A, generated.B), tf.matMul(current.A, current.B)),
     ) as tf.Tensor2D;
@@ -123,12 +178,12 @@ export class KnowledgeBranches {
     gate = 1,
     opts: { keepDelta?: boolean } = {},
   ): BranchUpdate & { delta?: tf.Tensor2D } {
-    if (!(Number.isFinite(tau) && tau > 0)) throw new Error(`tau must be a finite number > 0, got ${tau}`);
-    if (!(gate >= 0 && gate <= 1)) throw new Error(`gate must be in [0, 1], got ${gate}`);
-    const old = this.branches.get(pairId);
-    if (old && old.layer !== layer) {
+    let old: Branch | undefined;
+    try {
+      old = this.checkSet(pairId, layer, tau, gate);
+    } catch (err) {
       D.dispose();
-      throw new Error(`pair "${pairId}" already has a branch on layer "${old.layer}", not "${layer}"; remove it first`);
+      throw err;
     }
     const variable = slotVariable(this.model, layer);
     const [m, n] = slotShapeOf(variable.shape);
@@ -168,12 +223,85 @@ export class KnowledgeBranches {
     // the kernel bit-identical (x + 0 would turn −0 into +0).
     if (!(zero && (!old || old.zero))) {
       tf.tidy(() => {
-        const delta = old && !old.zero ? tf.sub(K, old.K) : K;
+        const delta = old && !old.zero ? tf.sub(K, kTensor(old, m, n)) : K;
         variable.assign(tf.add(variable, tf.reshape(delta, variable.shape)));
       });
     }
-    old?.K.dispose();
-    this.branches.set(pairId, { layer, K, scale, zero });
+    old?.K?.dispose();
+    this.branches.set(pairId, { layer, K, data: undefined, scale, zero });
+    return { scale, gate, deltaNorm: dNorm, branchNorm, weightNorm: wNorm, delta };
+  }
+
+  /** tau and gate in range, and the pair not bound to another layer; returns its branch, if any. */
+  private checkSet(pairId: string, layer: string, tau: number, gate: number): Branch | undefined {
+    if (!(Number.isFinite(tau) && tau > 0)) throw new Error(`tau must be a finite number > 0, got ${tau}`);
+    if (!(gate >= 0 && gate <= 1)) throw new Error(`gate must be in [0, 1], got ${gate}`);
+    const old = this.branches.get(pairId);
+    if (old && old.layer !== layer) {
+      throw new Error(`pair "${pairId}" already has a branch on layer "${old.layer}", not "${layer}"; remove it first`);
+    }
+    return old;
+  }
+
+  /**
+   * set() in the device's arena (device-gemm.ts): the tfjs path's float32 operations in the same
+   * order (D = A′B′ − AB, W = kernel − Σ_p K_p, K = fround(s·g)·D, kernel + (K_new − K_old)), so
+   * the same D gives the kernel the same bits; ‖·‖_F summed in float64, as frobenius() does. One
+   * read-back of the kernel and one upload, where the tfjs path takes ~12 ops and two read-backs.
+   * Layout after D (floats, L = m·n each): kernel | each branch K of the layer | W | K_new | next.
+   */
+  private setInArena(
+    arena: GemmArena, pairId: string, layer: string, m: number, n: number, generated: LowRank, current: LowRank,
+    tau: number, gate: number, opts: { keepDelta?: boolean },
+  ): BranchUpdate & { delta?: tf.Tensor2D } {
+    const old = this.checkSet(pairId, layer, tau, gate);
+    const variable = slotVariable(this.model, layer);
+    const L = m * n;
+    const layerBranches = [...this.branches.values()].filter((b) => b.layer === layer && !b.zero);
+    const { oD, free } = lowRankDifference(arena, generated, current, m, n, (4 + layerBranches.length) * L);
+    const dd = arena.sumSq(oD, L);
+    if (!Number.isFinite(dd)) throw new Error(`pair "${pairId}": A′B′ − AB is not finite (NaN or Inf in the factors)`);
+    const dNorm = Math.sqrt(dd);
+    const f = arena.reserve(free + (4 + layerBranches.length) * L);
+    const oKernel = free;
+    f.set(variable.dataSync() as Float32Array, oKernel);
+    // W = kernel − Σ_p K_p, subtracted in the order weight() does.
+    let oOld = -1;
+    let o = oKernel + L;
+    for (const b of layerBranches) {
+      f.set(kData(b), o);
+      if (b === old) oOld = o;
+      o += L;
+    }
+    const oW = o;
+    let oCur = oKernel;
+    for (let i = 0; i < layerBranches.length; i++) {
+      arena.sub(oCur, oKernel + (i + 1) * L, oW, L);
+      oCur = oW;
+    }
+    const ww = arena.sumSq(oCur, L);
+    const wNorm = Number.isFinite(ww) ? Math.sqrt(ww) : NaN;
+    const gated = gate * dNorm;
+    const scale = gated === 0 ? 1 : Math.min(1, (tau * wNorm) / gated);
+    const factor = scale * gate;
+    const oK = oW + L;
+    if (factor === 0) f.fill(0, oK, oK + L);
+    else if (factor === 1) f.copyWithin(oK, oD, oD + L);
+    else arena.scale(oD, factor, oK, L); // × factor rounded to float32, as tf.mul(D, tf.scalar(factor))
+    const branchNorm = factor === 0 ? 0 : factor === 1 ? dNorm : factor < 1e-30 ? Math.sqrt(arena.sumSq(oK, L)) : factor * dNorm;
+    const zero = branchNorm === 0;
+    // As setDelta: kernel += K_new − K_old, skipped when both are exactly zero.
+    if (!(zero && (!old || old.zero))) {
+      const oNext = oK + L;
+      if (oOld >= 0) arena.addSub(oKernel, oK, oOld, oNext, L);
+      else arena.add(oKernel, oK, oNext, L);
+      const t = tf.tensor(f.slice(oNext, oNext + L), variable.shape, 'float32');
+      variable.assign(t);
+      t.dispose();
+    }
+    const delta = opts.keepDelta ? tf.tensor2d(f.slice(oD, oD + L), [m, n]) : undefined;
+    old?.K?.dispose();
+    this.branches.set(pairId, { layer, K: undefined, data: f.slice(oK, oK + L), scale, zero });
     return { scale, gate, deltaNorm: dNorm, branchNorm, weightNorm: wNorm, delta };
   }
 
@@ -209,7 +337,7 @@ export class KnowledgeBranches {
     const b = this.branches.get(pairId);
     if (!b) return false;
     if (!b.zero) this.writes += 1;
-    b.K.dispose();
+    b.K?.dispose();
     this.branches.delete(pairId);
     return true;
   }
@@ -229,10 +357,10 @@ export class KnowledgeBranches {
     if (!b.zero) {
       const variable = slotVariable(this.model, b.layer);
       tf.tidy(() => {
-        variable.assign(tf.sub(variable, tf.reshape(b.K, variable.shape)));
+        variable.assign(tf.sub(variable, tf.reshape(kTensor(b, ...slotShapeOf(variable.shape)), variable.shape)));
       });
     }
-    b.K.dispose();
+    b.K?.dispose();
     this.branches.delete(pairId);
     return true;
   }
@@ -244,7 +372,7 @@ export class KnowledgeBranches {
     return tf.tidy(() => {
       let W = tf.reshape(variable, shape) as tf.Tensor2D;
       for (const b of this.branches.values()) {
-        if (b.layer === layer && !b.zero) W = tf.sub(W, b.K);
+        if (b.layer === layer && !b.zero) W = tf.sub(W, kTensor(b, ...shape));
       }
       return tf.clone(W);
     });
@@ -253,7 +381,10 @@ export class KnowledgeBranches {
   /** A copy of pair `pairId`'s branch K (2-D), or undefined. Caller owns it. */
   branch(pairId: string): tf.Tensor2D | undefined {
     const b = this.branches.get(pairId);
-    return b ? (tf.clone(b.K) as tf.Tensor2D) : undefined;
+    if (!b) return undefined;
+    if (b.K) return tf.clone(b.K) as tf.Tensor2D;
+    const [m, n] = slotShapeOf(slotVariable(this.model, b.layer).shape);
+    return tf.tensor2d(b.data!, [m, n]);
   }
 
   /** The cap factor s of pair `pairId`'s current branch, or undefined. */
@@ -281,7 +412,7 @@ export class KnowledgeBranches {
    * object must not be used afterwards.
    */
   dispose(): void {
-    for (const b of this.branches.values()) b.K.dispose();
+    for (const b of this.branches.values()) b.K?.dispose();
     this.branches.clear();
   }
 }

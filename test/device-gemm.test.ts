@@ -8,6 +8,10 @@ import { initBackend } from '../shared/tf/backend.js';
 import { deviceArena, setDeviceGemm, type GemmModule } from '../shared/math/device-gemm.js';
 import { lowRankSlice, SliceHistory } from '../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { KnowledgeBranches, type BranchUpdate } from '../client/knowledge-branch.js';
+import { projectFeedback } from '../client/target/feedback.js';
+import { kernelValues, randnFactors, seededMlp } from './helpers/tensors.js';
+import { mulberry32 } from './helpers/random.js';
 
 let gemmFactory: (() => GemmModule | null) | null = null;
 
@@ -61,6 +65,55 @@ function expectClose(a: LowRank, b: LowRank, tol: number, what: string): void {
   expect(relDiff(a.A, b.A), `${what}: A`).toBeLessThan(tol);
   expect(relDiff(a.B, b.B), `${what}: B`).toBeLessThan(tol);
 }
+
+describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
+  it('equal the float32 operations bit for bit, and the float64 sum of squares, at every length and offset', () => {
+    const arena = deviceArena()!;
+    const rng = mulberry32(5);
+    for (const n of [0, 1, 3, 4, 5, 8, 13, 64, 1001]) {
+      for (const off of [0, 1, 6]) {
+        const [a, b, y, c] = [off, off + 2000, off + 4000, off + 6000];
+        const f = arena.reserve(8000 + off);
+        for (let i = 0; i < n; i++) {
+          f[a + i] = (rng() - 0.5) * 8;
+          f[b + i] = (rng() - 0.5) * 1e-3;
+          f[y + i] = rng() - 0.5;
+        }
+        const x = f.slice(a, a + n);
+        const z = f.slice(b, b + n);
+        const w = f.slice(y, y + n);
+        let ss = 0;
+        let mx = 0;
+        for (let i = 0; i < n; i++) {
+          ss += x[i] * x[i];
+          mx = Math.max(mx, Math.abs(x[i]));
+        }
+        // exact squares, summed in float64 in another order: within n·ε of each other
+        expect(Math.abs(arena.sumSq(a, n) - ss)).toBeLessThanOrEqual(n * 2.3e-16 * ss);
+        expect(arena.maxAbs(a, n)).toBe(mx);
+        const check = (fn: (i: number) => number) => {
+          for (let i = 0; i < n; i++) expect(f[c + i]).toBe(Math.fround(fn(i)));
+        };
+        arena.sub(a, b, c, n);
+        check((i) => x[i] - z[i]);
+        arena.add(a, b, c, n);
+        check((i) => x[i] + z[i]);
+        arena.scale(a, 0.3, c, n);
+        check((i) => x[i] * Math.fround(0.3));
+        arena.addSub(a, b, y, c, n);
+        check((i) => x[i] + Math.fround(z[i] - w[i]));
+        if (n > 0) {
+          f[a + n - 1] = NaN;
+          expect(arena.maxAbs(a, n)).toBeNaN();
+          expect(arena.sumSq(a, n)).toBeNaN();
+          f[a + n - 1] = -Infinity;
+          expect(arena.maxAbs(a, n)).toBe(Infinity);
+          expect(arena.sumSq(a, n)).toBe(Infinity);
+        }
+      }
+    }
+  });
+});
 
 describe('lowRankSlice on the device gemm', () => {
   it('gives the tfjs path\'s factors, tall and wide, sketch widths and ranks not multiples of 4, far from unit scale', () => {
@@ -127,5 +180,158 @@ describe('lowRankSlice on the device gemm', () => {
     expect(h.counts.checks).toBeGreaterThan(0);
     expect(tf.memory().numTensors).toBe(before);
     [bad, nan, zero, W].forEach((t) => t.dispose());
+  });
+});
+
+/** A model with a dense slot 'h' [20, 16], an output slot 'out' [16, 3] and a conv slot 'c' [3·3·2, 6]. */
+function threeSlotModel(seed: number): tf.LayersModel {
+  const input = tf.input({ shape: [6, 6, 2] });
+  const c = tf.layers.conv2d({ name: 'c', filters: 6, kernelSize: 3, kernelInitializer: tf.initializers.glorotUniform({ seed }) }).apply(input) as tf.SymbolicTensor;
+  const flat = tf.layers.flatten().apply(c) as tf.SymbolicTensor;
+  const d0 = tf.layers.dense({ name: 'd0', units: 20, kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 1 }) }).apply(flat) as tf.SymbolicTensor;
+  const h = tf.layers.dense({ name: 'h', units: 16, kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 2 }) }).apply(d0) as tf.SymbolicTensor;
+  const out = tf.layers.dense({ name: 'out', units: 3, kernelInitializer: tf.initializers.glorotUniform({ seed: seed + 3 }) }).apply(h) as tf.SymbolicTensor;
+  return tf.model({ inputs: input, outputs: out });
+}
+
+const SHAPES: Record<string, [number, number]> = { h: [20, 16], out: [16, 3], c: [18, 6] };
+
+describe('KnowledgeBranches.set and projectFeedback on the device gemm', () => {
+  it('compute what the tfjs path computes: kernels, norms, caps, several pairs per slot, odd widths, identity transfers bit-exact', () => {
+    const run = () => {
+      const model = threeSlotModel(5);
+      const kb = new KnowledgeBranches(model);
+      const rng = mulberry32(17);
+      const ups: BranchUpdate[] = [];
+      const kernels: Float32Array[] = [];
+      const deltas: Float32Array[] = [];
+      const productScales: number[] = [];
+      // pairs: two on 'h' (one capped by τ), one on 'out' (rank 2, width 3), one on the conv slot (width 6); gates below 1
+      const plan: [string, string, number, number, number, number][] = [
+        ['p', 'h', 3, 0.3, 0.5, 1], ['q', 'h', 5, 30, 0.2, 0.7], ['o', 'out', 2, 0.5, 0.5, 1], ['c', 'c', 4, 1, 0.5, 0.4],
+        ['p', 'h', 3, 0.2, 0.5, 0.9], ['q', 'h', 5, 0.01, 0.5, 1], ['c', 'c', 4, 3, 0.1, 1],
+      ];
+      for (const [pair, layer, r, std, tau, gate] of plan) {
+        const [m, n] = SHAPES[layer];
+        const cur = randnFactors(rng, m, r, n);
+        const gen = { A: tf.tidy(() => tf.add(cur.A, tf.mul(randnFactors(rng, m, r, n).A, std))) as tf.Tensor2D, B: cur.B.clone() };
+        const u = kb.set(pair, layer, gen, cur, tau, gate, { keepDelta: true });
+        deltas.push(Float32Array.from(u.delta!.dataSync() as Float32Array));
+        productScales.push(tf.tidy(() => tf.max(tf.abs(tf.matMul(gen.A, gen.B))).dataSync()[0]));
+        u.delta!.dispose();
+        delete u.delta;
+        ups.push(u);
+        kernels.push(kernelValues(model, layer));
+        [cur, gen].forEach(disposeLowRank);
+      }
+      // An identity transfer replaces q's branch by 0; then one on a pair without a branch leaves the kernel bit-identical.
+      const cur = randnFactors(rng, 20, 3, 16);
+      const same = { A: cur.A.clone(), B: cur.B.clone() };
+      ups.push(kb.set('q', 'h', same, cur));
+      kernels.push(kernelValues(model, 'h'));
+      ups.push(kb.set('z', 'h', same, cur));
+      const after = kernelValues(model, 'h');
+      expect(after).toEqual(kernels[kernels.length - 1]);
+      expect(kb.branch('z')!.dataSync().every((v: number) => v === 0)).toBe(true);
+      [cur, same].forEach(disposeLowRank);
+      const W = kb.weight('h');
+      const weight = Float32Array.from(W.dataSync() as Float32Array);
+      const K = kb.branch('p')!;
+      const branchP = Float32Array.from(K.dataSync() as Float32Array);
+      tf.dispose([W, K, kb.branch('z')!]);
+      expect(kb.remove('p')).toBe(true);
+      const removed = kernelValues(model, 'h');
+      kb.dispose();
+      model.dispose();
+      return { ups, kernels, deltas, productScales, weight, branchP, removed };
+    };
+    const { tfjs, arena } = bothPaths(run);
+    // D's products sum in another order than tfjs': float32 rounding of their terms (up to 30× the
+    // slot's scale here, before the cap) reaches the kernels as ~1e-6 of their largest entry.
+    const close = (a: Float32Array, b: Float32Array, what: string, scale?: number) => {
+      let d = 0;
+      let big = 0;
+      for (let i = 0; i < a.length; i++) {
+        d = Math.max(d, Math.abs(a[i] - b[i]));
+        big = Math.max(big, Math.abs(b[i]));
+      }
+      expect(d, what).toBeLessThanOrEqual(5e-6 * (scale ?? big));
+    };
+    expect(arena.ups.length).toBe(tfjs.ups.length);
+    for (let i = 0; i < tfjs.ups.length; i++) {
+      const [a, t] = [arena.ups[i], tfjs.ups[i]];
+      expect(a.gate).toBe(t.gate);
+      // ‖D‖ inherits D's cancellation (see below); ‖W‖ does not.
+      for (const k of ['scale', 'deltaNorm', 'branchNorm', 'weightNorm'] as const) {
+        expect(Math.abs(a[k] - t[k]), `update ${i} ${k}`).toBeLessThanOrEqual((k === 'weightNorm' ? 1e-6 : 1e-5) * Math.abs(t[k]));
+      }
+    }
+    expect(tfjs.ups.filter((u) => u.scale < 1).length).toBeGreaterThan(0);
+    for (let i = 0; i < tfjs.kernels.length; i++) close(arena.kernels[i], tfjs.kernels[i], `kernel after set ${i}`);
+    // D = A′B′ − AB cancels: its rounding is relative to the products', not to D's own entries.
+    for (let i = 0; i < tfjs.deltas.length; i++) close(arena.deltas[i], tfjs.deltas[i], `delta ${i}`, tfjs.productScales[i]);
+    close(arena.weight, tfjs.weight, 'weight()');
+    close(arena.branchP, tfjs.branchP, 'branch()');
+    close(arena.removed, tfjs.removed, 'kernel after remove()');
+  });
+
+  it('reads branches the other path made, and leaves no tensor behind', () => {
+    const model = seededMlp(9, 20, 16, 3);
+    const kb = new KnowledgeBranches(model);
+    const rng = mulberry32(3);
+    const before0 = kernelValues(model, 'h');
+    const cur = randnFactors(rng, 20, 4, 16);
+    const gen = randnFactors(rng, 20, 4, 16);
+    // made on the tfjs path (a tensor), replaced on the arena path (which reads it), and back
+    setDeviceGemm(null);
+    kb.set('p', 'h', gen, cur, 0.5, 0.5);
+    setDeviceGemm(gemmFactory);
+    // W + K − K: back to W up to float32 rounding, either way round
+    const back = () => {
+      const k = kernelValues(model, 'h');
+      let d = 0;
+      for (let i = 0; i < k.length; i++) d = Math.max(d, Math.abs(k[i] - before0[i]));
+      return d;
+    };
+    kb.set('p', 'h', cur, cur);
+    expect(back()).toBeLessThan(1e-6);
+    kb.set('p', 'h', gen, cur, 0.5, 0.5);
+    expect(back()).toBeGreaterThan(1e-3);
+    setDeviceGemm(null);
+    kb.set('p', 'h', cur, cur);
+    expect(back()).toBeLessThan(1e-6);
+    setDeviceGemm(gemmFactory);
+    const G = tf.randomNormal([20, 16], 0, 1e-2, 'float32', 8) as tf.Tensor2D;
+    kb.set('p', 'h', gen, cur, 0.5, 1, { keepDelta: true }).delta!.dispose();
+    const n0 = tf.memory().numTensors;
+    for (let i = 0; i < 20; i++) {
+      const u = kb.set(i % 2 ? 'p' : 'q', 'h', gen, cur, 0.5, i % 3 === 0 ? 1 : 0.5, { keepDelta: i % 2 === 0 });
+      u.delta?.dispose();
+      kb.weight('h').dispose();
+      const fb = projectFeedback(G, gen, 0.7);
+      tf.dispose([fb.gA, fb.gB]);
+    }
+    kb.remove('q');
+    kb.set('q', 'h', gen, cur);
+    expect(tf.memory().numTensors).toBe(n0);
+    [cur, gen].forEach(disposeLowRank);
+    G.dispose();
+    kb.dispose();
+    model.dispose();
+  });
+
+  it('projectFeedback gives the tfjs path\'s gA and gB, ranks and widths not multiples of 4', () => {
+    for (const [m, n, r] of [[784, 64, 8], [18, 6, 4], [16, 3, 2], [30, 17, 5]] as [number, number, number][]) {
+      const rng = mulberry32(m + n + r);
+      const gen = randnFactors(rng, m, r, n);
+      const G = tf.randomNormal([m, n], 0, 1e-3, 'float32', m) as tf.Tensor2D;
+      const { tfjs, arena } = bothPaths(() => projectFeedback(G, gen, 0.37));
+      expect(arena.gA.shape).toEqual([m, r]);
+      expect(arena.gB.shape).toEqual([r, n]);
+      expect(relDiff(arena.gA, tfjs.gA)).toBeLessThan(1e-6);
+      expect(relDiff(arena.gB, tfjs.gB)).toBeLessThan(1e-6);
+      tf.dispose([tfjs.gA, tfjs.gB, arena.gA, arena.gB, G]);
+      disposeLowRank(gen);
+    }
   });
 });

@@ -4,6 +4,7 @@
 // never leaves the device.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../../shared/math/low-rank.js';
+import { deviceArena, pad4, type GemmArena } from '../../shared/math/device-gemm.js';
 
 export interface Feedback {
   /** s·G·B′ᵀ, m×r. */
@@ -29,6 +30,8 @@ export function projectFeedback(G: tf.Tensor2D, generated: LowRank, scale: numbe
     );
   }
   if (!Number.isFinite(scale)) throw new Error(`projectFeedback: scale must be finite, got ${scale}`);
+  const arena = deviceArena();
+  if (arena) return projectInArena(arena, G, generated, scale, m, n, A.shape[1]);
   return tf.tidy(() => {
     const s = tf.scalar(scale);
     // Explicit transposes: matMul with transposeB runs at half speed on wasm.
@@ -36,4 +39,43 @@ export function projectFeedback(G: tf.Tensor2D, generated: LowRank, scale: numbe
     const gB = tf.mul(tf.matMul(tf.transpose(A), G), s) as tf.Tensor2D;
     return { gA, gB };
   });
+}
+
+/**
+ * projectFeedback in the device's arena (device-gemm.ts): one read-back of G and two gemms (Aᵀ read
+ * in place), each result × s rounded to float32, as tf.mul(…, tf.scalar(s)) does; where the tfjs
+ * path takes two transposes, two matMuls and two muls. Layout (floats): G m·n4 | B′ᵀ n·r4 | A′ m·r |
+ * G·B′ᵀ m·r4 | A′ᵀ·G r·n4.
+ */
+function projectInArena(arena: GemmArena, G: tf.Tensor2D, generated: LowRank, scale: number, m: number, n: number, r: number): Feedback {
+  const n4 = pad4(n);
+  const r4 = pad4(r);
+  const oBt = m * n4;
+  const oA = oBt + n * r4;
+  const oGA = oA + m * r;
+  const oGB = oGA + m * r4;
+  const f = arena.reserve(oGB + r * n4);
+  const g = G.dataSync() as Float32Array;
+  if (n4 === n) f.set(g, 0);
+  else for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) f[i * n4 + j] = g[i * n + j];
+    for (let j = n; j < n4; j++) f[i * n4 + j] = 0;
+  }
+  const b = generated.B.dataSync() as Float32Array;
+  for (let j = 0; j < n; j++) {
+    for (let p = 0; p < r; p++) f[oBt + j * r4 + p] = b[p * n + j];
+    for (let p = r; p < r4; p++) f[oBt + j * r4 + p] = 0;
+  }
+  f.set(generated.A.dataSync() as Float32Array, oA);
+  arena.gemm(m, r4, n, 0, n4, 1, oBt, r4, oGA, r4); // G·B′ᵀ
+  arena.gemm(r, n4, m, oA, 1, r, 0, n4, oGB, n4); // A′ᵀ·G, A′ read transposed
+  arena.scale(oGA, scale, oGA, m * r4);
+  arena.scale(oGB, scale, oGB, r * n4);
+  const compact = (o: number, rows: number, cols: number, ld: number): Float32Array => {
+    if (ld === cols) return f.slice(o, o + rows * cols);
+    const out = new Float32Array(rows * cols);
+    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = f[o + i * ld + j];
+    return out;
+  };
+  return { gA: tf.tensor2d(compact(oGA, m, r, r4), [m, r]), gB: tf.tensor2d(compact(oGB, r, n, n4), [r, n]) };
 }

@@ -5,6 +5,9 @@
 // (docs/DESIGN.md §2). The operands are small enough (a slot, a few dozen columns) that one read of
 // W and a few thin products in one arena beat a chain of backend calls several times over.
 //
+// The slot-sized elementwise passes (norms, differences, scalings) run in simd-vec.ts's kernels on
+// the same memory: in V8 a plain loop over a 784×64 Float32Array costs ~0.1 ms a pass.
+//
 // The gemm is the coordinator's (coordinator/adapter/simd-gemm.ts). That module imports node:v8 (to
 // enable relaxed SIMD), which the isomorphic device core must not reach, so it is not imported
 // here: a Node entry registers it through setDeviceGemm (shared/tf/backend.ts does, on import).
@@ -20,6 +23,8 @@ export interface GemmModule {
   gemm: GemmFn;
 }
 
+import { createSimdVec, type SimdVec } from './simd-vec.js';
+
 const PAGE_BYTES = 65536;
 
 /**
@@ -30,7 +35,7 @@ const PAGE_BYTES = 65536;
 export class GemmArena {
   private f32View: Float32Array;
 
-  constructor(private readonly mod: GemmModule) {
+  constructor(private readonly mod: GemmModule, private readonly vec: SimdVec) {
     this.f32View = new Float32Array(mod.memory.buffer);
   }
 
@@ -51,6 +56,61 @@ export class GemmArena {
   gemm(m: number, n: number, k: number, a: number, lda: number, aStep: number, b: number, ldb: number, c: number, ldc: number): void {
     this.mod.gemm(m, n, k, 4 * a, lda, 4 * b, ldb, 4 * c, ldc, 0, aStep);
   }
+
+  // Elementwise passes over n floats at float offsets: the kernels take whole vectors of 4, the
+  // last n mod 4 elements are done here (Float32Array stores round as the float32 ops would).
+
+  /** Σ x² in float64 (non-finite if any x is). */
+  sumSq(p: number, n: number): number {
+    const n4 = n & ~3;
+    let s = this.vec.sumSq(4 * p, n4);
+    for (let i = n4; i < n; i++) s += this.f32View[p + i] * this.f32View[p + i];
+    return s;
+  }
+
+  /** max |x| (NaN if any x is NaN, 0 for n = 0). */
+  maxAbs(p: number, n: number): number {
+    const n4 = n & ~3;
+    let mx = n4 > 0 ? this.vec.maxAbs(4 * p, n4) : 0;
+    for (let i = n4; i < n; i++) {
+      const a = Math.abs(this.f32View[p + i]);
+      mx = a > mx || Number.isNaN(a) ? a : mx;
+    }
+    return mx;
+  }
+
+  /** c = a − b */
+  sub(a: number, b: number, c: number, n: number): void {
+    const n4 = n & ~3;
+    this.vec.sub(4 * a, 4 * b, 4 * c, n4);
+    const f = this.f32View;
+    for (let i = n4; i < n; i++) f[c + i] = f[a + i] - f[b + i];
+  }
+
+  /** c = a + b */
+  add(a: number, b: number, c: number, n: number): void {
+    const n4 = n & ~3;
+    this.vec.add(4 * a, 4 * b, 4 * c, n4);
+    const f = this.f32View;
+    for (let i = n4; i < n; i++) f[c + i] = f[a + i] + f[b + i];
+  }
+
+  /** c = a·s, s rounded to float32 first (as tf.scalar(s) is) */
+  scale(a: number, s: number, c: number, n: number): void {
+    const n4 = n & ~3;
+    const s32 = Math.fround(s);
+    this.vec.scale(4 * a, s32, 4 * c, n4);
+    const f = this.f32View;
+    for (let i = n4; i < n; i++) f[c + i] = f[a + i] * s32;
+  }
+
+  /** c = k + (x − y) */
+  addSub(k: number, x: number, y: number, c: number, n: number): void {
+    const n4 = n & ~3;
+    this.vec.addSub(4 * k, 4 * x, 4 * y, 4 * c, n4);
+    const f = this.f32View;
+    for (let i = n4; i < n; i++) f[c + i] = f[k + i] + Math.fround(f[x + i] - f[y + i]);
+  }
 }
 
 /** n rounded up to a multiple of 4 (the gemm's column blocks). */
@@ -59,7 +119,8 @@ export function pad4(n: number): number {
 }
 
 let factory: (() => GemmModule | null) | null = null;
-let arena: GemmArena | null | undefined;
+/** One arena per factory: switching back and forth (tests, benchmarks) does not rebuild it. */
+const arenas = new WeakMap<() => GemmModule | null, GemmArena | null>();
 
 /**
  * Register the gemm the device's plain-array paths use (null: none, every caller takes its tfjs
@@ -68,15 +129,18 @@ let arena: GemmArena | null | undefined;
 export function setDeviceGemm(f: (() => GemmModule | null) | null): (() => GemmModule | null) | null {
   const prev = factory;
   factory = f;
-  arena = undefined;
   return prev;
 }
 
 /** The arena of the registered gemm, or null when there is none (or it cannot be built here). */
 export function deviceArena(): GemmArena | null {
+  if (!factory) return null;
+  let arena = arenas.get(factory);
   if (arena === undefined) {
-    const mod = factory ? factory() : null;
-    arena = mod ? new GemmArena(mod) : null;
+    const mod = factory();
+    const vec = mod ? createSimdVec(mod.memory) : null;
+    arena = mod && vec ? new GemmArena(mod, vec) : null;
+    arenas.set(factory, arena);
   }
   return arena;
 }

@@ -150,18 +150,20 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // for ‖W‖: a W whose largest entry lies outside [2^-40, 2^40] is sliced as 2^-e·W (exact in
   // float32) and its singular values scaled back, so it neither overflows nor sinks into denormals.
   // One read-back for both: max|W| and ‖W‖²_F (the warm start's energy guard).
+  // On the device gemm, W is read back once into the arena and both come from there (float64 sum).
   const arena = deviceArena();
-  const data = arena ? (W.dataSync() as Float32Array) : undefined;
-  const [maxAbs, sumSq] = data ? maxAbsAndSumSquaresOf(data) : maxAbsAndSumSquares(W);
+  const inArena = arena ? new ArenaProducts(arena, W.dataSync() as Float32Array, m, n, l, rank) : undefined;
+  const [maxAbs, sumSq] = inArena ? inArena.maxAbsAndSumSquares() : maxAbsAndSumSquares(W);
   if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
-  const products: WProducts = data ? new ArenaProducts(arena!, data, m, n, l, rank, 2 ** -e) : new TfjsProducts(W, m, n, e);
+  inArena?.scaleW(2 ** -e);
+  const products: WProducts = inArena ?? new TfjsProducts(W, m, n, e);
   let svd: Svd;
   try {
     const h = opts.history;
     const key = `${m}x${n}:${rank}:${l}`;
     // ‖2^-e·W‖²_F: exact from the float64 sum; the tfjs path sums the scaled tensor again.
-    const energy = h ? (data ? sumSq * 4 ** -e : e === 0 ? sumSq : (products as TfjsProducts).sumSquares()) : 0;
+    const energy = h ? (inArena ? sumSq * 4 ** -e : e === 0 ? sumSq : (products as TfjsProducts).sumSquares()) : 0;
     const shareOf = (x: Svd): number => (energy > 0 ? capturedEnergy(x.s, rank) / energy : 0);
     let warm: Svd | undefined;
     let warmShare = 0;
@@ -322,7 +324,7 @@ class ArenaProducts implements WProducts {
   private f32: Float32Array;
   private yCols = 0;
 
-  constructor(private readonly arena: GemmArena, data: Float32Array, private readonly m: number, private readonly n: number, l: number, rank: number, scale: number) {
+  constructor(private readonly arena: GemmArena, data: Float32Array, private readonly m: number, private readonly n: number, l: number, rank: number) {
     this.tall = m >= n;
     this.long = Math.max(m, n);
     this.k = Math.min(m, n);
@@ -334,9 +336,20 @@ class ArenaProducts implements WProducts {
     this.oP = this.oZ + this.k * this.c4;
     this.oO = this.oP + this.c4 * r4;
     this.f32 = arena.reserve(this.oO + this.long * r4);
-    // scale is a power of two: 2^-e·W is exact in float32.
-    if (scale === 1) this.f32.set(data, 0);
-    else for (let i = 0; i < data.length; i++) this.f32[i] = data[i] * scale;
+    this.f32.set(data, 0);
+  }
+
+  /** max |W| (NaN if W is not finite) and ‖W‖²_F in float64. */
+  maxAbsAndSumSquares(): [number, number] {
+    const len = this.m * this.n;
+    const ss = this.arena.sumSq(0, len);
+    // NaN and ±Infinity make the sum non-finite (finite float32 squares cannot overflow it).
+    return Number.isFinite(ss) ? [this.arena.maxAbs(0, len), ss] : [NaN, ss];
+  }
+
+  /** W ← W·scale, a power of two: exact in float32. */
+  scaleW(scale: number): void {
+    if (scale !== 1) this.arena.scale(0, scale, 0, this.m * this.n);
   }
 
   /** x (rows×cols, row-major) into X with row length c4, zero-padded. */
@@ -494,23 +507,6 @@ function sumSquares(W: tf.Tensor): number {
   const v = t.dataSync()[0];
   t.dispose();
   return v;
-}
-
-/**
- * max |W| and ‖W‖²_F of the read-back W, the sum in float64; max NaN if any entry is not finite
- * (NaN and ±Infinity make the sum NaN or Infinity; finite float32 squares cannot overflow it).
- * One plain loop: V8 runs it faster than an unrolled one with several accumulators.
- */
-function maxAbsAndSumSquaresOf(w: Float32Array): [number, number] {
-  let mx = 0;
-  let ss = 0;
-  for (let i = 0; i < w.length; i++) {
-    const a = w[i];
-    ss += a * a;
-    const b = Math.abs(a);
-    if (b > mx) mx = b;
-  }
-  return Number.isFinite(ss) ? [mx, ss] : [NaN, ss];
 }
 
 /** max |W| (NaN or Infinity passed through) and ‖W‖²_F in float32 (Infinity past ~1.8e38). */
