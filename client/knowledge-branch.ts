@@ -71,11 +71,20 @@ function kData(b: Branch): Float32Array {
   return (b.data ??= b.K!.dataSync() as Float32Array);
 }
 
+/** Whether two arrays hold equal values (−0 = +0; NaN equals nothing). */
+function sameValues(x: Float32Array, y: Float32Array): boolean {
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
 /**
- * A′B′ − AB (m×n) in the device's arena: both products in the gemm, then their difference in
- * float32, as tf.sub of the two tf.matMul gives it (equal factors give exactly 0). Returns the float
- * offset of D (m×n, row-major) and the first free offset after it. Layout (floats):
- * A′ m·r | A m·r | B′ r·n4 | B r·n4 | A′B′ m·n4 | AB m·n4 | D m·n.
+ * D = A′B′ − AB (m×n, row-major) in the device's arena: A′·B′, then A·(−B) added on in the same
+ * gemm accumulators, so each entry is one float32 sum over the 2r terms (the tfjs path rounds A′B′
+ * and AB apart, then subtracts: the two differ by float32 rounding). Equal factors give exactly 0,
+ * as the tfjs path's do, without a product: an identity transfer must leave the kernel
+ * bit-identical. Returns D's float offset and the first free one after it.
+ * Layout (floats): A′ m·r | A m·r₀ | B′ r·n4 | −B r₀·n4 | D m·n4.
  */
 function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRank, m: number, n: number, extra: number): { oD: number; free: number } {
   const r = generated.A.shape[1];
@@ -84,26 +93,31 @@ function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRan
   const oA2 = m * r;
   const oB1 = oA2 + m * rc;
   const oB2 = oB1 + r * n4;
-  const oP1 = oB2 + rc * n4;
-  const oP2 = oP1 + m * n4;
-  const oD = oP2 + m * n4;
-  const free = oD + m * n;
+  const oD = oB2 + rc * n4;
+  const free = oD + m * n4;
   const f = arena.reserve(free + extra);
-  f.set(generated.A.dataSync() as Float32Array, 0);
-  f.set(current.A.dataSync() as Float32Array, oA2);
-  const putB = (b: Float32Array, rows: number, off: number) => {
-    if (n4 === n) f.set(b, off);
-    else for (let i = 0; i < rows; i++) {
-      for (let j = 0; j < n; j++) f[off + i * n4 + j] = b[i * n + j];
-      for (let j = n; j < n4; j++) f[off + i * n4 + j] = 0;
-    }
-  };
-  putB(generated.B.dataSync() as Float32Array, r, oB1);
-  putB(current.B.dataSync() as Float32Array, rc, oB2);
-  arena.gemm(m, n4, r, 0, r, 1, oB1, n4, oP1, n4);
-  arena.gemm(m, n4, rc, oA2, rc, 1, oB2, n4, oP2, n4);
-  if (n4 === n) arena.sub(oP1, oP2, oD, m * n);
-  else for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) f[oD + i * n + j] = f[oP1 + i * n4 + j] - f[oP2 + i * n4 + j];
+  const a1 = generated.A.dataSync() as Float32Array;
+  const a2 = current.A.dataSync() as Float32Array;
+  const b1 = generated.B.dataSync() as Float32Array;
+  const b2 = current.B.dataSync() as Float32Array;
+  if (r === rc && sameValues(a1, a2) && sameValues(b1, b2)) {
+    f.fill(0, oD, oD + m * n);
+    return { oD, free };
+  }
+  f.set(a1, 0);
+  f.set(a2, oA2);
+  for (let p = 0; p < r; p++) {
+    for (let j = 0; j < n; j++) f[oB1 + p * n4 + j] = b1[p * n + j];
+    for (let j = n; j < n4; j++) f[oB1 + p * n4 + j] = 0;
+  }
+  for (let p = 0; p < rc; p++) {
+    for (let j = 0; j < n; j++) f[oB2 + p * n4 + j] = -b2[p * n + j];
+    for (let j = n; j < n4; j++) f[oB2 + p * n4 + j] = 0;
+  }
+  arena.gemm(m, n4, r, 0, r, 1, oB1, n4, oD, n4);
+  arena.gemm(m, n4, rc, oA2, rc, 1, oB2, n4, oD, n4, true);
+  // to row length n (rows move down, never over one not yet moved)
+  if (n4 !== n) for (let i = 1; i < m; i++) f.copyWithin(oD + i * n, oD + i * n4, oD + i * n4 + n);
   return { oD, free };
 }
 

@@ -70,7 +70,7 @@ describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
   it('equal the float32 operations bit for bit, and the float64 sum of squares, at every length and offset', () => {
     const arena = deviceArena()!;
     const rng = mulberry32(5);
-    for (const n of [0, 1, 3, 4, 5, 8, 13, 64, 1001]) {
+    for (const n of [0, 1, 3, 4, 5, 7, 8, 9, 13, 16, 64, 1001]) {
       for (const off of [0, 1, 6]) {
         const [a, b, y, c] = [off, off + 2000, off + 4000, off + 6000];
         const f = arena.reserve(8000 + off);
@@ -91,6 +91,9 @@ describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
         // exact squares, summed in float64 in another order: within n·ε of each other
         expect(Math.abs(arena.sumSq(a, n) - ss)).toBeLessThanOrEqual(n * 2.3e-16 * ss);
         expect(arena.maxAbs(a, n)).toBe(mx);
+        const [s2, mx2] = arena.sumSqMaxAbs(a, n);
+        expect(Math.abs(s2 - ss)).toBeLessThanOrEqual(n * 2.3e-16 * ss);
+        expect(mx2).toBe(mx);
         const check = (fn: (i: number) => number) => {
           for (let i = 0; i < n; i++) expect(f[c + i]).toBe(Math.fround(fn(i)));
         };
@@ -103,9 +106,11 @@ describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
         arena.addSub(a, b, y, c, n);
         check((i) => x[i] + Math.fround(z[i] - w[i]));
         if (n > 0) {
+          // the last element is in the kernel's blocks or in the tail, depending on n
           f[a + n - 1] = NaN;
           expect(arena.maxAbs(a, n)).toBeNaN();
           expect(arena.sumSq(a, n)).toBeNaN();
+          expect(arena.sumSqMaxAbs(a, n).every(Number.isNaN)).toBe(true);
           f[a + n - 1] = -Infinity;
           expect(arena.maxAbs(a, n)).toBe(Infinity);
           expect(arena.sumSq(a, n)).toBe(Infinity);

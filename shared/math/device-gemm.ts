@@ -26,6 +26,10 @@ export interface GemmModule {
 import { createSimdVec, type SimdVec } from './simd-vec.js';
 
 const PAGE_BYTES = 65536;
+/** The memory's first 16 bytes are the arena's own scratch; callers' float offsets start after it. */
+const BASE = 16;
+/** Byte address of float offset `off`. */
+const at = (off: number) => BASE + 4 * off;
 
 /**
  * One growable float32 arena in the gemm's memory. A caller reserves what one call needs, lays its
@@ -34,45 +38,64 @@ const PAGE_BYTES = 65536;
  */
 export class GemmArena {
   private f32View: Float32Array;
+  /** the scratch bytes before BASE, as floats */
+  private scratch: Float32Array;
 
   constructor(private readonly mod: GemmModule, private readonly vec: SimdVec) {
-    this.f32View = new Float32Array(mod.memory.buffer);
+    this.f32View = new Float32Array(mod.memory.buffer, BASE);
+    this.scratch = new Float32Array(mod.memory.buffer, 0, BASE / 4);
   }
 
   /** The arena as float32, at least `floats` long. Views taken before this call may be stale. */
   reserve(floats: number): Float32Array {
-    const bytes = floats * 4;
+    const bytes = BASE + floats * 4;
     const have = this.mod.memory.buffer.byteLength;
     if (bytes > have) this.mod.memory.grow(Math.ceil((bytes - have) / PAGE_BYTES));
-    if (this.f32View.buffer !== this.mod.memory.buffer) this.f32View = new Float32Array(this.mod.memory.buffer);
+    if (this.f32View.buffer !== this.mod.memory.buffer) {
+      this.f32View = new Float32Array(this.mod.memory.buffer, BASE);
+      this.scratch = new Float32Array(this.mod.memory.buffer, 0, BASE / 4);
+    }
     return this.f32View;
   }
 
   /**
-   * C[m, n] = A[m, k]·B[k, n], offsets in floats: A[i, p] at a + i·lda + p·aStep (aStep 1 and
-   * lda = row length for row-major A; lda 1 and aStep = m's row length to read a row-major k×m
-   * matrix transposed), B row-major with row length ldb, C with ldc. n must be a multiple of 4.
+   * C[m, n] = A[m, k]·B[k, n] (with `acc`, C += A·B, continuing each entry's float32 sum), offsets
+   * in floats: A[i, p] at a + i·lda + p·aStep (aStep 1 and lda = row length for row-major A; lda 1
+   * and aStep = m's row length to read a row-major k×m matrix transposed), B row-major with row
+   * length ldb, C with ldc. n must be a multiple of 4.
    */
-  gemm(m: number, n: number, k: number, a: number, lda: number, aStep: number, b: number, ldb: number, c: number, ldc: number): void {
-    this.mod.gemm(m, n, k, 4 * a, lda, 4 * b, ldb, 4 * c, ldc, 0, aStep);
+  gemm(m: number, n: number, k: number, a: number, lda: number, aStep: number, b: number, ldb: number, c: number, ldc: number, acc = false): void {
+    this.mod.gemm(m, n, k, at(a), lda, at(b), ldb, at(c), ldc, acc ? 1 : 0, aStep);
   }
 
-  // Elementwise passes over n floats at float offsets: the kernels take whole vectors of 4, the
-  // last n mod 4 elements are done here (Float32Array stores round as the float32 ops would).
+  // Elementwise passes over n floats at float offsets: the kernels take whole blocks of 4 (8 for
+  // the reductions), the rest is done here (Float32Array stores round as the float32 ops would).
 
   /** Σ x² in float64 (non-finite if any x is). */
   sumSq(p: number, n: number): number {
-    const n4 = n & ~3;
-    let s = this.vec.sumSq(4 * p, n4);
-    for (let i = n4; i < n; i++) s += this.f32View[p + i] * this.f32View[p + i];
+    const n8 = n & ~7;
+    let s = this.vec.sumSq(at(p), n8);
+    for (let i = n8; i < n; i++) s += this.f32View[p + i] * this.f32View[p + i];
     return s;
   }
 
   /** max |x| (NaN if any x is NaN, 0 for n = 0). */
   maxAbs(p: number, n: number): number {
-    const n4 = n & ~3;
-    let mx = n4 > 0 ? this.vec.maxAbs(4 * p, n4) : 0;
-    for (let i = n4; i < n; i++) {
+    const n8 = n & ~7;
+    return this.maxTail(p, n8, n, n8 > 0 ? this.vec.maxAbs(at(p), n8) : 0);
+  }
+
+  /** [Σ x², max |x|] in one pass. */
+  sumSqMaxAbs(p: number, n: number): [number, number] {
+    const n8 = n & ~7;
+    let s = this.vec.sumSqMax(at(p), n8, 0);
+    const mx = n8 > 0 ? this.scratch[0] : 0;
+    for (let i = n8; i < n; i++) s += this.f32View[p + i] * this.f32View[p + i];
+    return [s, this.maxTail(p, n8, n, mx)];
+  }
+
+  private maxTail(p: number, from: number, n: number, mx: number): number {
+    for (let i = from; i < n; i++) {
       const a = Math.abs(this.f32View[p + i]);
       mx = a > mx || Number.isNaN(a) ? a : mx;
     }
@@ -82,7 +105,7 @@ export class GemmArena {
   /** c = a − b */
   sub(a: number, b: number, c: number, n: number): void {
     const n4 = n & ~3;
-    this.vec.sub(4 * a, 4 * b, 4 * c, n4);
+    this.vec.sub(at(a), at(b), at(c), n4);
     const f = this.f32View;
     for (let i = n4; i < n; i++) f[c + i] = f[a + i] - f[b + i];
   }
@@ -90,7 +113,7 @@ export class GemmArena {
   /** c = a + b */
   add(a: number, b: number, c: number, n: number): void {
     const n4 = n & ~3;
-    this.vec.add(4 * a, 4 * b, 4 * c, n4);
+    this.vec.add(at(a), at(b), at(c), n4);
     const f = this.f32View;
     for (let i = n4; i < n; i++) f[c + i] = f[a + i] + f[b + i];
   }
@@ -99,7 +122,7 @@ export class GemmArena {
   scale(a: number, s: number, c: number, n: number): void {
     const n4 = n & ~3;
     const s32 = Math.fround(s);
-    this.vec.scale(4 * a, s32, 4 * c, n4);
+    this.vec.scale(at(a), s32, at(c), n4);
     const f = this.f32View;
     for (let i = n4; i < n; i++) f[c + i] = f[a + i] * s32;
   }
@@ -107,7 +130,7 @@ export class GemmArena {
   /** c = k + (x − y) */
   addSub(k: number, x: number, y: number, c: number, n: number): void {
     const n4 = n & ~3;
-    this.vec.addSub(4 * k, 4 * x, 4 * y, 4 * c, n4);
+    this.vec.addSub(at(k), at(x), at(y), at(c), n4);
     const f = this.f32View;
     for (let i = n4; i < n; i++) f[c + i] = f[k + i] + Math.fround(f[x + i] - f[y + i]);
   }

@@ -6,8 +6,10 @@
 //
 // Pointers are byte offsets into the memory, n a count of floats and a multiple of 4:
 //   sumSq(p, n) → f64       Σ x², each x promoted to float64 first (so every square is exact),
-//                            two float64x2 accumulators; NaN or ±Infinity make it non-finite
-//   maxAbs(p, n) → f32      max |x|, NaN if any x is NaN
+//                            four float64x2 accumulators; NaN or ±Infinity make it non-finite;
+//                            n a multiple of 8
+//   maxAbs(p, n) → f32      max |x|, NaN if any x is NaN; n a multiple of 8
+//   sumSqMax(p, n, out) → f64  both in one pass, max |x| stored as a float32 at out
 //   sub(a, b, c, n)         c = a − b
 //   add(a, b, c, n)         c = a + b
 //   scale(a, s, c, n)       c = a·s (s float32)
@@ -69,30 +71,77 @@ function body(locals: [number, number][], code: number[]): number[] {
   return [...uleb(b.length), ...b];
 }
 
-// sumSq(p, n): locals 2 end, 3 acc0, 4 acc1, 5 x, 6 d
-function sumSqBody(): number[] {
-  const [P, N, END, A0, A1, X, D] = [0, 1, 2, 3, 4, 5, 6];
-  const hi = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
-  return body([[1, I32], [4, V128]], [
-    ...loop(P, N, END, [P], [
-      ...load(P), ...set(X),
-      ...get(X), ...simd(V.promoteLow), ...set(D),
-      ...get(A0), ...get(D), ...get(D), ...simd(V.f64Mul), ...simd(V.f64Add), ...set(A0),
-      ...get(X), ...get(X), ...simd(V.shuffle), ...hi, ...simd(V.promoteLow), ...set(D),
-      ...get(A1), ...get(D), ...get(D), ...simd(V.f64Mul), ...simd(V.f64Add), ...set(A1),
-    ]),
-    ...get(A0), ...get(A1), ...simd(V.f64Add), ...set(A0),
-    ...get(A0), ...simd(V.f64Lane), 0, ...get(A0), ...simd(V.f64Lane), 1, F64_ADD,
-  ]);
+/** loop() over 8 floats a step (two vectors): locals[end] = p + 4·n, p += 32. */
+function loop8(p: number, n: number, end: number, body: number[]): number[] {
+  return [
+    ...get(p), ...get(n), ...i32c(2), I32_SHL, I32_ADD, ...set(end),
+    0x02, 0x40, 0x03, 0x40,
+    ...get(p), ...get(end), I32_GE_U, 0x0d, 1,
+    ...body,
+    ...get(p), ...i32c(32), I32_ADD, ...set(p),
+    0x0c, 0, 0x0b, 0x0b,
+  ];
 }
 
-// maxAbs(p, n): locals 2 end, 3 acc
+const HI = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/**
+ * The sum of squares and max |x| of 8 floats at p into accumulators: float64x2 S[0..3] (four
+ * independent chains, so the adds overlap) and float32x4 M[0..1]. X, D: scratch v128 locals.
+ */
+function sumSqMaxStep(P: number, S: number[], M: number[] | undefined, X: number, D: number): number[] {
+  const out: number[] = [];
+  for (let v = 0; v < 2; v++) {
+    out.push(...get(P), ...simd(0x00), 2, 16 * v, ...set(X));
+    for (let h = 0; h < 2; h++) {
+      const acc = S[2 * v + h];
+      out.push(...get(X), ...(h === 0 ? [] : [...get(X), ...simd(V.shuffle), ...HI]), ...simd(V.promoteLow), ...set(D));
+      out.push(...get(acc), ...get(D), ...get(D), ...simd(V.f64Mul), ...simd(V.f64Add), ...set(acc));
+    }
+    if (M) out.push(...get(M[v]), ...get(X), ...simd(V.f32Abs), ...simd(V.f32Max), ...set(M[v]));
+  }
+  return out;
+}
+
+/** Σ of the four float64x2 accumulators, as an f64 on the stack. */
+function sumOf(S: number[]): number[] {
+  return [
+    ...get(S[0]), ...get(S[1]), ...simd(V.f64Add), ...get(S[2]), ...get(S[3]), ...simd(V.f64Add), ...simd(V.f64Add), ...set(S[0]),
+    ...get(S[0]), ...simd(V.f64Lane), 0, ...get(S[0]), ...simd(V.f64Lane), 1, F64_ADD,
+  ];
+}
+
+/** max of the lanes of M0 and M1, as an f32 on the stack. */
+function maxOf(M: number[]): number[] {
+  const lane = (i: number) => [...get(M[0]), ...simd(V.f32Lane), i];
+  return [...get(M[0]), ...get(M[1]), ...simd(V.f32Max), ...set(M[0]), ...lane(0), ...lane(1), F32_MAX, ...lane(2), ...lane(3), F32_MAX, F32_MAX];
+}
+
+// sumSq(p, n): locals 2 end, 3–6 S, 7 x, 8 d
+function sumSqBody(): number[] {
+  const [P, N, END, X, D] = [0, 1, 2, 7, 8];
+  const S = [3, 4, 5, 6];
+  return body([[1, I32], [6, V128]], [...loop8(P, N, END, sumSqMaxStep(P, S, undefined, X, D)), ...sumOf(S)]);
+}
+
+// maxAbs(p, n): locals 2 end, 3–4 M
 function maxAbsBody(): number[] {
-  const [P, N, END, ACC] = [0, 1, 2, 3];
-  const lane = (i: number) => [...get(ACC), ...simd(V.f32Lane), i];
-  return body([[1, I32], [1, V128]], [
-    ...loop(P, N, END, [P], [...get(ACC), ...load(P), ...simd(V.f32Abs), ...simd(V.f32Max), ...set(ACC)]),
-    ...lane(0), ...lane(1), F32_MAX, ...lane(2), ...lane(3), F32_MAX, F32_MAX,
+  const [P, N, END] = [0, 1, 2];
+  const M = [3, 4];
+  const step: number[] = [];
+  for (let v = 0; v < 2; v++) step.push(...get(M[v]), ...get(P), ...simd(0x00), 2, 16 * v, ...simd(V.f32Abs), ...simd(V.f32Max), ...set(M[v]));
+  return body([[1, I32], [2, V128]], [...loop8(P, N, END, step), ...maxOf(M)]);
+}
+
+// sumSqMax(p, n, out): locals 3 end, 4–7 S, 8–9 M, 10 x, 11 d
+function sumSqMaxBody(): number[] {
+  const [P, N, OUT, END, X, D] = [0, 1, 2, 3, 10, 11];
+  const S = [4, 5, 6, 7];
+  const M = [8, 9];
+  return body([[1, I32], [8, V128]], [
+    ...loop8(P, N, END, sumSqMaxStep(P, S, M, X, D)),
+    ...get(OUT), ...maxOf(M), 0x38, 2, 0, // f32.store
+    ...sumOf(S),
   ]);
 }
 
@@ -136,18 +185,20 @@ function moduleBytes(): Uint8Array {
     [0x60, ...vec([[I32], [I32], [I32], [I32]]), 0], // sub, add
     [0x60, ...vec([[I32], [F32], [I32], [I32]]), 0], // scale
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32]]), 0], // addSub
+    [0x60, ...vec([[I32], [I32], [I32]]), ...vec([[F64]])], // sumSqMax
   ]));
   const imports = section(2, vec([[...str('env'), ...str('mem'), 0x02, 0x00, 0]]));
-  const funcs = section(3, vec([[0], [1], [2], [2], [3], [4]]));
-  const names = ['sumSq', 'maxAbs', 'sub', 'add', 'scale', 'addSub'];
+  const funcs = section(3, vec([[0], [1], [2], [2], [3], [4], [5]]));
+  const names = ['sumSq', 'maxAbs', 'sub', 'add', 'scale', 'addSub', 'sumSqMax'];
   const exports = section(7, vec(names.map((name, i) => [...str(name), 0x00, i])));
-  const code = section(10, vec([sumSqBody(), maxAbsBody(), subBody(), addBody(), scaleBody(), addSubBody()]));
+  const code = section(10, vec([sumSqBody(), maxAbsBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody()]));
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
 export interface SimdVec {
   sumSq(p: number, n: number): number;
   maxAbs(p: number, n: number): number;
+  sumSqMax(p: number, n: number, out: number): number;
   sub(a: number, b: number, c: number, n: number): void;
   add(a: number, b: number, c: number, n: number): void;
   scale(a: number, s: number, c: number, n: number): void;

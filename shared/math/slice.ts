@@ -14,7 +14,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
-import { matMul as denseMatMul, symmetricEigen, thinQ } from './dense.js';
+import { matMul as denseMatMul, orthoQ, symmetricEigen } from './dense.js';
 import { deviceArena, pad4, type GemmArena } from './device-gemm.js';
 import type { LowRank } from './low-rank.js';
 
@@ -206,19 +206,22 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   } finally {
     products.dispose();
   }
-  const { s, U, V } = svd;
-  for (let j = 0; j < rank; j++) s[j] *= 2 ** e;
-  return canonicalFactorsOf(m, n, rank, s, U, V);
+  return ritzFactors(m, n, rank, svd, 2 ** e);
 }
 
 /**
- * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice: singular values s,
- * U (m×rank) and V (n×rank) row-major, unit columns (zero where s is 0), float64.
+ * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice, float64, row-major:
+ * singular values s; on the long side (U tall, V wide) the columns σ_j·u_j as W·v_j gives them,
+ * normalised only when the factors are built (ritzFactors); on the short side unit columns.
  */
 interface Svd {
   s: Float64Array;
-  U: Float64Array;
-  V: Float64Array;
+  /** long×rank, column j = σ_j times the singular vector */
+  long: Float64Array;
+  /** k×rank, unit columns */
+  short: Float64Array;
+  /** per column of `long`, the row of its first largest-magnitude entry (canonical signs, tall W) */
+  longArgmax: Int32Array;
   /**
    * With `next`: orth(M·Q·P), one more power iteration of the final basis Q, in Ritz order (M =
    * Wᵀ·W tall, W·Wᵀ wide): the next warm start's Q₀, k×l with orthonormal columns.
@@ -241,8 +244,13 @@ interface WProducts {
   gram(x: Float32Array | Float64Array, cols: number): Float64Array;
   /** Y = toLong·q (long×cols), kept for yTimes; returns toShort·Y = M·q. */
   project(q: Float64Array, cols: number): Float64Array;
-  /** Y·P for the Y of the last project, P row-major cols×rank; releases Y. */
-  yTimes(p: Float64Array, rank: number): Float64Array;
+  /**
+   * Y·P and Q·P for the Y and Q of the last project, P row-major cols×rank: the long side's
+   * σ-scaled and the short side's unit singular vectors. Releases Y.
+   */
+  ritz(p: Float64Array, rank: number): { long: Float64Array; short: Float64Array };
+  /** M·Q·P (k×cols) for the Q of the last project and P (cols×cols): one more power iteration. */
+  nextPower(pFull: Float64Array): Float64Array;
   /** Free what the products hold (tensors); idempotent. */
   dispose(): void;
 }
@@ -255,6 +263,8 @@ class TfjsProducts implements WProducts {
   private readonly toShort: tf.Tensor2D;
   private y: tf.Tensor2D | undefined;
   private cols = 0;
+  private q: Float64Array | undefined;
+  private z: Float64Array | undefined;
 
   constructor(private readonly W: tf.Tensor2D, m: number, n: number, e: number) {
     this.Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
@@ -284,17 +294,24 @@ class TfjsProducts implements WProducts {
     // eigen step the long×rank Y·P. Yᵀ·Y directly (a transposed operand) costs ~3× more on wasm.
     this.y = tf.tidy(() => tf.matMul(this.toLong, tf.tensor2d(Float32Array.from(q), [q.length / cols, cols]))) as tf.Tensor2D;
     this.cols = cols;
-    return readBack(tf.matMul(this.toShort, this.y));
+    this.q = q;
+    this.z = readBack(tf.matMul(this.toShort, this.y));
+    return this.z;
   }
 
-  yTimes(p: Float64Array, rank: number): Float64Array {
+  ritz(p: Float64Array, rank: number): { long: Float64Array; short: Float64Array } {
     const y = this.y!;
     this.y = undefined;
     try {
-      return readBack(tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank]))));
+      const long = readBack(tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank]))));
+      return { long, short: denseMatMul(this.q!, p, this.q!.length / this.cols, this.cols, rank) };
     } finally {
       y.dispose();
     }
+  }
+
+  nextPower(pFull: Float64Array): Float64Array {
+    return denseMatMul(this.z!, pFull, this.z!.length / this.cols, this.cols, this.cols);
   }
 
   dispose(): void {
@@ -309,7 +326,8 @@ class TfjsProducts implements WProducts {
  * The products on plain arrays in the device's gemm arena (device-gemm.ts): W is read back once
  * and copied in (scaled), and each product is a gemm on it, Wᵀ read in place. Sketch widths are
  * padded to a multiple of 4 with zero columns, which stay zero through every product.
- * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O long·r4.
+ * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O long·r4 | S k·r4 |
+ * PF c4·c4 | ZP k·c4.
  */
 class ArenaProducts implements WProducts {
   private readonly tall: boolean;
@@ -321,6 +339,9 @@ class ArenaProducts implements WProducts {
   private readonly oZ: number;
   private readonly oP: number;
   private readonly oO: number;
+  private readonly oS: number;
+  private readonly oPF: number;
+  private readonly oZP: number;
   private f32: Float32Array;
   private yCols = 0;
 
@@ -335,16 +356,18 @@ class ArenaProducts implements WProducts {
     this.oZ = this.oY + this.long * this.c4;
     this.oP = this.oZ + this.k * this.c4;
     this.oO = this.oP + this.c4 * r4;
-    this.f32 = arena.reserve(this.oO + this.long * r4);
+    this.oS = this.oO + this.long * r4;
+    this.oPF = this.oS + this.k * r4;
+    this.oZP = this.oPF + this.c4 * this.c4;
+    this.f32 = arena.reserve(this.oZP + this.k * this.c4);
     this.f32.set(data, 0);
   }
 
   /** max |W| (NaN if W is not finite) and ‖W‖²_F in float64. */
   maxAbsAndSumSquares(): [number, number] {
-    const len = this.m * this.n;
-    const ss = this.arena.sumSq(0, len);
+    const [ss, mx] = this.arena.sumSqMaxAbs(0, this.m * this.n);
     // NaN and ±Infinity make the sum non-finite (finite float32 squares cannot overflow it).
-    return Number.isFinite(ss) ? [this.arena.maxAbs(0, len), ss] : [NaN, ss];
+    return Number.isFinite(ss) ? [mx, ss] : [NaN, ss];
   }
 
   /** W ← W·scale, a power of two: exact in float32. */
@@ -414,16 +437,28 @@ class ArenaProducts implements WProducts {
     return this.gram(q, cols);
   }
 
-  yTimes(p: Float64Array, rank: number): Float64Array {
+  /** P (rows×cols, row-major) into the buffer at off, c4×ld, zero-padded. */
+  private putP(p: Float64Array, rows: number, cols: number, off: number, ld: number): void {
     const f = this.f32;
-    const r4 = pad4(rank);
-    const cols = this.yCols;
-    // P (cols×rank) into c4×r4, zero-padded: Y's padding columns meet zero rows.
     for (let i = 0; i < this.c4; i++) {
-      for (let j = 0; j < r4; j++) f[this.oP + i * r4 + j] = i < cols && j < rank ? p[i * rank + j] : 0;
+      for (let j = 0; j < ld; j++) f[off + i * ld + j] = i < rows && j < cols ? p[i * cols + j] : 0;
     }
+  }
+
+  ritz(p: Float64Array, rank: number): { long: Float64Array; short: Float64Array } {
+    const r4 = pad4(rank);
+    // Padding rows of P meet Y's and Q's zero padding columns.
+    this.putP(p, this.yCols, rank, this.oP, r4);
     this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, this.oO, r4);
-    return this.get(this.oO, this.long, rank, r4);
+    this.arena.gemm(this.k, r4, this.c4, this.oX, this.c4, 1, this.oP, r4, this.oS, r4);
+    return { long: this.get(this.oO, this.long, rank, r4), short: this.get(this.oS, this.k, rank, r4) };
+  }
+
+  nextPower(pFull: Float64Array): Float64Array {
+    const c = this.yCols;
+    this.putP(pFull, c, c, this.oPF, this.c4);
+    this.arena.gemm(this.k, this.c4, this.c4, this.oZ, this.c4, 1, this.oPF, this.c4, this.oZP, this.c4);
+    return this.get(this.oZP, this.k, c, this.c4);
   }
 
   dispose(): void {}
@@ -452,23 +487,32 @@ function randomizedSvd(
   const { vectors: pFull } = symmetricEigen(g, l); // all l eigenvectors of YᵀY, row-major l×l
   const p = new Float64Array(l * rank);
   for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = pFull[i * l + j];
-  const longVecs = W.yTimes(p, rank); // columns σ_j·u_j
-  const shortVecs = denseMatMul(basis, p, k, l, rank); // unit columns
+  const { long: longVecs, short: shortVecs } = W.ritz(p, rank); // columns σ_j·u_j; unit columns
   // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
+  // The same pass finds each column's largest entry, for the canonical signs.
   const s = new Float64Array(rank);
-  for (let j = 0; j < rank; j++) {
-    let ss = 0;
-    for (let i = 0; i < long; i++) ss += longVecs[i * rank + j] ** 2;
-    s[j] = Math.sqrt(ss);
-    if (s[j] > 0) for (let i = 0; i < long; i++) longVecs[i * rank + j] /= s[j];
+  const longArgmax = new Int32Array(rank);
+  const bestAbs = new Float64Array(rank).fill(-1);
+  for (let i = 0; i < long; i++) {
+    const o = i * rank;
+    for (let j = 0; j < rank; j++) {
+      const x = longVecs[o + j];
+      s[j] += x * x;
+      const ax = Math.abs(x);
+      if (ax > bestAbs[j]) {
+        bestAbs[j] = ax;
+        longArgmax[j] = i;
+      }
+    }
   }
-  // M·Q came back for the Gram anyway: one more power iteration costs only its QR. Ordered by
-  // the Ritz values (M·Q·P), so the next Gram is near diagonal and Jacobi needs few sweeps.
+  for (let j = 0; j < rank; j++) s[j] = Math.sqrt(s[j]);
+  // M·Q came back for the Gram anyway: one more power iteration costs only M·Q·P and its QR.
+  // Ordered by the Ritz values, so the next Gram is near diagonal and Jacobi needs few sweeps.
   let nextBasis: Float64Array | undefined;
   let containment: number | undefined;
   if (next) {
     checkFinite(z);
-    nextBasis = thinQ(denseMatMul(z, pFull, k, l, l), k, l);
+    nextBasis = orthoQ(W.nextPower(pFull), k, l);
     if (start) {
       // ‖Q₁ᵀ·V_r‖²_F / r: Q₁ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
       const proj = denseMatMul(transposeOf(nextBasis, k, l), shortVecs, l, k, rank);
@@ -477,7 +521,50 @@ function randomizedSvd(
       containment = ss / rank;
     }
   }
-  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs, next: nextBasis, containment };
+  return { s, long: longVecs, short: shortVecs, longArgmax, next: nextBasis, containment };
+}
+
+/**
+ * The factors A = U·√S (m×r), B = √S·Vᵀ (r×n) of a randomized Svd of the scaled W, S = 2^e·s, with
+ * canonicalFactorsOf's signs (each column of U has its largest-magnitude entry positive; the first
+ * of equal ones). The long side is normalised here, in the same pass that writes its factor.
+ */
+function ritzFactors(m: number, n: number, r: number, svd: Svd, scale: number): LowRank {
+  const tall = m >= n;
+  const { s, long: L, short: S } = svd;
+  // U's column j is L's divided by σ_j (tall: the same largest entry) or S's (wide).
+  const best = tall ? svd.longArgmax : argmaxAbsColumns(S, m, r);
+  const U = tall ? L : S;
+  const V = tall ? S : L;
+  const fu = new Float64Array(r);
+  const fv = new Float64Array(r);
+  for (let j = 0; j < r; j++) {
+    const f = (U[best[j] * r + j] < 0 ? -1 : 1) * Math.sqrt(Math.max(0, s[j] * scale));
+    const fl = s[j] > 0 ? f / s[j] : f;
+    fu[j] = tall ? fl : f;
+    fv[j] = tall ? f : fl;
+  }
+  const a = new Float32Array(m * r);
+  for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j] = fu[j] * U[i * r + j];
+  const b = new Float32Array(r * n);
+  for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) b[j * n + c] = fv[j] * V[c * r + j];
+  return { A: tf.tensor2d(a, [m, r]), B: tf.tensor2d(b, [r, n]) };
+}
+
+/** Per column of a row-major rows×cols matrix, the row of its first largest-magnitude entry. */
+function argmaxAbsColumns(x: Float64Array, rows: number, cols: number): Int32Array {
+  const best = new Int32Array(cols);
+  const bestAbs = new Float64Array(cols).fill(-1);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
+      const ax = Math.abs(x[i * cols + j]);
+      if (ax > bestAbs[j]) {
+        bestAbs[j] = ax;
+        best[j] = i;
+      }
+    }
+  }
+  return best;
 }
 
 /** A tensor's values as float64; the tensor is disposed. */
@@ -583,7 +670,7 @@ function gaussian(rows: number, cols: number, seed: number): Float32Array {
 /** Orthonormal basis (row-major rows×cols, float64) of the columns of a finite rows×cols matrix. */
 function orthonormalize(y: Float64Array, rows: number, cols: number): Float64Array {
   checkFinite(y);
-  return thinQ(y, rows, cols);
+  return orthoQ(y, rows, cols);
 }
 
 function toMatrix(data: ArrayLike<number>, rows: number, cols: number): Matrix {
