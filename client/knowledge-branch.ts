@@ -4,7 +4,7 @@
 // is kept equal to W_eff, so training and inference need no change; W is kernel − Σ_p K_p.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../shared/math/low-rank.js';
-import { deviceArena, pad4, type GemmArena } from '../shared/math/device-gemm.js';
+import { deviceArena, pad4, tensorFromArena, type GemmArena } from '../shared/math/device-gemm.js';
 import { slotShapeOf, slotVariable } from './slot.js';
 
 export const DEFAULT_TAU = 0.5;
@@ -32,6 +32,8 @@ interface Branch {
   layer: string;
   K: tf.Tensor2D | undefined;
   data: Float32Array | undefined;
+  /** `data` was made here and never handed out: the next set() of the pair may write over it. */
+  ownData: boolean;
   scale: number;
   /** K is exactly zero: nothing to add or subtract, which keeps identity transfers bit-exact. */
   zero: boolean;
@@ -168,12 +170,13 @@ export class KnowledgeBranches {
     opts: { keepDelta?: boolean } = {},
   ): BranchUpdate & { delta?: tf.Tensor2D } {
     // tau, gate and the pair's layer are checked by setDelta, before anything changes.
-    const [m, n] = slotShapeOf(slotVariable(this.model, layer).shape);
+    const variable = slotVariable(this.model, layer);
+    const [m, n] = slotShapeOf(variable.shape);
     checkFactors(`pair "${pairId}" generated (A′, B′)`, generated, m, n, layer);
     checkFactors(`pair "${pairId}" current slice (A, B)`, current, m, n, layer);
 
     const arena = deviceArena();
-    if (arena) return this.setInArena(arena, pairId, layer, m, n, generated, current, tau, gate, opts);
+    if (arena) return this.setInArena(arena, variable, pairId, layer, m, n, generated, current, tau, gate, opts);
     const D = tf.tidy(() =>
       tf.sub(tf.matMul(generated.A, generated.B), tf.matMul(current.A, current.B)),
     ) as tf.Tensor2D;
@@ -242,7 +245,7 @@ export class KnowledgeBranches {
       });
     }
     old?.K?.dispose();
-    this.branches.set(pairId, { layer, K, data: undefined, scale, zero });
+    this.branches.set(pairId, { layer, K, data: undefined, ownData: false, scale, zero });
     return { scale, gate, deltaNorm: dNorm, branchNorm, weightNorm: wNorm, delta };
   }
 
@@ -265,11 +268,10 @@ export class KnowledgeBranches {
    * Layout after D (floats, L = m·n each): kernel | each branch K of the layer | W | K_new | next.
    */
   private setInArena(
-    arena: GemmArena, pairId: string, layer: string, m: number, n: number, generated: LowRank, current: LowRank,
-    tau: number, gate: number, opts: { keepDelta?: boolean },
+    arena: GemmArena, variable: tf.Variable, pairId: string, layer: string, m: number, n: number, generated: LowRank,
+    current: LowRank, tau: number, gate: number, opts: { keepDelta?: boolean },
   ): BranchUpdate & { delta?: tf.Tensor2D } {
     const old = this.checkSet(pairId, layer, tau, gate);
-    const variable = slotVariable(this.model, layer);
     const L = m * n;
     const layerBranches = [...this.branches.values()].filter((b) => b.layer === layer && !b.zero);
     const { oD, free } = lowRankDifference(arena, generated, current, m, n, (4 + layerBranches.length) * L);
@@ -309,13 +311,16 @@ export class KnowledgeBranches {
       const oNext = oK + L;
       if (oOld >= 0) arena.addSub(oKernel, oK, oOld, oNext, L);
       else arena.add(oKernel, oK, oNext, L);
-      const t = tf.tensor(f.slice(oNext, oNext + L), variable.shape, 'float32');
+      const t = tensorFromArena(f.subarray(oNext, oNext + L), variable.shape);
       variable.assign(t);
       t.dispose();
     }
-    const delta = opts.keepDelta ? tf.tensor2d(f.slice(oD, oD + L), [m, n]) : undefined;
+    const delta = opts.keepDelta ? tensorFromArena<tf.Rank.R2>(f.subarray(oD, oD + L), [m, n]) : undefined;
+    // K's values: into the pair's previous array when it is ours alone (no allocation), else a new one.
+    const data = old?.ownData ? old.data! : new Float32Array(L);
+    data.set(f.subarray(oK, oK + L));
     old?.K?.dispose();
-    this.branches.set(pairId, { layer, K: undefined, data: f.slice(oK, oK + L), scale, zero });
+    this.branches.set(pairId, { layer, K: undefined, data, ownData: true, scale, zero });
     return { scale, gate, deltaNorm: dNorm, branchNorm, weightNorm: wNorm, delta };
   }
 
@@ -398,7 +403,8 @@ export class KnowledgeBranches {
     if (!b) return undefined;
     if (b.K) return tf.clone(b.K) as tf.Tensor2D;
     const [m, n] = slotShapeOf(slotVariable(this.model, b.layer).shape);
-    return tf.tensor2d(b.data!, [m, n]);
+    // a copy: the cpu backend would keep the array itself, which the pair's next set() reuses
+    return tf.tensor2d(b.data!.slice(), [m, n]);
   }
 
   /** The cap factor s of pair `pairId`'s current branch, or undefined. */

@@ -325,6 +325,46 @@ describe('KnowledgeBranches.set and projectFeedback on the device gemm', () => {
     model.dispose();
   });
 
+  it('on a backend that keeps a tensor\'s array (cpu), results stay apart from the arena and from branch() copies', async () => {
+    const run = () => {
+      const model = seededMlp(21, 20, 16, 3);
+      const kb = new KnowledgeBranches(model);
+      const rng = mulberry32(21);
+      const cur = randnFactors(rng, 20, 4, 16);
+      const gen = randnFactors(rng, 20, 4, 16);
+      const G = tf.randomNormal([20, 16], 0, 1e-2, 'float32', 2) as tf.Tensor2D;
+      const u1 = kb.set('p', 'h', gen, cur, 0.5, 0.5, { keepDelta: true });
+      const K1 = kb.branch('p')!;
+      const k1 = Float32Array.from(K1.dataSync() as Float32Array);
+      const d1 = Float32Array.from(u1.delta!.dataSync() as Float32Array);
+      const fb = projectFeedback(G, gen, 0.3);
+      const gA = Float32Array.from(fb.gA.dataSync() as Float32Array);
+      // the pair's next set() and another projection reuse the arena and the branch's array
+      kb.set('p', 'h', cur, gen, 0.5, 1, { keepDelta: true }).delta!.dispose();
+      projectFeedback(G, cur, 0.9).gA.dispose();
+      expect(Float32Array.from(K1.dataSync() as Float32Array)).toEqual(k1);
+      expect(Float32Array.from(u1.delta!.dataSync() as Float32Array)).toEqual(d1);
+      expect(Float32Array.from(fb.gA.dataSync() as Float32Array)).toEqual(gA);
+      const kernel = kernelValues(model, 'h');
+      tf.dispose([K1, u1.delta!, fb.gA, fb.gB, G]);
+      [cur, gen].forEach(disposeLowRank);
+      kb.dispose();
+      model.dispose();
+      return { k1, d1, gA, kernel };
+    };
+    const wasm = run();
+    await initBackend('cpu', () => {});
+    try {
+      expect(tf.getBackend()).toBe('cpu');
+      const cpu = run();
+      for (const k of ['k1', 'd1', 'gA', 'kernel'] as const) {
+        for (let i = 0; i < wasm[k].length; i++) expect(Math.abs(cpu[k][i] - wasm[k][i]), k).toBeLessThan(1e-6);
+      }
+    } finally {
+      await initBackend('wasm', () => {});
+    }
+  });
+
   it('projectFeedback gives the tfjs path\'s gA and gB, ranks and widths not multiples of 4', () => {
     for (const [m, n, r] of [[784, 64, 8], [18, 6, 4], [16, 3, 2], [30, 17, 5]] as [number, number, number][]) {
       const rng = mulberry32(m + n + r);

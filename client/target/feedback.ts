@@ -4,7 +4,7 @@
 // never leaves the device.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../../shared/math/low-rank.js';
-import { deviceArena, pad4, type GemmArena } from '../../shared/math/device-gemm.js';
+import { deviceArena, pad4, tensorFromArena, type GemmArena } from '../../shared/math/device-gemm.js';
 
 export interface Feedback {
   /** s·G·B′ᵀ, m×r. */
@@ -71,11 +71,11 @@ function projectInArena(arena: GemmArena, G: tf.Tensor2D, generated: LowRank, sc
   arena.gemm(r, n4, m, oA, 1, r, 0, n4, oGB, n4); // A′ᵀ·G, A′ read transposed
   arena.scale(oGA, scale, oGA, m * r4);
   arena.scale(oGB, scale, oGB, r * n4);
-  const compact = (o: number, rows: number, cols: number, ld: number): Float32Array => {
-    if (ld === cols) return f.slice(o, o + rows * cols);
-    const out = new Float32Array(rows * cols);
-    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = f[o + i * ld + j];
-    return out;
+  const out = (o: number, rows: number, cols: number, ld: number): tf.Tensor2D => {
+    if (ld === cols) return tensorFromArena<tf.Rank.R2>(f.subarray(o, o + rows * cols), [rows, cols]);
+    const c = new Float32Array(rows * cols);
+    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) c[i * cols + j] = f[o + i * ld + j];
+    return tf.tensor2d(c, [rows, cols]);
   };
-  return { gA: tf.tensor2d(compact(oGA, m, r, r4), [m, r]), gB: tf.tensor2d(compact(oGB, r, n, n4), [r, n]) };
+  return { gA: out(oGA, m, r, r4), gB: out(oGB, r, n, n4) };
 }

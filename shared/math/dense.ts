@@ -198,7 +198,11 @@ export interface SymmetricEigen {
  * cyclic Jacobi rotations. Jacobi rather than tridiagonal QR: for the ≤ few-dozen-wide Gram
  * matrices here it is as fast, short, and finds small eigenvalues to high relative accuracy.
  */
-export function symmetricEigen(sym: ArrayLike<number>, n: number): SymmetricEigen {
+export function symmetricEigen(sym: ArrayLike<number>, n: number, opts: { offTol?: number } = {}): SymmetricEigen {
+  // Converged once the off-diagonal mass is below offTol² of the whole matrix's (Frobenius, both
+  // halves): by default 1e-16, rounding level. A caller whose results are float32 can stop at
+  // ~1e-12 and save the last sweep, which only moves the vectors by ~1e-12 relative to the gaps.
+  const tol2 = (opts.offTol ?? 1e-16) ** 2;
   // The upper triangle of A (a[p·n + q], p ≤ q) and Vᵀ (row j: eigenvector j), so that a rotation
   // writes each entry it changes once and walks rows of V contiguously.
   const a = new Float64Array(n * n);
@@ -215,8 +219,7 @@ export function symmetricEigen(sym: ArrayLike<number>, n: number): SymmetricEige
   for (let sweep = 0; sweep < 64 && total > 0; sweep++) {
     let off = 0;
     for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p * n + q] * a[p * n + q];
-    // Converged once the off-diagonal mass (both halves) is at rounding level of the whole matrix.
-    if (2 * off <= 1e-32 * total) break;
+    if (2 * off <= tol2 * total) break;
     for (let p = 0; p < n - 1; p++) {
       for (let q = p + 1; q < n; q++) {
         const apq = a[p * n + q];

@@ -23,6 +23,7 @@ export interface GemmModule {
   gemm: GemmFn;
 }
 
+import * as tf from '@tensorflow/tfjs';
 import { createSimdVec, type SimdVec } from './simd-vec.js';
 
 const PAGE_BYTES = 65536;
@@ -166,4 +167,13 @@ export function deviceArena(): GemmArena | null {
     arenas.set(factory, arena);
   }
   return arena;
+}
+
+/**
+ * A float32 tensor of the values in `view` (a view into the arena). The wasm backend copies a
+ * tensor's values into its own heap when it makes it, so the view is handed over as is; other
+ * backends (cpu, webgl) may keep the array itself, which the arena will overwrite, so they get a copy.
+ */
+export function tensorFromArena<R extends tf.Rank>(view: Float32Array, shape: tf.ShapeMap[R]): tf.Tensor<R> {
+  return tf.tensor(tf.getBackend() === 'wasm' ? view : view.slice(), shape, 'float32') as tf.Tensor<R>;
 }

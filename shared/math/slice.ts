@@ -52,6 +52,8 @@ export const WARM_SUBSPACE_TOL = 0.05;
  * power iteration started there; it shows as captured energy that ‖W‖_F grew without.
  */
 export const WARM_ENERGY_TOL = 2e-3;
+/** symmetricEigen's offTol for the slice's l×l Gram matrices (see randomizedSvd). */
+const SLICE_EIGEN_TOL = 1e-12;
 /** Default of SliceHistory.coldEvery: a cold check every 16th slice. */
 export const DEFAULT_COLD_EVERY = 16;
 
@@ -246,13 +248,46 @@ interface WProducts {
   project(q: Float64Array, cols: number): Float64Array;
   /**
    * Y·P and Q·P for the Y and Q of the last project, P row-major cols×rank: the long side's
-   * σ-scaled and the short side's unit singular vectors. Releases Y.
+   * σ-scaled and the short side's unit singular vectors, with the long side's column sums of
+   * squares and each column's first largest-magnitude row (columnStats). Releases Y.
    */
-  ritz(p: Float64Array, rank: number): { long: Float64Array; short: Float64Array };
+  ritz(p: Float64Array, rank: number): Ritz;
   /** M·Q·P (k×cols) for the Q of the last project and P (cols×cols): one more power iteration. */
   nextPower(pFull: Float64Array): Float64Array;
   /** Free what the products hold (tensors); idempotent. */
   dispose(): void;
+}
+
+interface Ritz {
+  long: Float64Array;
+  short: Float64Array;
+  sumSq: Float64Array;
+  argmax: Int32Array;
+}
+
+/**
+ * Column sums of squares and, per column, the row of the first largest-magnitude entry, of a
+ * rows×cols matrix at `off` with row length ld (float32 or float64), copied row-major into `out`
+ * (rows×cols, float64) in the same pass.
+ */
+function columnStats(x: Float32Array | Float64Array, off: number, ld: number, rows: number, cols: number, out: Float64Array): { sumSq: Float64Array; argmax: Int32Array } {
+  const sumSq = new Float64Array(cols);
+  const argmax = new Int32Array(cols);
+  const best = new Float64Array(cols).fill(-1);
+  for (let i = 0; i < rows; i++) {
+    const o = off + i * ld;
+    for (let j = 0; j < cols; j++) {
+      const v = x[o + j];
+      out[i * cols + j] = v;
+      sumSq[j] += v * v;
+      const a = Math.abs(v);
+      if (a > best[j]) {
+        best[j] = a;
+        argmax[j] = i;
+      }
+    }
+  }
+  return { sumSq, argmax };
 }
 
 /** The products on the tfjs backend: a few ops each, one upload and one read-back per product. */
@@ -299,12 +334,17 @@ class TfjsProducts implements WProducts {
     return this.z;
   }
 
-  ritz(p: Float64Array, rank: number): { long: Float64Array; short: Float64Array } {
+  ritz(p: Float64Array, rank: number): Ritz {
     const y = this.y!;
     this.y = undefined;
     try {
-      const long = readBack(tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank]))));
-      return { long, short: denseMatMul(this.q!, p, this.q!.length / this.cols, this.cols, rank) };
+      const t = tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank])));
+      const ly = t.dataSync() as Float32Array;
+      t.dispose();
+      const rows = ly.length / rank;
+      const long = new Float64Array(rows * rank);
+      const { sumSq, argmax } = columnStats(ly, 0, rank, rows, rank, long);
+      return { long, short: denseMatMul(this.q!, p, this.q!.length / this.cols, this.cols, rank), sumSq, argmax };
     } finally {
       y.dispose();
     }
@@ -445,13 +485,15 @@ class ArenaProducts implements WProducts {
     }
   }
 
-  ritz(p: Float64Array, rank: number): { long: Float64Array; short: Float64Array } {
+  ritz(p: Float64Array, rank: number): Ritz {
     const r4 = pad4(rank);
     // Padding rows of P meet Y's and Q's zero padding columns.
     this.putP(p, this.yCols, rank, this.oP, r4);
     this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, this.oO, r4);
     this.arena.gemm(this.k, r4, this.c4, this.oX, this.c4, 1, this.oP, r4, this.oS, r4);
-    return { long: this.get(this.oO, this.long, rank, r4), short: this.get(this.oS, this.k, rank, r4) };
+    const long = new Float64Array(this.long * rank);
+    const { sumSq, argmax } = columnStats(this.f32, this.oO, r4, this.long, rank, long);
+    return { long, short: this.get(this.oS, this.k, rank, r4), sumSq, argmax };
   }
 
   nextPower(pFull: Float64Array): Float64Array {
@@ -469,7 +511,6 @@ function randomizedSvd(
 ): Svd {
   const k = Math.min(m, n);
   const tall = m >= n;
-  const long = tall ? m : n;
   let basis: Float64Array; // k×l, orthonormal columns on the short side
   if (start) basis = start;
   else {
@@ -484,28 +525,15 @@ function randomizedSvd(
   const z = W.project(q, l); // M·basis, k×l
   const g = denseMatMul(transposeOf(q, k, l), z, l, k, l); // YᵀY, l×l
   checkFinite(g);
-  const { vectors: pFull } = symmetricEigen(g, l); // all l eigenvectors of YᵀY, row-major l×l
+  // All l eigenvectors of YᵀY, row-major l×l. Off-diagonals down to 1e-12 of ‖YᵀY‖: the vectors are
+  // then exact for float32 factors, and a warm slice's near-diagonal Gram needs one sweep fewer.
+  const { vectors: pFull } = symmetricEigen(g, l, { offTol: SLICE_EIGEN_TOL });
   const p = new Float64Array(l * rank);
   for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = pFull[i * l + j];
-  const { long: longVecs, short: shortVecs } = W.ritz(p, rank); // columns σ_j·u_j; unit columns
+  // columns σ_j·u_j (long side), unit columns (short side)
+  const { long: longVecs, short: shortVecs, sumSq, argmax: longArgmax } = W.ritz(p, rank);
   // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
-  // The same pass finds each column's largest entry, for the canonical signs.
-  const s = new Float64Array(rank);
-  const longArgmax = new Int32Array(rank);
-  const bestAbs = new Float64Array(rank).fill(-1);
-  for (let i = 0; i < long; i++) {
-    const o = i * rank;
-    for (let j = 0; j < rank; j++) {
-      const x = longVecs[o + j];
-      s[j] += x * x;
-      const ax = Math.abs(x);
-      if (ax > bestAbs[j]) {
-        bestAbs[j] = ax;
-        longArgmax[j] = i;
-      }
-    }
-  }
-  for (let j = 0; j < rank; j++) s[j] = Math.sqrt(s[j]);
+  const s = sumSq.map(Math.sqrt);
   // M·Q came back for the Gram anyway: one more power iteration costs only M·Q·P and its QR.
   // Ordered by the Ritz values, so the next Gram is near diagonal and Jacobi needs few sweeps.
   let nextBasis: Float64Array | undefined;
