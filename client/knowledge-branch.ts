@@ -273,7 +273,8 @@ export class KnowledgeBranches {
   ): BranchUpdate & { delta?: tf.Tensor2D } {
     const old = this.checkSet(pairId, layer, tau, gate);
     const L = m * n;
-    const layerBranches = [...this.branches.values()].filter((b) => b.layer === layer && !b.zero);
+    const layerBranches: Branch[] = [];
+    for (const b of this.branches.values()) if (b.layer === layer && !b.zero) layerBranches.push(b);
     const { oD, free } = lowRankDifference(arena, generated, current, m, n, (4 + layerBranches.length) * L);
     const dd = arena.sumSq(oD, L);
     if (!Number.isFinite(dd)) throw new Error(`pair "${pairId}": A′B′ − AB is not finite (NaN or Inf in the factors)`);

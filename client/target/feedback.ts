@@ -71,11 +71,13 @@ function projectInArena(arena: GemmArena, G: tf.Tensor2D, generated: LowRank, sc
   arena.gemm(r, n4, m, oA, 1, r, 0, n4, oGB, n4); // A′ᵀ·G, A′ read transposed
   arena.scale(oGA, scale, oGA, m * r4);
   arena.scale(oGB, scale, oGB, r * n4);
-  const out = (o: number, rows: number, cols: number, ld: number): tf.Tensor2D => {
-    if (ld === cols) return tensorFromArena<tf.Rank.R2>(f.subarray(o, o + rows * cols), [rows, cols]);
-    const c = new Float32Array(rows * cols);
-    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) c[i * cols + j] = f[o + i * ld + j];
-    return tf.tensor2d(c, [rows, cols]);
-  };
-  return { gA: out(oGA, m, r, r4), gB: out(oGB, r, n, n4) };
+  return { gA: matrixFrom(f, oGA, m, r, r4), gB: matrixFrom(f, oGB, r, n, n4) };
+}
+
+/** rows×cols at float offset o (row length ld) of the arena view f, as a tensor. */
+function matrixFrom(f: Float32Array, o: number, rows: number, cols: number, ld: number): tf.Tensor2D {
+  if (ld === cols) return tensorFromArena<tf.Rank.R2>(f.subarray(o, o + rows * cols), [rows, cols]);
+  const c = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) c[i * cols + j] = f[o + i * ld + j];
+  return tf.tensor2d(c, [rows, cols]);
 }

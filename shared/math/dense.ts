@@ -272,12 +272,23 @@ export function symmetricEigen(sym: ArrayLike<number>, n: number, opts: { offTol
       }
     }
   }
-  const order = Array.from({ length: n }, (_, i) => i).sort((i, j) => a[j * n + j] - a[i * n + i] || i - j);
+  // Largest first, ties in index order (a stable insertion sort: no closures on this hot path).
+  const order = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const d = a[i * n + i];
+    let j = i;
+    while (j > 0 && a[order[j - 1] * n + order[j - 1]] < d) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = i;
+  }
   const values = new Float64Array(n);
   const vectors = new Float64Array(n * n);
-  order.forEach((src, dst) => {
+  for (let dst = 0; dst < n; dst++) {
+    const src = order[dst];
     values[dst] = a[src * n + src];
     for (let k = 0; k < n; k++) vectors[k * n + dst] = vt[src * n + k];
-  });
+  }
   return { values, vectors };
 }

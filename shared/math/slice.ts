@@ -166,12 +166,11 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     const key = `${m}x${n}:${rank}:${l}`;
     // ‖2^-e·W‖²_F: exact from the float64 sum; the tfjs path sums the scaled tensor again.
     const energy = h ? (inArena ? sumSq * 4 ** -e : e === 0 ? sumSq : (products as TfjsProducts).sumSquares()) : 0;
-    const shareOf = (x: Svd): number => (energy > 0 ? capturedEnergy(x.s, rank) / energy : 0);
     let warm: Svd | undefined;
     let warmShare = 0;
     if (h !== undefined && h.basis !== undefined && h.key === key && maxAbs > 0) {
       warm = randomizedSvd(products, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
-      warmShare = shareOf(warm);
+      warmShare = shareOf(warm, rank, energy);
       h.lastContainment = warm.containment!;
       const ok = warm.containment! >= 1 - h.subspaceTol && warmShare >= h.energyShare * (1 - h.energyTol);
       if (!ok) {
@@ -187,7 +186,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     if (warm && !check) svd = warm;
     else {
       const cold = randomizedSvd(products, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
-      const coldShare = h ? shareOf(cold) : 0;
+      const coldShare = h ? shareOf(cold, rank, energy) : 0;
       if (warm && warmShare >= coldShare) svd = warm;
       else {
         svd = cold;
@@ -608,6 +607,14 @@ function transposeOf(x: Float64Array, rows: number, cols: number): Float64Array 
   const out = new Float64Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j];
   return out;
+}
+
+/**
+ * The share of ‖W‖²_F (`energy`) a slice captures. No closures on the hot path: tsx (keepNames)
+ * wraps each one it creates in a defineProperty call.
+ */
+function shareOf(x: Svd, rank: number, energy: number): number {
+  return energy > 0 ? capturedEnergy(x.s, rank) / energy : 0;
 }
 
 function capturedEnergy(s: Float64Array, rank: number): number {
