@@ -80,27 +80,17 @@ export class GemmArena {
     return s;
   }
 
-  /** max |x| (NaN if any x is NaN, 0 for n = 0). */
-  maxAbs(p: number, n: number): number {
-    const n8 = n & ~7;
-    return this.maxTail(p, n8, n, n8 > 0 ? this.vec.maxAbs(at(p), n8) : 0);
-  }
-
-  /** [Σ x², max |x|] in one pass. */
+  /** [Σ x², max |x|] in one pass; both NaN if any x is NaN, the sum ±Infinity if any is infinite. */
   sumSqMaxAbs(p: number, n: number): [number, number] {
     const n8 = n & ~7;
     let s = this.vec.sumSqMax(at(p), n8, 0);
-    const mx = n8 > 0 ? this.scratch[0] : 0;
-    for (let i = n8; i < n; i++) s += this.f32View[p + i] * this.f32View[p + i];
-    return [s, this.maxTail(p, n8, n, mx)];
-  }
-
-  private maxTail(p: number, from: number, n: number, mx: number): number {
-    for (let i = from; i < n; i++) {
-      const a = Math.abs(this.f32View[p + i]);
-      mx = a > mx || Number.isNaN(a) ? a : mx;
+    let mx = n8 > 0 ? this.scratch[0] : 0;
+    for (let i = n8; i < n; i++) {
+      const x = this.f32View[p + i];
+      s += x * x;
+      if (Math.abs(x) > mx) mx = Math.abs(x);
     }
-    return mx;
+    return Number.isNaN(s) ? [NaN, NaN] : [s, mx];
   }
 
   /** c = a − b */

@@ -8,8 +8,9 @@
 //   sumSq(p, n) → f64       Σ x², each x promoted to float64 first (so every square is exact),
 //                            four float64x2 accumulators; NaN or ±Infinity make it non-finite;
 //                            n a multiple of 8
-//   maxAbs(p, n) → f32      max |x|, NaN if any x is NaN; n a multiple of 8
-//   sumSqMax(p, n, out) → f64  both in one pass, max |x| stored as a float32 at out
+//   sumSqMax(p, n, out) → f64  Σ x² as sumSq, and max |x| stored as a float32 at out, by
+//                            f32x4.pmax (one instruction; f32x4.max's NaN handling costs several):
+//                            NaN is not propagated there, the non-finite sum shows it
 //   sub(a, b, c, n)         c = a − b
 //   add(a, b, c, n)         c = a + b
 //   scale(a, s, c, n)       c = a·s (s float32)
@@ -49,7 +50,7 @@ const F32_MAX = 0x97;
 const F64_ADD = 0xa0;
 const V = {
   shuffle: 0x0d, f32Splat: 0x13, f32Lane: 0x1f, f64Lane: 0x21, promoteLow: 0x5f,
-  f32Abs: 0xe0, f32Add: 0xe4, f32Sub: 0xe5, f32Mul: 0xe6, f32Max: 0xe9, f64Add: 0xf0, f64Mul: 0xf2, store: 0x0b,
+  f32Abs: 0xe0, f32Add: 0xe4, f32Sub: 0xe5, f32Mul: 0xe6, f32Pmax: 0xeb, f64Add: 0xf0, f64Mul: 0xf2, store: 0x0b,
 };
 
 /** locals[end] = locals[p] + 4·n; while (p < end) { body; every pointer += 16 } */
@@ -98,7 +99,8 @@ function sumSqMaxStep(P: number, S: number[], M: number[] | undefined, X: number
       out.push(...get(X), ...(h === 0 ? [] : [...get(X), ...simd(V.shuffle), ...HI]), ...simd(V.promoteLow), ...set(D));
       out.push(...get(acc), ...get(D), ...get(D), ...simd(V.f64Mul), ...simd(V.f64Add), ...set(acc));
     }
-    if (M) out.push(...get(M[v]), ...get(X), ...simd(V.f32Abs), ...simd(V.f32Max), ...set(M[v]));
+    // pmax(a, b) = a < b ? b : a
+    if (M) out.push(...get(M[v]), ...get(X), ...simd(V.f32Abs), ...simd(V.f32Pmax), ...set(M[v]));
   }
   return out;
 }
@@ -114,7 +116,7 @@ function sumOf(S: number[]): number[] {
 /** max of the lanes of M0 and M1, as an f32 on the stack. */
 function maxOf(M: number[]): number[] {
   const lane = (i: number) => [...get(M[0]), ...simd(V.f32Lane), i];
-  return [...get(M[0]), ...get(M[1]), ...simd(V.f32Max), ...set(M[0]), ...lane(0), ...lane(1), F32_MAX, ...lane(2), ...lane(3), F32_MAX, F32_MAX];
+  return [...get(M[0]), ...get(M[1]), ...simd(V.f32Pmax), ...set(M[0]), ...lane(0), ...lane(1), F32_MAX, ...lane(2), ...lane(3), F32_MAX, F32_MAX];
 }
 
 // sumSq(p, n): locals 2 end, 3–6 S, 7 x, 8 d
@@ -122,15 +124,6 @@ function sumSqBody(): number[] {
   const [P, N, END, X, D] = [0, 1, 2, 7, 8];
   const S = [3, 4, 5, 6];
   return body([[1, I32], [6, V128]], [...loop8(P, N, END, sumSqMaxStep(P, S, undefined, X, D)), ...sumOf(S)]);
-}
-
-// maxAbs(p, n): locals 2 end, 3–4 M
-function maxAbsBody(): number[] {
-  const [P, N, END] = [0, 1, 2];
-  const M = [3, 4];
-  const step: number[] = [];
-  for (let v = 0; v < 2; v++) step.push(...get(M[v]), ...get(P), ...simd(0x00), 2, 16 * v, ...simd(V.f32Abs), ...simd(V.f32Max), ...set(M[v]));
-  return body([[1, I32], [2, V128]], [...loop8(P, N, END, step), ...maxOf(M)]);
 }
 
 // sumSqMax(p, n, out): locals 3 end, 4–7 S, 8–9 M, 10 x, 11 d
@@ -181,23 +174,21 @@ function addSubBody(): number[] {
 function moduleBytes(): Uint8Array {
   const type = section(1, vec([
     [0x60, ...vec([[I32], [I32]]), ...vec([[F64]])], // sumSq
-    [0x60, ...vec([[I32], [I32]]), ...vec([[F32]])], // maxAbs
     [0x60, ...vec([[I32], [I32], [I32], [I32]]), 0], // sub, add
     [0x60, ...vec([[I32], [F32], [I32], [I32]]), 0], // scale
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32]]), 0], // addSub
     [0x60, ...vec([[I32], [I32], [I32]]), ...vec([[F64]])], // sumSqMax
   ]));
   const imports = section(2, vec([[...str('env'), ...str('mem'), 0x02, 0x00, 0]]));
-  const funcs = section(3, vec([[0], [1], [2], [2], [3], [4], [5]]));
-  const names = ['sumSq', 'maxAbs', 'sub', 'add', 'scale', 'addSub', 'sumSqMax'];
+  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4]]));
+  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax'];
   const exports = section(7, vec(names.map((name, i) => [...str(name), 0x00, i])));
-  const code = section(10, vec([sumSqBody(), maxAbsBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody()]));
+  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody()]));
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
 export interface SimdVec {
   sumSq(p: number, n: number): number;
-  maxAbs(p: number, n: number): number;
   sumSqMax(p: number, n: number, out: number): number;
   sub(a: number, b: number, c: number, n: number): void;
   add(a: number, b: number, c: number, n: number): void;
