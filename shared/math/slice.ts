@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
 import { matMul as denseMatMul, orthoQ, symmetricEigen } from './dense.js';
-import { deviceArena, pad4, type GemmArena } from './device-gemm.js';
+import { deviceArena, pad4, tensorFromArena, type GemmArena } from './device-gemm.js';
 import type { LowRank } from './low-rank.js';
 
 export interface LowRankSliceOptions {
@@ -160,8 +160,8 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
   inArena?.scaleW(2 ** -e);
   const products: WProducts = inArena ?? new TfjsProducts(W, m, n, e);
-  let svd: Svd;
   try {
+    let svd: Svd;
     const h = opts.history;
     const key = `${m}x${n}:${rank}:${l}`;
     // ‖2^-e·W‖²_F: exact from the float64 sum; the tfjs path sums the scaled tensor again.
@@ -204,10 +204,11 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
       h.energyShare = share;
       h.sinceCold = isWarm && !check ? h.sinceCold + 1 : 0;
     }
+    // Before the products let go of what they hold: the arena's Ritz vectors become A directly.
+    return ritzFactors(m, n, rank, svd, 2 ** e, products);
   } finally {
     products.dispose();
   }
-  return ritzFactors(m, n, rank, svd, 2 ** e);
 }
 
 /**
@@ -217,8 +218,10 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
  */
 interface Svd {
   s: Float64Array;
-  /** long×rank, column j = σ_j times the singular vector */
-  long: Float64Array;
+  /** long×rank (row j at longOff + j·longLd, float32 as the products gave it), column j = σ_j times the singular vector */
+  long: Float32Array;
+  longOff: number;
+  longLd: number;
   /** k×rank, unit columns */
   short: Float64Array;
   /** per column of `long`, the row of its first largest-magnitude entry (canonical signs, tall W) */
@@ -253,23 +256,30 @@ interface WProducts {
   ritz(p: Float64Array, rank: number): Ritz;
   /** M·Q·P (k×cols) for the Q of the last project and P (cols×cols): one more power iteration. */
   nextPower(pFull: Float64Array): Float64Array;
+  /**
+   * The long side of a Ritz result of these products with column j scaled by coef[j], as a
+   * long×rank tensor (A of a tall W), or undefined to have the caller build it.
+   */
+  longFactor?(svd: Svd, coef: Float64Array, rank: number): tf.Tensor2D | undefined;
   /** Free what the products hold (tensors); idempotent. */
   dispose(): void;
 }
 
 interface Ritz {
-  long: Float64Array;
+  /** the long side's rows at off + i·ld */
+  long: Float32Array;
+  off: number;
+  ld: number;
   short: Float64Array;
   sumSq: Float64Array;
   argmax: Int32Array;
 }
 
 /**
- * Column sums of squares and, per column, the row of the first largest-magnitude entry, of a
- * rows×cols matrix at `off` with row length ld (float32 or float64), copied row-major into `out`
- * (rows×cols, float64) in the same pass.
+ * Column sums of squares (float64) and, per column, the row of the first largest-magnitude entry,
+ * of a rows×cols matrix at `off` with row length ld.
  */
-function columnStats(x: Float32Array | Float64Array, off: number, ld: number, rows: number, cols: number, out: Float64Array): { sumSq: Float64Array; argmax: Int32Array } {
+function columnStats(x: Float32Array, off: number, ld: number, rows: number, cols: number): { sumSq: Float64Array; argmax: Int32Array } {
   const sumSq = new Float64Array(cols);
   const argmax = new Int32Array(cols);
   const best = new Float64Array(cols).fill(-1);
@@ -277,7 +287,6 @@ function columnStats(x: Float32Array | Float64Array, off: number, ld: number, ro
     const o = off + i * ld;
     for (let j = 0; j < cols; j++) {
       const v = x[o + j];
-      out[i * cols + j] = v;
       sumSq[j] += v * v;
       const a = Math.abs(v);
       if (a > best[j]) {
@@ -338,12 +347,10 @@ class TfjsProducts implements WProducts {
     this.y = undefined;
     try {
       const t = tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank])));
-      const ly = t.dataSync() as Float32Array;
+      const long = t.dataSync() as Float32Array;
       t.dispose();
-      const rows = ly.length / rank;
-      const long = new Float64Array(rows * rank);
-      const { sumSq, argmax } = columnStats(ly, 0, rank, rows, rank, long);
-      return { long, short: denseMatMul(this.q!, p, this.q!.length / this.cols, this.cols, rank), sumSq, argmax };
+      const { sumSq, argmax } = columnStats(long, 0, rank, long.length / rank, rank);
+      return { long, off: 0, ld: rank, short: denseMatMul(this.q!, p, this.q!.length / this.cols, this.cols, rank), sumSq, argmax };
     } finally {
       y.dispose();
     }
@@ -365,8 +372,9 @@ class TfjsProducts implements WProducts {
  * The products on plain arrays in the device's gemm arena (device-gemm.ts): W is read back once
  * and copied in (scaled), and each product is a gemm on it, Wᵀ read in place. Sketch widths are
  * padded to a multiple of 4 with zero columns, which stay zero through every product.
- * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O long·r4 | S k·r4 |
- * PF c4·c4 | ZP k·c4.
+ * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O two banks of long·r4
+ * (the Ritz vectors of a warm and a cold run of one slice, both kept until the factors are built) |
+ * S k·r4 | PF c4·c4 | ZP k·c4 | F long·r4 | DG r4·r4.
  */
 class ArenaProducts implements WProducts {
   private readonly tall: boolean;
@@ -378,6 +386,10 @@ class ArenaProducts implements WProducts {
   private readonly oZ: number;
   private readonly oP: number;
   private readonly oO: number;
+  private bank = 0;
+  private readonly r4: number;
+  private readonly oF: number;
+  private readonly oDG: number;
   private readonly oS: number;
   private readonly oPF: number;
   private readonly oZP: number;
@@ -394,11 +406,14 @@ class ArenaProducts implements WProducts {
     this.oY = this.oX + this.long * this.c4;
     this.oZ = this.oY + this.long * this.c4;
     this.oP = this.oZ + this.k * this.c4;
+    this.r4 = r4;
     this.oO = this.oP + this.c4 * r4;
-    this.oS = this.oO + this.long * r4;
+    this.oS = this.oO + 2 * this.long * r4;
     this.oPF = this.oS + this.k * r4;
     this.oZP = this.oPF + this.c4 * this.c4;
-    this.f32 = arena.reserve(this.oZP + this.k * this.c4);
+    this.oF = this.oZP + this.k * this.c4;
+    this.oDG = this.oF + this.long * r4;
+    this.f32 = arena.reserve(this.oDG + r4 * r4);
     this.f32.set(data, 0);
   }
 
@@ -485,14 +500,25 @@ class ArenaProducts implements WProducts {
   }
 
   ritz(p: Float64Array, rank: number): Ritz {
-    const r4 = pad4(rank);
+    const r4 = this.r4;
+    const oO = this.oO + this.bank * this.long * r4;
+    this.bank ^= 1;
     // Padding rows of P meet Y's and Q's zero padding columns.
     this.putP(p, this.yCols, rank, this.oP, r4);
-    this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, this.oO, r4);
+    this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, oO, r4);
     this.arena.gemm(this.k, r4, this.c4, this.oX, this.c4, 1, this.oP, r4, this.oS, r4);
-    const long = new Float64Array(this.long * rank);
-    const { sumSq, argmax } = columnStats(this.f32, this.oO, r4, this.long, rank, long);
-    return { long, short: this.get(this.oS, this.k, rank, r4), sumSq, argmax };
+    const { sumSq, argmax } = columnStats(this.f32, oO, r4, this.long, rank);
+    return { long: this.f32, off: oO, ld: r4, short: this.get(this.oS, this.k, rank, r4), sumSq, argmax };
+  }
+
+  /** O·diag(coef) in the gemm (the zero terms leave each product exact), handed to tfjs from the arena. */
+  longFactor(svd: Svd, coef: Float64Array, rank: number): tf.Tensor2D | undefined {
+    const r4 = this.r4;
+    if (r4 !== rank || svd.long !== this.f32) return undefined;
+    const f = this.f32;
+    for (let i = 0; i < r4; i++) for (let j = 0; j < r4; j++) f[this.oDG + i * r4 + j] = i === j ? coef[i] : 0;
+    this.arena.gemm(this.long, r4, r4, svd.longOff, r4, 1, this.oDG, r4, this.oF, r4);
+    return tensorFromArena<tf.Rank.R2>(f.subarray(this.oF, this.oF + this.long * r4), [this.long, r4]);
   }
 
   nextPower(pFull: Float64Array): Float64Array {
@@ -530,7 +556,7 @@ function randomizedSvd(
   const p = new Float64Array(l * rank);
   for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = pFull[i * l + j];
   // columns σ_j·u_j (long side), unit columns (short side)
-  const { long: longVecs, short: shortVecs, sumSq, argmax: longArgmax } = W.ritz(p, rank);
+  const { long: longVecs, off: longOff, ld: longLd, short: shortVecs, sumSq, argmax: longArgmax } = W.ritz(p, rank);
   // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
   const s = sumSq.map(Math.sqrt);
   // M·Q came back for the Gram anyway: one more power iteration costs only M·Q·P and its QR.
@@ -548,7 +574,7 @@ function randomizedSvd(
       containment = ss / rank;
     }
   }
-  return { s, long: longVecs, short: shortVecs, longArgmax, next: nextBasis, containment };
+  return { s, long: longVecs, longOff, longLd, short: shortVecs, longArgmax, next: nextBasis, containment };
 }
 
 /**
@@ -556,26 +582,37 @@ function randomizedSvd(
  * canonicalFactorsOf's signs (each column of U has its largest-magnitude entry positive; the first
  * of equal ones). The long side is normalised here, in the same pass that writes its factor.
  */
-function ritzFactors(m: number, n: number, r: number, svd: Svd, scale: number): LowRank {
+function ritzFactors(m: number, n: number, r: number, svd: Svd, scale: number, products: WProducts): LowRank {
   const tall = m >= n;
-  const { s, long: L, short: S } = svd;
+  const { s, long: L, longOff: lo, longLd: ld, short: S } = svd;
   // U's column j is L's divided by σ_j (tall: the same largest entry) or S's (wide).
   const best = tall ? svd.longArgmax : argmaxAbsColumns(S, m, r);
-  const U = tall ? L : S;
-  const V = tall ? S : L;
   const fu = new Float64Array(r);
   const fv = new Float64Array(r);
   for (let j = 0; j < r; j++) {
-    const f = (U[best[j] * r + j] < 0 ? -1 : 1) * Math.sqrt(Math.max(0, s[j] * scale));
+    const u = tall ? L[lo + best[j] * ld + j] : S[best[j] * r + j];
+    const f = (u < 0 ? -1 : 1) * Math.sqrt(Math.max(0, s[j] * scale));
     const fl = s[j] > 0 ? f / s[j] : f;
     fu[j] = tall ? fl : f;
     fv[j] = tall ? f : fl;
   }
-  const a = new Float32Array(m * r);
-  for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j] = fu[j] * U[i * r + j];
+  let A: tf.Tensor2D | undefined;
   const b = new Float32Array(r * n);
-  for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) b[j * n + c] = fv[j] * V[c * r + j];
-  return { A: tf.tensor2d(a, [m, r]), B: tf.tensor2d(b, [r, n]) };
+  if (tall) {
+    A = products.longFactor?.(svd, fu, r);
+    if (!A) {
+      const a = new Float32Array(m * r);
+      for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j] = fu[j] * L[lo + i * ld + j];
+      A = tf.tensor2d(a, [m, r]);
+    }
+    for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) b[j * n + c] = fv[j] * S[c * r + j];
+  } else {
+    const a = new Float32Array(m * r);
+    for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j] = fu[j] * S[i * r + j];
+    A = tf.tensor2d(a, [m, r]);
+    for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) b[j * n + c] = fv[j] * L[lo + c * ld + j];
+  }
+  return { A, B: tf.tensor2d(b, [r, n]) };
 }
 
 /** Per column of a row-major rows×cols matrix, the row of its first largest-magnitude entry. */
