@@ -81,21 +81,22 @@ function sameValues(x: Float32Array, y: Float32Array): boolean {
 }
 
 /**
- * D = A′B′ − AB (m×n, row-major) in the device's arena: A′·B′, then A·(−B) added on in the same
- * gemm accumulators, so each entry is one float32 sum over the 2r terms (the tfjs path rounds A′B′
- * and AB apart, then subtracts: the two differ by float32 rounding). Equal factors give exactly 0,
- * as the tfjs path's do, without a product: an identity transfer must leave the kernel
- * bit-identical. Returns D's float offset and the first free one after it.
- * Layout (floats): A′ m·r | A m·r₀ | B′ r·n4 | −B r₀·n4 | D m·n4.
+ * D = A′B′ − AB (m×n, row-major) in the device's arena, as one gemm [A′ A]·[B′; −B]: each entry is
+ * one float32 sum over the r + r₀ terms (the tfjs path rounds A′B′ and AB apart, then subtracts:
+ * the two differ by float32 rounding). Equal factors give exactly 0, as the tfjs path's do, without
+ * a product: an identity transfer must leave the kernel bit-identical. Returns D's float offset and
+ * the first free one after it. Layout (floats): A′ m·r | A m·r₀ | [A′ A] m·(r + r₀) |
+ * [B′; −B] (r + r₀)·n4 | D m·n4.
  */
 function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRank, m: number, n: number, extra: number): { oD: number; free: number } {
   const r = generated.A.shape[1];
   const rc = current.A.shape[1];
+  const kk = r + rc;
   const n4 = pad4(n);
   const oA2 = m * r;
-  const oB1 = oA2 + m * rc;
-  const oB2 = oB1 + r * n4;
-  const oD = oB2 + rc * n4;
+  const oX = oA2 + m * rc;
+  const oY = oX + m * kk;
+  const oD = oY + kk * n4;
   const free = oD + m * n4;
   const f = arena.reserve(free + extra);
   const a1 = generated.A.dataSync() as Float32Array;
@@ -106,18 +107,24 @@ function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRan
     f.fill(0, oD, oD + m * n);
     return { oD, free };
   }
+  // [A′ A], row by row, by the vector copy; [B′; −B] with rows padded to n4
   f.set(a1, 0);
   f.set(a2, oA2);
-  for (let p = 0; p < r; p++) {
-    for (let j = 0; j < n; j++) f[oB1 + p * n4 + j] = b1[p * n + j];
-    for (let j = n; j < n4; j++) f[oB1 + p * n4 + j] = 0;
+  arena.copyRows(0, r, oX, kk, m, r);
+  arena.copyRows(oA2, rc, oX + r, kk, m, rc);
+  if (n4 === n) {
+    f.set(b1, oY);
+    f.set(b2, oY + r * n);
+    arena.scale(oY + r * n, -1, oY + r * n, rc * n);
+  } else {
+    for (let p = 0; p < kk; p++) {
+      const o = oY + p * n4;
+      if (p < r) for (let j = 0; j < n; j++) f[o + j] = b1[p * n + j];
+      else for (let j = 0; j < n; j++) f[o + j] = -b2[(p - r) * n + j];
+      for (let j = n; j < n4; j++) f[o + j] = 0;
+    }
   }
-  for (let p = 0; p < rc; p++) {
-    for (let j = 0; j < n; j++) f[oB2 + p * n4 + j] = -b2[p * n + j];
-    for (let j = n; j < n4; j++) f[oB2 + p * n4 + j] = 0;
-  }
-  arena.gemm(m, n4, r, 0, r, 1, oB1, n4, oD, n4);
-  arena.gemm(m, n4, rc, oA2, rc, 1, oB2, n4, oD, n4, true);
+  arena.gemm(m, n4, kk, oX, kk, 1, oY, n4, oD, n4);
   // to row length n (rows move down, never over one not yet moved)
   if (n4 !== n) for (let i = 1; i < m; i++) f.copyWithin(oD + i * n, oD + i * n4, oD + i * n4 + n);
   return { oD, free };

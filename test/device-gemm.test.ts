@@ -104,6 +104,16 @@ describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
         check((i) => x[i] * Math.fround(0.3));
         arena.addSub(a, b, y, c, n);
         check((i) => x[i] + Math.fround(z[i] - w[i]));
+        // x as rows of 3, 4 and 7 into rows 2 longer
+        for (const cols of [3, 4, 7]) {
+          const rows = Math.floor(n / cols);
+          f.fill(-1, c, c + rows * (cols + 2));
+          arena.copyRows(a, cols, c, cols + 2, rows, cols);
+          for (let i = 0; i < rows; i++) {
+            for (let j = 0; j < cols; j++) expect(f[c + i * (cols + 2) + j]).toBe(x[i * cols + j]);
+            expect(f[c + i * (cols + 2) + cols]).toBe(-1);
+          }
+        }
         if (n > 0) {
           // the last element is in the kernel's blocks or in the tail, depending on n
           f[a + n - 1] = NaN;

@@ -93,6 +93,19 @@ export class GemmArena {
     return Number.isNaN(s) ? [NaN, NaN] : [s, mx];
   }
 
+  /**
+   * rows×cols floats from `src` (row length srcLd) to `dst` (row length dstLd), float offsets; the
+   * kernel moves whole vectors of 4, the rest of each row is moved here.
+   */
+  copyRows(src: number, srcLd: number, dst: number, dstLd: number, rows: number, cols: number): void {
+    const c4 = cols & ~3;
+    if (c4 > 0) this.vec.copyRows(at(src), 4 * srcLd, at(dst), 4 * dstLd, rows, 4 * c4);
+    if (c4 < cols) {
+      const f = this.f32View;
+      for (let i = 0; i < rows; i++) for (let j = c4; j < cols; j++) f[dst + i * dstLd + j] = f[src + i * srcLd + j];
+    }
+  }
+
   /** c = a − b */
   sub(a: number, b: number, c: number, n: number): void {
     const n4 = n & ~3;

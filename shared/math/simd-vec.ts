@@ -15,6 +15,8 @@
 //   add(a, b, c, n)         c = a + b
 //   scale(a, s, c, n)       c = a·s (s float32)
 //   addSub(k, x, y, c, n)   c = k + (x − y)
+//   copyRows(src, srcStride, dst, dstStride, rows, rowBytes)   a strided block copy, strides and
+//                            rowBytes in bytes, rowBytes a multiple of 16
 // Every float32 result is one IEEE operation per element, as the tfjs ops they replace compute it.
 
 const I32 = 0x7f;
@@ -39,7 +41,7 @@ const section = (id: number, body: number[]): number[] => [id, ...uleb(body.leng
 
 const get = (i: number) => [0x20, ...uleb(i)];
 const set = (i: number) => [0x21, ...uleb(i)];
-const i32c = (v: number) => [0x41, ...uleb(v)]; // small non-negative constants only
+const i32c = (v: number) => [0x41, ...uleb(v)]; // constants 0…63 only (uleb = sleb there)
 const simd = (op: number) => [0xfd, ...uleb(op)];
 const MEM = [2, 0]; // alignment hint 4 bytes, offset 0
 const load = (p: number) => [...get(p), ...simd(0x00), ...MEM];
@@ -171,6 +173,26 @@ function addSubBody(): number[] {
   ]));
 }
 
+// copyRows(src, ss, dst, ds, rows, rowBytes): locals 6 i, 7 j
+function copyRowsBody(): number[] {
+  const [SRC, SS, DST, DS, ROWS, RB, I, J] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const add = (a: number, b: number) => [...get(a), ...get(b), I32_ADD];
+  return body([[2, I32]], [
+    0x02, 0x40, 0x03, 0x40,
+    ...get(I), ...get(ROWS), I32_GE_U, 0x0d, 1,
+    ...i32c(0), ...set(J),
+    0x02, 0x40, 0x03, 0x40,
+    ...get(J), ...get(RB), I32_GE_U, 0x0d, 1,
+    ...add(DST, J), ...add(SRC, J), ...simd(0x00), ...MEM, ...simd(V.store), ...MEM,
+    ...get(J), ...i32c(16), I32_ADD, ...set(J),
+    0x0c, 0, 0x0b, 0x0b,
+    ...add(SRC, SS), ...set(SRC),
+    ...add(DST, DS), ...set(DST),
+    ...get(I), ...i32c(1), I32_ADD, ...set(I),
+    0x0c, 0, 0x0b, 0x0b,
+  ]);
+}
+
 function moduleBytes(): Uint8Array {
   const type = section(1, vec([
     [0x60, ...vec([[I32], [I32]]), ...vec([[F64]])], // sumSq
@@ -178,18 +200,20 @@ function moduleBytes(): Uint8Array {
     [0x60, ...vec([[I32], [F32], [I32], [I32]]), 0], // scale
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32]]), 0], // addSub
     [0x60, ...vec([[I32], [I32], [I32]]), ...vec([[F64]])], // sumSqMax
+    [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32]]), 0], // copyRows
   ]));
   const imports = section(2, vec([[...str('env'), ...str('mem'), 0x02, 0x00, 0]]));
-  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4]]));
-  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax'];
+  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4], [5]]));
+  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax', 'copyRows'];
   const exports = section(7, vec(names.map((name, i) => [...str(name), 0x00, i])));
-  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody()]));
+  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody(), copyRowsBody()]));
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
 export interface SimdVec {
   sumSq(p: number, n: number): number;
   sumSqMax(p: number, n: number, out: number): number;
+  copyRows(src: number, srcStride: number, dst: number, dstStride: number, rows: number, rowBytes: number): void;
   sub(a: number, b: number, c: number, n: number): void;
   add(a: number, b: number, c: number, n: number): void;
   scale(a: number, s: number, c: number, n: number): void;
