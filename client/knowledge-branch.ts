@@ -298,12 +298,14 @@ export class KnowledgeBranches {
       o += L;
     }
     const oW = o;
-    let oCur = oKernel;
-    for (let i = 0; i < layerBranches.length; i++) {
-      arena.sub(oCur, oKernel + (i + 1) * L, oW, L);
-      oCur = oW;
+    let ww: number;
+    if (layerBranches.length === 0) ww = arena.sumSq(oKernel, L);
+    else if (layerBranches.length === 1) ww = arena.diffSumSq(oKernel, oKernel + L, L);
+    else {
+      arena.sub(oKernel, oKernel + L, oW, L);
+      for (let i = 1; i < layerBranches.length - 1; i++) arena.sub(oW, oKernel + (i + 1) * L, oW, L);
+      ww = arena.diffSumSq(oW, oKernel + layerBranches.length * L, L);
     }
-    const ww = arena.sumSq(oCur, L);
     const wNorm = Number.isFinite(ww) ? Math.sqrt(ww) : NaN;
     const gated = gate * dNorm;
     const scale = gated === 0 ? 1 : Math.min(1, (tau * wNorm) / gated);

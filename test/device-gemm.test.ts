@@ -90,6 +90,9 @@ describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
         }
         // exact squares, summed in float64 in another order: within n·ε of each other
         expect(Math.abs(arena.sumSq(a, n) - ss)).toBeLessThanOrEqual(n * 2.3e-16 * ss);
+        let dd = 0;
+        for (let i = 0; i < n; i++) dd += Math.fround(x[i] - z[i]) ** 2;
+        expect(Math.abs(arena.diffSumSq(a, b, n) - dd)).toBeLessThanOrEqual(n * 2.3e-16 * dd);
         const [s2, mx2] = arena.sumSqMaxAbs(a, n);
         expect(Math.abs(s2 - ss)).toBeLessThanOrEqual(n * 2.3e-16 * ss);
         expect(mx2).toBe(mx);

@@ -80,6 +80,17 @@ export class GemmArena {
     return s;
   }
 
+  /** Σ fround(a − b)² in float64, without storing the differences. */
+  diffSumSq(a: number, b: number, n: number): number {
+    const n8 = n & ~7;
+    let s = this.vec.diffSumSq(at(a), at(b), n8);
+    for (let i = n8; i < n; i++) {
+      const d = Math.fround(this.f32View[a + i] - this.f32View[b + i]);
+      s += d * d;
+    }
+    return s;
+  }
+
   /** [Σ x², max |x|] in one pass; both NaN if any x is NaN, the sum ±Infinity if any is infinite. */
   sumSqMaxAbs(p: number, n: number): [number, number] {
     const n8 = n & ~7;

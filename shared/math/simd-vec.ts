@@ -15,6 +15,8 @@
 //   add(a, b, c, n)         c = a + b
 //   scale(a, s, c, n)       c = a·s (s float32)
 //   addSub(k, x, y, c, n)   c = k + (x − y)
+//   diffSumSq(p, q, n) → f64   Σ (p − q)², each difference rounded to float32 first (as
+//                            tf.sub gives it), then as sumSq; n a multiple of 8
 //   copyRows(src, srcStride, dst, dstStride, rows, rowBytes)   a strided block copy, strides and
 //                            rowBytes in bytes, rowBytes a multiple of 16
 // Every float32 result is one IEEE operation per element, as the tfjs ops they replace compute it.
@@ -74,14 +76,14 @@ function body(locals: [number, number][], code: number[]): number[] {
   return [...uleb(b.length), ...b];
 }
 
-/** loop() over 8 floats a step (two vectors): locals[end] = p + 4·n, p += 32. */
-function loop8(p: number, n: number, end: number, body: number[]): number[] {
+/** loop() over 8 floats a step (two vectors): locals[end] = p + 4·n, p (and `more`) += 32. */
+function loop8(p: number, n: number, end: number, body: number[], more: number[] = []): number[] {
   return [
     ...get(p), ...get(n), ...i32c(2), I32_SHL, I32_ADD, ...set(end),
     0x02, 0x40, 0x03, 0x40,
     ...get(p), ...get(end), I32_GE_U, 0x0d, 1,
     ...body,
-    ...get(p), ...i32c(32), I32_ADD, ...set(p),
+    ...[p, ...more].flatMap((q) => [...get(q), ...i32c(32), I32_ADD, ...set(q)]),
     0x0c, 0, 0x0b, 0x0b,
   ];
 }
@@ -89,13 +91,16 @@ function loop8(p: number, n: number, end: number, body: number[]): number[] {
 const HI = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
 
 /**
- * The sum of squares and max |x| of 8 floats at p into accumulators: float64x2 S[0..3] (four
- * independent chains, so the adds overlap) and float32x4 M[0..1]. X, D: scratch v128 locals.
+ * The sum of squares and max |x| of 8 floats x at p (x = p − q, rounded to float32, with Q) into
+ * accumulators: float64x2 S[0..3] (four independent chains, so the adds overlap) and float32x4
+ * M[0..1]. X, D: scratch v128 locals.
  */
-function sumSqMaxStep(P: number, S: number[], M: number[] | undefined, X: number, D: number): number[] {
+function sumSqMaxStep(P: number, S: number[], M: number[] | undefined, X: number, D: number, Q?: number): number[] {
   const out: number[] = [];
   for (let v = 0; v < 2; v++) {
-    out.push(...get(P), ...simd(0x00), 2, 16 * v, ...set(X));
+    out.push(...get(P), ...simd(0x00), 2, 16 * v);
+    if (Q !== undefined) out.push(...get(Q), ...simd(0x00), 2, 16 * v, ...simd(V.f32Sub));
+    out.push(...set(X));
     for (let h = 0; h < 2; h++) {
       const acc = S[2 * v + h];
       out.push(...get(X), ...(h === 0 ? [] : [...get(X), ...simd(V.shuffle), ...HI]), ...simd(V.promoteLow), ...set(D));
@@ -126,6 +131,13 @@ function sumSqBody(): number[] {
   const [P, N, END, X, D] = [0, 1, 2, 7, 8];
   const S = [3, 4, 5, 6];
   return body([[1, I32], [6, V128]], [...loop8(P, N, END, sumSqMaxStep(P, S, undefined, X, D)), ...sumOf(S)]);
+}
+
+// diffSumSq(p, q, n): locals 3 end, 4–7 S, 8 x, 9 d
+function diffSumSqBody(): number[] {
+  const [P, Q, N, END, X, D] = [0, 1, 2, 3, 8, 9];
+  const S = [4, 5, 6, 7];
+  return body([[1, I32], [6, V128]], [...loop8(P, N, END, sumSqMaxStep(P, S, undefined, X, D, Q), [Q]), ...sumOf(S)]);
 }
 
 // sumSqMax(p, n, out): locals 3 end, 4–7 S, 8–9 M, 10 x, 11 d
@@ -202,11 +214,12 @@ function moduleBytes(): Uint8Array {
     [0x60, ...vec([[I32], [I32], [I32]]), ...vec([[F64]])], // sumSqMax
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32]]), 0], // copyRows
   ]));
+  // diffSumSq shares sumSqMax's type (i32, i32, i32) → f64
   const imports = section(2, vec([[...str('env'), ...str('mem'), 0x02, 0x00, 0]]));
-  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4], [5]]));
-  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax', 'copyRows'];
+  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4], [5], [4]]));
+  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax', 'copyRows', 'diffSumSq'];
   const exports = section(7, vec(names.map((name, i) => [...str(name), 0x00, i])));
-  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody(), copyRowsBody()]));
+  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody(), copyRowsBody(), diffSumSqBody()]));
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
@@ -214,6 +227,7 @@ export interface SimdVec {
   sumSq(p: number, n: number): number;
   sumSqMax(p: number, n: number, out: number): number;
   copyRows(src: number, srcStride: number, dst: number, dstStride: number, rows: number, rowBytes: number): void;
+  diffSumSq(p: number, q: number, n: number): number;
   sub(a: number, b: number, c: number, n: number): void;
   add(a: number, b: number, c: number, n: number): void;
   scale(a: number, s: number, c: number, n: number): void;
