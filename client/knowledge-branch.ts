@@ -4,7 +4,7 @@
 // is kept equal to W_eff, so training and inference need no change; W is kernel − Σ_p K_p.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../shared/math/low-rank.js';
-import { deviceArena, pad4, tensorFromArena, type GemmArena } from '../shared/math/device-gemm.js';
+import { deviceArena, pad4, readFloat32Into, tensorFromArena, type GemmArena } from '../shared/math/device-gemm.js';
 import { slotShapeOf, slotVariable } from './slot.js';
 
 export const DEFAULT_TAU = 0.5;
@@ -73,10 +73,9 @@ function kData(b: Branch): Float32Array {
   return (b.data ??= b.K!.dataSync() as Float32Array);
 }
 
-/** Whether two arrays hold equal values (−0 = +0; NaN equals nothing). */
-function sameValues(x: Float32Array, y: Float32Array): boolean {
-  if (x.length !== y.length) return false;
-  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+/** Whether f[a…a+len) and f[b…b+len) hold equal values (−0 = +0; NaN equals nothing). */
+function sameValues(f: Float32Array, a: number, b: number, len: number): boolean {
+  for (let i = 0; i < len; i++) if (f[a + i] !== f[b + i]) return false;
   return true;
 }
 
@@ -85,8 +84,8 @@ function sameValues(x: Float32Array, y: Float32Array): boolean {
  * one float32 sum over the r + r₀ terms (the tfjs path rounds A′B′ and AB apart, then subtracts:
  * the two differ by float32 rounding). Equal factors give exactly 0, as the tfjs path's do, without
  * a product: an identity transfer must leave the kernel bit-identical. Returns D's float offset and
- * the first free one after it. Layout (floats): A′ m·r | A m·r₀ | [A′ A] m·(r + r₀) |
- * [B′; −B] (r + r₀)·n4 | D m·n4.
+ * the first free one after it. Layout (floats): A′ m·r | A m·r₀ | B′ r·n | B r₀·n |
+ * [A′ A] m·(r + r₀) | [B′; −B] (r + r₀)·n4 | D m·n4.
  */
 function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRank, m: number, n: number, extra: number): { oD: number; free: number } {
   const r = generated.A.shape[1];
@@ -94,36 +93,27 @@ function lowRankDifference(arena: GemmArena, generated: LowRank, current: LowRan
   const kk = r + rc;
   const n4 = pad4(n);
   const oA2 = m * r;
-  const oX = oA2 + m * rc;
+  const oB1 = oA2 + m * rc;
+  const oB2 = oB1 + r * n;
+  const oX = oB2 + rc * n;
   const oY = oX + m * kk;
   const oD = oY + kk * n4;
   const free = oD + m * n4;
   const f = arena.reserve(free + extra);
-  const a1 = generated.A.dataSync() as Float32Array;
-  const a2 = current.A.dataSync() as Float32Array;
-  const b1 = generated.B.dataSync() as Float32Array;
-  const b2 = current.B.dataSync() as Float32Array;
-  if (r === rc && sameValues(a1, a2) && sameValues(b1, b2)) {
+  readFloat32Into(generated.A, f, 0);
+  readFloat32Into(current.A, f, oA2);
+  readFloat32Into(generated.B, f, oB1);
+  readFloat32Into(current.B, f, oB2);
+  if (r === rc && sameValues(f, 0, oA2, m * r) && sameValues(f, oB1, oB2, r * n)) {
     f.fill(0, oD, oD + m * n);
     return { oD, free };
   }
-  // [A′ A], row by row, by the vector copy; [B′; −B] with rows padded to n4
-  f.set(a1, 0);
-  f.set(a2, oA2);
+  // [A′ A] and [B′; −B] (rows padded to n4 with zeros), by the vector copy
   arena.copyRows(0, r, oX, kk, m, r);
   arena.copyRows(oA2, rc, oX + r, kk, m, rc);
-  if (n4 === n) {
-    f.set(b1, oY);
-    f.set(b2, oY + r * n);
-    arena.scale(oY + r * n, -1, oY + r * n, rc * n);
-  } else {
-    for (let p = 0; p < kk; p++) {
-      const o = oY + p * n4;
-      if (p < r) for (let j = 0; j < n; j++) f[o + j] = b1[p * n + j];
-      else for (let j = 0; j < n; j++) f[o + j] = -b2[(p - r) * n + j];
-      for (let j = n; j < n4; j++) f[o + j] = 0;
-    }
-  }
+  arena.copyRows(oB1, n, oY, n4, kk, n); // B′ and B are adjacent: r + r₀ rows
+  arena.scale(oY + r * n4, -1, oY + r * n4, rc * n4);
+  if (n4 !== n) for (let p = 0; p < kk; p++) f.fill(0, oY + p * n4 + n, oY + (p + 1) * n4);
   arena.gemm(m, n4, kk, oX, kk, 1, oY, n4, oD, n4);
   // to row length n (rows move down, never over one not yet moved)
   if (n4 !== n) for (let i = 1; i < m; i++) f.copyWithin(oD + i * n, oD + i * n4, oD + i * n4 + n);
@@ -288,7 +278,7 @@ export class KnowledgeBranches {
     const dNorm = Math.sqrt(dd);
     const f = arena.reserve(free + (4 + layerBranches.length) * L);
     const oKernel = free;
-    f.set(variable.dataSync() as Float32Array, oKernel);
+    readFloat32Into(variable, f, oKernel);
     // W = kernel − Σ_p K_p, subtracted in the order weight() does.
     let oOld = -1;
     let o = oKernel + L;

@@ -5,7 +5,7 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../shared/tf/backend.js';
-import { deviceArena, setDeviceGemm, type GemmModule } from '../shared/math/device-gemm.js';
+import { deviceArena, readFloat32Into, setDeviceGemm, type GemmModule } from '../shared/math/device-gemm.js';
 import { lowRankSlice, SliceHistory } from '../shared/math/slice.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
 import { KnowledgeBranches, type BranchUpdate } from '../client/knowledge-branch.js';
@@ -389,5 +389,39 @@ describe('KnowledgeBranches.set and projectFeedback on the device gemm', () => {
       tf.dispose([tfjs.gA, tfjs.gB, arena.gA, arena.gB, G]);
       disposeLowRank(gen);
     }
+  });
+});
+
+describe('readFloat32Into', () => {
+  it('copies a tensor\'s values into an array at an offset: variables, reshaped views, and on the cpu backend', async () => {
+    const check = () => {
+      const v = tf.variable(tf.randomNormal([12, 5], 0, 1, 'float32', 9));
+      const view = tf.reshape(v, [5, 12]);
+      const t = tf.tidy(() => tf.add(view, 1));
+      for (const x of [v, view, t]) {
+        const dst = new Float32Array(70).fill(-7);
+        readFloat32Into(x, dst, 3);
+        expect(Array.from(dst.subarray(3, 63))).toEqual(Array.from(x.dataSync()));
+        expect(dst[2]).toBe(-7);
+        expect(dst[63]).toBe(-7);
+      }
+      // after an assign the variable reads its new values
+      v.assign(tf.zerosLike(v));
+      const dst = new Float32Array(60).fill(1);
+      readFloat32Into(v, dst, 0);
+      expect(dst.every((x) => x === 0)).toBe(true);
+      tf.dispose([v, view, t]);
+    };
+    expect(tf.getBackend()).toBe('wasm');
+    check();
+    await initBackend('cpu', () => {});
+    try {
+      check();
+    } finally {
+      await initBackend('wasm', () => {});
+    }
+    const disposed = tf.ones([3]);
+    disposed.dispose();
+    expect(() => readFloat32Into(disposed, new Float32Array(3), 0)).toThrow(/disposed/);
   });
 });

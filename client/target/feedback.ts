@@ -4,7 +4,7 @@
 // never leaves the device.
 import * as tf from '@tensorflow/tfjs';
 import type { LowRank } from '../../shared/math/low-rank.js';
-import { deviceArena, pad4, tensorFromArena, type GemmArena } from '../../shared/math/device-gemm.js';
+import { deviceArena, pad4, readFloat32Into, tensorFromArena, type GemmArena } from '../../shared/math/device-gemm.js';
 
 export interface Feedback {
   /** s·G·B′ᵀ, m×r. */
@@ -45,7 +45,7 @@ export function projectFeedback(G: tf.Tensor2D, generated: LowRank, scale: numbe
  * projectFeedback in the device's arena (device-gemm.ts): one read-back of G and two gemms (Aᵀ read
  * in place), each result × s rounded to float32, as tf.mul(…, tf.scalar(s)) does; where the tfjs
  * path takes two transposes, two matMuls and two muls. Layout (floats): G m·n4 | B′ᵀ n·r4 | A′ m·r |
- * G·B′ᵀ m·r4 | A′ᵀ·G r·n4.
+ * G·B′ᵀ m·r4 | A′ᵀ·G r·n4 | staging: G m·n (only when n is not a multiple of 4), B′ r·n.
  */
 function projectInArena(arena: GemmArena, G: tf.Tensor2D, generated: LowRank, scale: number, m: number, n: number, r: number): Feedback {
   const n4 = pad4(n);
@@ -54,19 +54,22 @@ function projectInArena(arena: GemmArena, G: tf.Tensor2D, generated: LowRank, sc
   const oA = oBt + n * r4;
   const oGA = oA + m * r;
   const oGB = oGA + m * r4;
-  const f = arena.reserve(oGB + r * n4);
-  const g = G.dataSync() as Float32Array;
-  if (n4 === n) f.set(g, 0);
-  else for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) f[i * n4 + j] = g[i * n + j];
-    for (let j = n; j < n4; j++) f[i * n4 + j] = 0;
+  const oStage = oGB + r * n4; // G when its rows need padding, then B′
+  const f = arena.reserve(oStage + (n4 === n ? 0 : m * n) + r * n);
+  if (n4 === n) readFloat32Into(G, f, 0);
+  else {
+    readFloat32Into(G, f, oStage);
+    arena.copyRows(oStage, n, 0, n4, m, n);
+    for (let i = 0; i < m; i++) f.fill(0, i * n4 + n, (i + 1) * n4);
   }
-  const b = generated.B.dataSync() as Float32Array;
+  readFloat32Into(generated.A, f, oA);
+  // B′ᵀ (n×r4), zero-padded: r·n floats through JS
+  const bStage = oStage + (n4 === n ? 0 : m * n);
+  readFloat32Into(generated.B, f, bStage);
   for (let j = 0; j < n; j++) {
-    for (let p = 0; p < r; p++) f[oBt + j * r4 + p] = b[p * n + j];
+    for (let p = 0; p < r; p++) f[oBt + j * r4 + p] = f[bStage + p * n + j];
     for (let p = r; p < r4; p++) f[oBt + j * r4 + p] = 0;
   }
-  f.set(generated.A.dataSync() as Float32Array, oA);
   arena.gemm(m, r4, n, 0, n4, 1, oBt, r4, oGA, r4); // G·B′ᵀ
   arena.gemm(r, n4, m, oA, 1, r, 0, n4, oGB, n4); // A′ᵀ·G, A′ read transposed
   arena.scale(oGA, scale, oGA, m * r4);

@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
 import { matMul as denseMatMul, orthoQ, symmetricEigen } from './dense.js';
-import { deviceArena, pad4, tensorFromArena, type GemmArena } from './device-gemm.js';
+import { deviceArena, pad4, readFloat32Into, tensorFromArena, type GemmArena } from './device-gemm.js';
 import type { LowRank } from './low-rank.js';
 
 export interface LowRankSliceOptions {
@@ -154,7 +154,7 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // One read-back for both: max|W| and ‖W‖²_F (the warm start's energy guard).
   // On the device gemm, W is read back once into the arena and both come from there (float64 sum).
   const arena = deviceArena();
-  const inArena = arena ? new ArenaProducts(arena, W.dataSync() as Float32Array, m, n, l, rank) : undefined;
+  const inArena = arena ? new ArenaProducts(arena, W, m, n, l, rank) : undefined;
   const [maxAbs, sumSq] = inArena ? inArena.maxAbsAndSumSquares() : maxAbsAndSumSquares(W);
   if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
@@ -396,7 +396,7 @@ class ArenaProducts implements WProducts {
   private f32: Float32Array;
   private yCols = 0;
 
-  constructor(private readonly arena: GemmArena, data: Float32Array, private readonly m: number, private readonly n: number, l: number, rank: number) {
+  constructor(private readonly arena: GemmArena, W: tf.Tensor2D, private readonly m: number, private readonly n: number, l: number, rank: number) {
     this.tall = m >= n;
     this.long = Math.max(m, n);
     this.k = Math.min(m, n);
@@ -414,7 +414,7 @@ class ArenaProducts implements WProducts {
     this.oF = this.oZP + this.k * this.c4;
     this.oDG = this.oF + this.long * r4;
     this.f32 = arena.reserve(this.oDG + r4 * r4);
-    this.f32.set(data, 0);
+    readFloat32Into(W, this.f32, 0);
   }
 
   /** max |W| (NaN if W is not finite) and ‖W‖²_F in float64. */
