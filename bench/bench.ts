@@ -15,7 +15,7 @@
 //
 // Env: BENCH_REPEATS, BENCH_WARMUP, BENCH_BACKENDS=wasm,cpu, BENCH_SHAPES=0,1 (indices into
 // SHAPES), BENCH_RANKS=8, BENCH_REFERENCE=0 (skip the tfjs reference), BENCH_DEVICE=0 (skip the
-// device overhead).
+// device overhead), BENCH_ADAPTER=0 (skip the adapter and slice timings: the device overhead only).
 import * as tf from '@tensorflow/tfjs';
 import { availableBackends, initBackend } from '../shared/tf/backend.js';
 import { AdamW } from '../coordinator/adapter/adamw.js';
@@ -41,6 +41,7 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 7);
 const WITH_REFERENCE = process.env.BENCH_REFERENCE !== '0';
 const WITH_DEVICE = process.env.BENCH_DEVICE !== '0';
+const WITH_ADAPTER = process.env.BENCH_ADAPTER !== '0';
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -100,7 +101,7 @@ async function main(): Promise<void> {
   setLpkaEngine('kernels');
   for (const backend of backends) {
     await initBackend(backend, () => {});
-    for (const shapeId of SHAPE_IDS) {
+    for (const shapeId of WITH_ADAPTER ? SHAPE_IDS : []) {
       const { target, source } = SHAPES[shapeId];
       for (const requested of RANKS) {
         const rank = Math.min(requested, ...target, ...source);
