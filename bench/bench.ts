@@ -27,7 +27,8 @@
 // device overhead). PyTorch: BENCH_PYTORCH=0 (stated figures, no live run), BENCH_PYTHON (the
 // python with torch; default /tmp/torchenv/bin/python, then python3), BENCH_PYTORCH_ROUNDS (9),
 // BENCH_PYTORCH_REPS (reps per side per round; default ~60 ms worth), BENCH_PYTORCH_ATTENTION=
-// sdpa|matmul (the reference's attention; default sdpa).
+// sdpa|matmul (the reference's attention; default sdpa). BENCH_ADAPTER=0 skips the adapter and
+// slice timings (the device overhead only).
 import * as tf from '@tensorflow/tfjs';
 import { availableBackends, initBackend } from '../shared/tf/backend.js';
 import { AdamW } from '../coordinator/adapter/adamw.js';
@@ -51,6 +52,7 @@ const REPEATS = Number(process.env.BENCH_REPEATS ?? 7);
 const WITH_REFERENCE = process.env.BENCH_REFERENCE !== '0';
 const WITH_DEVICE = process.env.BENCH_DEVICE !== '0';
 const WITH_PYTORCH = process.env.BENCH_PYTORCH !== '0';
+const WITH_ADAPTER = process.env.BENCH_ADAPTER !== '0';
 
 interface Timing {
   medianMs: number;
@@ -99,7 +101,7 @@ async function main(): Promise<void> {
     setLpkaEngine('kernels');
     for (const backend of backends) {
       await initBackend(backend, () => {});
-      for (const shapeId of SHAPE_IDS) {
+      for (const shapeId of WITH_ADAPTER ? SHAPE_IDS : []) {
         const { target, source } = SHAPES[shapeId];
         for (const requested of RANKS) {
           const rank = Math.min(requested, ...target, ...source);

@@ -34,7 +34,9 @@ const SLOT_WEIGHTS = ['kernel', 'embeddings'];
 export function slotShapeOf(kernelShape: readonly number[]): [number, number] {
   if (kernelShape.length < 2) throw new Error(`a weight of rank ${kernelShape.length} cannot be a slot (rank ≥ 2 needed)`);
   const cols = kernelShape[kernelShape.length - 1];
-  const rows = kernelShape.slice(0, -1).reduce((a, b) => a * b, 1);
+  // loops, not closures: this runs every cycle, and tsx (keepNames) wraps each closure it makes
+  let rows = 1;
+  for (let i = 0; i < kernelShape.length - 1; i++) rows *= kernelShape[i];
   return [rows, cols];
 }
 
@@ -79,7 +81,13 @@ export function listSlots(model: tf.LayersModel): SlotInfo[] {
 }
 
 function resolve(model: tf.LayersModel, layer: string): Found {
-  const l = model.layers.find((x) => x.name === layer);
+  let l: tf.layers.Layer | undefined;
+  for (const x of model.layers) {
+    if (x.name === layer) {
+      l = x;
+      break;
+    }
+  }
   const found = l ? findSlot(l) : undefined;
   if (!found) {
     const available = listSlots(model).map((s) => `${s.layer} [${s.shape.join('×')}]`);
@@ -105,7 +113,8 @@ export function slotVariable(model: tf.LayersModel, layer: string): tf.Variable 
 /** A snapshot of the slot as [rows, cols]. The caller owns the returned tensor. */
 export function readSlot(model: tf.LayersModel, layer: string): tf.Tensor2D {
   const { info, variable } = resolve(model, layer);
-  return tf.tidy(() => tf.reshape(variable, info.shape) as tf.Tensor2D);
+  // one op, no intermediate tensor: no tidy (nor its closure) needed
+  return tf.reshape(variable, info.shape) as tf.Tensor2D;
 }
 
 /**

@@ -61,6 +61,72 @@ export function thinQ(a: Float64Array, rows: number, cols: number): Float64Array
   return out;
 }
 
+/**
+ * Least sine of the angle between a column and the span of the columns before it (after scaling
+ * each to unit length) that orthoQ accepts for Cholesky QR: its Gram matrix then has a condition
+ * number of at most a few hundred, and Q is orthonormal to ~1e-13.
+ */
+export const CHOL_QR_MIN_PIVOT = 0.1;
+
+/**
+ * Orthonormal basis of the columns of a row-major rows×cols matrix (rows ≥ cols), as thinQ, but by
+ * Cholesky QR where that is accurate: R from the Cholesky factor of the Gram matrix of the columns
+ * scaled to unit length, Q = A·D·R⁻¹ — about half thinQ's work, and the same span (the signs of the
+ * columns may differ: R's diagonal is positive here). Columns that are nearly dependent (a pivot
+ * below CHOL_QR_MIN_PIVOT), zero or not finite go to thinQ instead. A power iteration's basis
+ * M·Q·P, whose columns are nearly orthogonal once it converges, takes the fast way.
+ */
+export function orthoQ(a: Float64Array, rows: number, cols: number): Float64Array {
+  return cholQ(a, rows, cols) ?? thinQ(a, rows, cols);
+}
+
+function cholQ(a: Float64Array, rows: number, cols: number): Float64Array | undefined {
+  if (rows < cols) return undefined;
+  const g = gram(a, rows, cols);
+  const d = new Float64Array(cols);
+  for (let j = 0; j < cols; j++) {
+    const v = g[j * cols + j];
+    if (!(v > 0 && v < Infinity)) return undefined;
+    d[j] = 1 / Math.sqrt(v);
+  }
+  // R upper triangular, RᵀR = D·G·D (unit diagonal)
+  const R = new Float64Array(cols * cols);
+  const min2 = CHOL_QR_MIN_PIVOT * CHOL_QR_MIN_PIVOT;
+  for (let j = 0; j < cols; j++) {
+    let s = g[j * cols + j] * d[j] * d[j];
+    for (let k = 0; k < j; k++) s -= R[k * cols + j] * R[k * cols + j];
+    if (!(s >= min2)) return undefined;
+    const rjj = Math.sqrt(s);
+    R[j * cols + j] = rjj;
+    for (let i = j + 1; i < cols; i++) {
+      let t = g[j * cols + i] * d[j] * d[i];
+      for (let k = 0; k < j; k++) t -= R[k * cols + j] * R[k * cols + i];
+      R[j * cols + i] = t / rjj;
+    }
+  }
+  // T = D·R⁻¹, upper triangular (back substitution, column by column)
+  const T = new Float64Array(cols * cols);
+  for (let c = 0; c < cols; c++) {
+    for (let i = c; i >= 0; i--) {
+      let s = i === c ? 1 : 0;
+      for (let k = i + 1; k <= c; k++) s -= R[i * cols + k] * T[k * cols + c];
+      T[i * cols + c] = s / R[i * cols + i];
+    }
+  }
+  for (let i = 0; i < cols; i++) for (let c = i; c < cols; c++) T[i * cols + c] *= d[i];
+  // Q = A·T
+  const q = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let i = 0; i < cols; i++) {
+      const x = a[o + i];
+      const ti = i * cols;
+      for (let c = i; c < cols; c++) q[o + c] += x * T[ti + c];
+    }
+  }
+  return q;
+}
+
 /** YᵀY (cols×cols, row-major) of a row-major rows×cols matrix, accumulated in float64. */
 export function gram(y: Float64Array, rows: number, cols: number): Float64Array {
   const g = new Float64Array(cols * cols);
@@ -132,59 +198,97 @@ export interface SymmetricEigen {
  * cyclic Jacobi rotations. Jacobi rather than tridiagonal QR: for the ≤ few-dozen-wide Gram
  * matrices here it is as fast, short, and finds small eigenvalues to high relative accuracy.
  */
-export function symmetricEigen(sym: ArrayLike<number>, n: number): SymmetricEigen {
+export function symmetricEigen(sym: ArrayLike<number>, n: number, opts: { offTol?: number } = {}): SymmetricEigen {
+  // Converged once the off-diagonal mass is below offTol² of the whole matrix's (Frobenius, both
+  // halves): by default 1e-16, rounding level. A caller whose results are float32 can stop at
+  // ~1e-12 and save the last sweep, which only moves the vectors by ~1e-12 relative to the gaps.
+  const tol2 = (opts.offTol ?? 1e-16) ** 2;
+  // The upper triangle of A (a[p·n + q], p ≤ q) and Vᵀ (row j: eigenvector j), so that a rotation
+  // writes each entry it changes once and walks rows of V contiguously.
   const a = new Float64Array(n * n);
-  for (let p = 0; p < n; p++) for (let q = 0; q < n; q++) a[p * n + q] = 0.5 * (sym[p * n + q] + sym[q * n + p]);
-  const v = new Float64Array(n * n);
-  for (let p = 0; p < n; p++) v[p * n + p] = 1;
   let total = 0;
-  for (let i = 0; i < a.length; i++) total += a[i] * a[i];
+  for (let p = 0; p < n; p++) {
+    for (let q = p; q < n; q++) {
+      const x = 0.5 * (sym[p * n + q] + sym[q * n + p]);
+      a[p * n + q] = x;
+      total += p === q ? x * x : 2 * x * x;
+    }
+  }
+  const vt = new Float64Array(n * n);
+  for (let p = 0; p < n; p++) vt[p * n + p] = 1;
   for (let sweep = 0; sweep < 64 && total > 0; sweep++) {
     let off = 0;
     for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p * n + q] * a[p * n + q];
-    // Converged once the off-diagonal mass is at rounding level of the whole matrix.
-    if (off <= 1e-32 * total) break;
+    if (2 * off <= tol2 * total) break;
     for (let p = 0; p < n - 1; p++) {
       for (let q = p + 1; q < n; q++) {
         const apq = a[p * n + q];
         if (apq === 0) continue;
+        const app = a[p * n + p];
+        const aqq = a[q * n + q];
+        // Negligible against both diagonal entries (below half a rounding of their geometric mean,
+        // which keeps small eigenvalues' relative accuracy): zeroed without a rotation.
+        if (Math.abs(apq) <= 1e-17 * Math.sqrt(Math.abs(app * aqq))) {
+          a[p * n + q] = 0;
+          continue;
+        }
         // Rotation zeroing a[p][q] (Golub & Van Loan, Algorithm 8.4.1), the smaller angle.
-        const tau = (a[q * n + q] - a[p * n + p]) / (2 * apq);
+        const tau = (aqq - app) / (2 * apq);
         const t = Math.abs(tau) > 1e150 ? 1 / (2 * tau) : (tau >= 0 ? 1 : -1) / (Math.abs(tau) + Math.sqrt(1 + tau * tau));
         const c = 1 / Math.sqrt(1 + t * t);
         const s = t * c;
-        // Jᵀ·A·J touches rows and columns p, q only; A stays symmetric, so update both halves in
-        // one pass, and the two diagonal entries in closed form.
-        for (let k = 0; k < n; k++) {
-          if (k === p || k === q) continue;
-          const akp = a[k * n + p];
-          const akq = a[k * n + q];
-          const np = c * akp - s * akq;
-          const nq = s * akp + c * akq;
-          a[k * n + p] = np;
-          a[p * n + k] = np;
-          a[k * n + q] = nq;
-          a[q * n + k] = nq;
+        // Jᵀ·A·J changes rows and columns p, q: in the upper triangle, a[k][p] and a[k][q] above
+        // row p, a[p][k] and a[k][q] between, a[p][k] and a[q][k] after q; the two diagonal
+        // entries in closed form.
+        for (let k = 0; k < p; k++) {
+          const x = a[k * n + p];
+          const y = a[k * n + q];
+          a[k * n + p] = c * x - s * y;
+          a[k * n + q] = s * x + c * y;
         }
-        a[p * n + p] -= t * apq;
-        a[q * n + q] += t * apq;
+        for (let k = p + 1; k < q; k++) {
+          const x = a[p * n + k];
+          const y = a[k * n + q];
+          a[p * n + k] = c * x - s * y;
+          a[k * n + q] = s * x + c * y;
+        }
+        for (let k = q + 1; k < n; k++) {
+          const x = a[p * n + k];
+          const y = a[q * n + k];
+          a[p * n + k] = c * x - s * y;
+          a[q * n + k] = s * x + c * y;
+        }
+        a[p * n + p] = app - t * apq;
+        a[q * n + q] = aqq + t * apq;
         a[p * n + q] = 0;
-        a[q * n + p] = 0;
+        const op = p * n;
+        const oq = q * n;
         for (let k = 0; k < n; k++) {
-          const vkp = v[k * n + p];
-          const vkq = v[k * n + q];
-          v[k * n + p] = c * vkp - s * vkq;
-          v[k * n + q] = s * vkp + c * vkq;
+          const x = vt[op + k];
+          const y = vt[oq + k];
+          vt[op + k] = c * x - s * y;
+          vt[oq + k] = s * x + c * y;
         }
       }
     }
   }
-  const order = Array.from({ length: n }, (_, i) => i).sort((i, j) => a[j * n + j] - a[i * n + i] || i - j);
+  // Largest first, ties in index order (a stable insertion sort: no closures on this hot path).
+  const order = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const d = a[i * n + i];
+    let j = i;
+    while (j > 0 && a[order[j - 1] * n + order[j - 1]] < d) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = i;
+  }
   const values = new Float64Array(n);
   const vectors = new Float64Array(n * n);
-  order.forEach((src, dst) => {
+  for (let dst = 0; dst < n; dst++) {
+    const src = order[dst];
     values[dst] = a[src * n + src];
-    for (let k = 0; k < n; k++) vectors[k * n + dst] = v[k * n + src];
-  });
+    for (let k = 0; k < n; k++) vectors[k * n + dst] = vt[src * n + k];
+  }
   return { values, vectors };
 }

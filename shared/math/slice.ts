@@ -1,9 +1,12 @@
 // Slice: the rank-r factors A (m×r), B (r×n) of a slot W ≈ A·B, from a truncated SVD
 // W ≈ U S Vᵀ with A = U·√S and B = √S·Vᵀ and canonical signs (docs/DESIGN.md §2 "Slots and slices").
 //
-// Where the work happens, and why (a 784×64 slot at rank 8 must cost ~1 ms on a device):
-// - the products with W (the only O(m·n) work) run on the tfjs backend, a few ops each: wasm's
-//   matMul beats a JS loop by ~10× there, while its per-op dispatch is what makes small ops costly;
+// Where the work happens, and why (a 784×64 slot at rank 8 must cost well under 1 ms on a device):
+// - the products with W (the only O(m·n) work) run in the device's WebAssembly SIMD gemm on one
+//   read-back of W (shared/math/device-gemm.ts; ~0.1 ms for a warm slice's two, at the core's
+//   multiply-add rate), or, where no gemm is registered, on the tfjs backend, a few ops each
+//   (wasm's matMul beats a JS loop by ~10× there, but each op's dispatch and read-back costs
+//   ~50–100 µs, which made up half a warm slice);
 // - everything of size (m or n)×l or smaller runs in float64 on plain arrays (shared/math/dense.ts):
 //   the orthonormalisations only ever on the short side min(m, n), and the final SVD through the
 //   l×l Gram matrix of the long side (Jacobi), so no m×l QR and no ml-matrix accessor loops;
@@ -11,7 +14,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
-import { gram, matMul as denseMatMul, symmetricEigen, thinQ } from './dense.js';
+import { matMul as denseMatMul, orthoQ, symmetricEigen } from './dense.js';
+import { deviceArena, pad4, readFloat32Into, tensorFromArena, type GemmArena } from './device-gemm.js';
 import type { LowRank } from './low-rank.js';
 
 export interface LowRankSliceOptions {
@@ -48,6 +52,8 @@ export const WARM_SUBSPACE_TOL = 0.05;
  * power iteration started there; it shows as captured energy that ‖W‖_F grew without.
  */
 export const WARM_ENERGY_TOL = 2e-3;
+/** symmetricEigen's offTol for the slice's l×l Gram matrices (see randomizedSvd). */
+const SLICE_EIGEN_TOL = 1e-12;
 /** Default of SliceHistory.coldEvery: a cold check every 16th slice. */
 export const DEFAULT_COLD_EVERY = 16;
 
@@ -146,21 +152,25 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
   // for ‖W‖: a W whose largest entry lies outside [2^-40, 2^40] is sliced as 2^-e·W (exact in
   // float32) and its singular values scaled back, so it neither overflows nor sinks into denormals.
   // One read-back for both: max|W| and ‖W‖²_F (the warm start's energy guard).
-  const [maxAbs, sumSq] = maxAbsAndSumSquares(W);
+  // On the device gemm, W is read back once into the arena and both come from there (float64 sum).
+  const arena = deviceArena();
+  const inArena = arena ? new ArenaProducts(arena, W, m, n, l, rank) : undefined;
+  const [maxAbs, sumSq] = inArena ? inArena.maxAbsAndSumSquares() : maxAbsAndSumSquares(W);
   if (!Number.isFinite(maxAbs)) throw new Error('slice: W contains non-finite values (NaN or Infinity)');
   const e = maxAbs === 0 || (maxAbs <= 2 ** 40 && maxAbs >= 2 ** -40) ? 0 : Math.max(-126, Math.min(126, Math.round(Math.log2(maxAbs))));
-  const Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
-  let svd: Svd;
+  inArena?.scaleW(2 ** -e);
+  const products: WProducts = inArena ?? new TfjsProducts(W, m, n, e);
   try {
+    let svd: Svd;
     const h = opts.history;
     const key = `${m}x${n}:${rank}:${l}`;
-    const energy = h ? (e === 0 ? sumSq : sumSquares(Wx)) : 0;
-    const shareOf = (x: Svd): number => (energy > 0 ? capturedEnergy(x.s, rank) / energy : 0);
+    // ‖2^-e·W‖²_F: exact from the float64 sum; the tfjs path sums the scaled tensor again.
+    const energy = h ? (inArena ? sumSq * 4 ** -e : e === 0 ? sumSq : (products as TfjsProducts).sumSquares()) : 0;
     let warm: Svd | undefined;
     let warmShare = 0;
     if (h !== undefined && h.basis !== undefined && h.key === key && maxAbs > 0) {
-      warm = randomizedSvd(Wx, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
-      warmShare = shareOf(warm);
+      warm = randomizedSvd(products, m, n, rank, l, h.warmIters - 1, seed, h.basis, true);
+      warmShare = shareOf(warm, rank, energy);
       h.lastContainment = warm.containment!;
       const ok = warm.containment! >= 1 - h.subspaceTol && warmShare >= h.energyShare * (1 - h.energyTol);
       if (!ok) {
@@ -175,8 +185,8 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
     let isWarm = warm !== undefined;
     if (warm && !check) svd = warm;
     else {
-      const cold = randomizedSvd(Wx, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
-      const coldShare = h ? shareOf(cold) : 0;
+      const cold = randomizedSvd(products, m, n, rank, l, powerIters, seed, undefined, h !== undefined);
+      const coldShare = h ? shareOf(cold, rank, energy) : 0;
       if (warm && warmShare >= coldShare) svd = warm;
       else {
         svd = cold;
@@ -194,22 +204,28 @@ export function lowRankSlice(W: tf.Tensor2D, rank: number, opts: LowRankSliceOpt
       h.energyShare = share;
       h.sinceCold = isWarm && !check ? h.sinceCold + 1 : 0;
     }
+    // Before the products let go of what they hold: the arena's Ritz vectors become A directly.
+    return ritzFactors(m, n, rank, svd, 2 ** e, products);
   } finally {
-    if (Wx !== W) Wx.dispose();
+    products.dispose();
   }
-  const { s, U, V } = svd;
-  for (let j = 0; j < rank; j++) s[j] *= 2 ** e;
-  return canonicalFactorsOf(m, n, rank, s, U, V);
 }
 
 /**
- * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice: singular values s,
- * U (m×rank) and V (n×rank) row-major, unit columns (zero where s is 0), float64.
+ * The top `rank` singular triplets of W (m×n) by the sketch of lowRankSlice, float64, row-major:
+ * singular values s; on the long side (U tall, V wide) the columns σ_j·u_j as W·v_j gives them,
+ * normalised only when the factors are built (ritzFactors); on the short side unit columns.
  */
 interface Svd {
   s: Float64Array;
-  U: Float64Array;
-  V: Float64Array;
+  /** long×rank (row j at longOff + j·longLd, float32 as the products gave it), column j = σ_j times the singular vector */
+  long: Float32Array;
+  longOff: number;
+  longLd: number;
+  /** k×rank, unit columns */
+  short: Float64Array;
+  /** per column of `long`, the row of its first largest-magnitude entry (canonical signs, tall W) */
+  longArgmax: Int32Array;
   /**
    * With `next`: orth(M·Q·P), one more power iteration of the final basis Q, in Ritz order (M =
    * Wᵀ·W tall, W·Wᵀ wide): the next warm start's Q₀, k×l with orthonormal columns.
@@ -219,74 +235,337 @@ interface Svd {
   containment?: number;
 }
 
+/**
+ * The products with W (m×n, already scaled by 2^-e) a randomized SVD takes, on the short side
+ * k = min(m, n) and the long side: toLong is W (tall) or Wᵀ (wide), toShort the other, and
+ * M = toShort·toLong (Wᵀ·W tall, W·Wᵀ wide). Results come back as float64 for the plain-array
+ * kernels of dense.ts; the products themselves are float32 either way.
+ */
+interface WProducts {
+  /** toShort·x for a long×cols x: W·Ω, the cold sketch of a wide W. */
+  short(x: Float32Array | Float64Array, cols: number): Float64Array;
+  /** M·x for a k×cols x (x: the n×l Gaussian of a tall W's cold sketch): one power iteration. */
+  gram(x: Float32Array | Float64Array, cols: number): Float64Array;
+  /** Y = toLong·q (long×cols), kept for yTimes; returns toShort·Y = M·q. */
+  project(q: Float64Array, cols: number): Float64Array;
+  /**
+   * Y·P and Q·P for the Y and Q of the last project, P row-major cols×rank: the long side's
+   * σ-scaled and the short side's unit singular vectors, with the long side's column sums of
+   * squares and each column's first largest-magnitude row (columnStats). Releases Y.
+   */
+  ritz(p: Float64Array, rank: number): Ritz;
+  /** M·Q·P (k×cols) for the Q of the last project and P (cols×cols): one more power iteration. */
+  nextPower(pFull: Float64Array): Float64Array;
+  /**
+   * The long side of a Ritz result of these products with column j scaled by coef[j], as a
+   * long×rank tensor (A of a tall W), or undefined to have the caller build it.
+   */
+  longFactor?(svd: Svd, coef: Float64Array, rank: number): tf.Tensor2D | undefined;
+  /** Free what the products hold (tensors); idempotent. */
+  dispose(): void;
+}
+
+interface Ritz {
+  /** the long side's rows at off + i·ld */
+  long: Float32Array;
+  off: number;
+  ld: number;
+  short: Float64Array;
+  sumSq: Float64Array;
+  argmax: Int32Array;
+}
+
+/**
+ * Column sums of squares (float64) and, per column, the row of the first largest-magnitude entry,
+ * of a rows×cols matrix at `off` with row length ld.
+ */
+function columnStats(x: Float32Array, off: number, ld: number, rows: number, cols: number): { sumSq: Float64Array; argmax: Int32Array } {
+  const sumSq = new Float64Array(cols);
+  const argmax = new Int32Array(cols);
+  const best = new Float64Array(cols).fill(-1);
+  for (let i = 0; i < rows; i++) {
+    const o = off + i * ld;
+    for (let j = 0; j < cols; j++) {
+      const v = x[o + j];
+      sumSq[j] += v * v;
+      const a = Math.abs(v);
+      if (a > best[j]) {
+        best[j] = a;
+        argmax[j] = i;
+      }
+    }
+  }
+  return { sumSq, argmax };
+}
+
+/** The products on the tfjs backend: a few ops each, one upload and one read-back per product. */
+class TfjsProducts implements WProducts {
+  private readonly Wx: tf.Tensor2D;
+  private readonly Wt: tf.Tensor2D;
+  private readonly toLong: tf.Tensor2D;
+  private readonly toShort: tf.Tensor2D;
+  private y: tf.Tensor2D | undefined;
+  private cols = 0;
+  private q: Float64Array | undefined;
+  private z: Float64Array | undefined;
+
+  constructor(private readonly W: tf.Tensor2D, m: number, n: number, e: number) {
+    this.Wx = e === 0 ? W : (tf.tidy(() => tf.mul(W, tf.scalar(2 ** -e))) as tf.Tensor2D);
+    // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
+    this.Wt = tf.transpose(this.Wx) as tf.Tensor2D;
+    const tall = m >= n;
+    this.toLong = tall ? this.Wx : this.Wt;
+    this.toShort = tall ? this.Wt : this.Wx;
+  }
+
+  /** ‖2^-e·W‖²_F in float32. */
+  sumSquares(): number {
+    return sumSquares(this.Wx);
+  }
+
+  short(x: Float32Array | Float64Array, cols: number): Float64Array {
+    return mulW(this.toShort, undefined, x, x.length / cols, cols);
+  }
+
+  gram(x: Float32Array | Float64Array, cols: number): Float64Array {
+    return mulW(this.toLong, this.toShort, x, x.length / cols, cols);
+  }
+
+  project(q: Float64Array, cols: number): Float64Array {
+    this.y?.dispose();
+    // Y stays on the backend: only the k×l M·Q comes back (for the Gram Qᵀ·M·Q), and after the
+    // eigen step the long×rank Y·P. Yᵀ·Y directly (a transposed operand) costs ~3× more on wasm.
+    this.y = tf.tidy(() => tf.matMul(this.toLong, tf.tensor2d(Float32Array.from(q), [q.length / cols, cols]))) as tf.Tensor2D;
+    this.cols = cols;
+    this.q = q;
+    this.z = readBack(tf.matMul(this.toShort, this.y));
+    return this.z;
+  }
+
+  ritz(p: Float64Array, rank: number): Ritz {
+    const y = this.y!;
+    this.y = undefined;
+    try {
+      const t = tf.tidy(() => tf.matMul(y, tf.tensor2d(Float32Array.from(p), [this.cols, rank])));
+      const long = t.dataSync() as Float32Array;
+      t.dispose();
+      const { sumSq, argmax } = columnStats(long, 0, rank, long.length / rank, rank);
+      return { long, off: 0, ld: rank, short: denseMatMul(this.q!, p, this.q!.length / this.cols, this.cols, rank), sumSq, argmax };
+    } finally {
+      y.dispose();
+    }
+  }
+
+  nextPower(pFull: Float64Array): Float64Array {
+    return denseMatMul(this.z!, pFull, this.z!.length / this.cols, this.cols, this.cols);
+  }
+
+  dispose(): void {
+    this.y?.dispose();
+    this.y = undefined;
+    this.Wt.dispose();
+    if (this.Wx !== this.W) this.Wx.dispose();
+  }
+}
+
+/**
+ * The products on plain arrays in the device's gemm arena (device-gemm.ts): W is read back once
+ * and copied in (scaled), and each product is a gemm on it, Wᵀ read in place. Sketch widths are
+ * padded to a multiple of 4 with zero columns, which stay zero through every product.
+ * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O two banks of long·r4
+ * (the Ritz vectors of a warm and a cold run of one slice, both kept until the factors are built) |
+ * S k·r4 | PF c4·c4 | ZP k·c4 | F long·r4 | DG r4·r4.
+ */
+class ArenaProducts implements WProducts {
+  private readonly tall: boolean;
+  private readonly long: number;
+  private readonly k: number;
+  private readonly c4: number;
+  private readonly oX: number;
+  private readonly oY: number;
+  private readonly oZ: number;
+  private readonly oP: number;
+  private readonly oO: number;
+  private bank = 0;
+  private readonly r4: number;
+  private readonly oF: number;
+  private readonly oDG: number;
+  private readonly oS: number;
+  private readonly oPF: number;
+  private readonly oZP: number;
+  private f32: Float32Array;
+  private yCols = 0;
+
+  constructor(private readonly arena: GemmArena, W: tf.Tensor2D, private readonly m: number, private readonly n: number, l: number, rank: number) {
+    this.tall = m >= n;
+    this.long = Math.max(m, n);
+    this.k = Math.min(m, n);
+    this.c4 = pad4(l);
+    const r4 = pad4(rank);
+    this.oX = m * n;
+    this.oY = this.oX + this.long * this.c4;
+    this.oZ = this.oY + this.long * this.c4;
+    this.oP = this.oZ + this.k * this.c4;
+    this.r4 = r4;
+    this.oO = this.oP + this.c4 * r4;
+    this.oS = this.oO + 2 * this.long * r4;
+    this.oPF = this.oS + this.k * r4;
+    this.oZP = this.oPF + this.c4 * this.c4;
+    this.oF = this.oZP + this.k * this.c4;
+    this.oDG = this.oF + this.long * r4;
+    this.f32 = arena.reserve(this.oDG + r4 * r4);
+    readFloat32Into(W, this.f32, 0);
+  }
+
+  /** max |W| (NaN if W is not finite) and ‖W‖²_F in float64. */
+  maxAbsAndSumSquares(): [number, number] {
+    const [ss, mx] = this.arena.sumSqMaxAbs(0, this.m * this.n);
+    // NaN and ±Infinity make the sum non-finite (finite float32 squares cannot overflow it).
+    return Number.isFinite(ss) ? [mx, ss] : [NaN, ss];
+  }
+
+  /** W ← W·scale, a power of two: exact in float32. */
+  scaleW(scale: number): void {
+    if (scale !== 1) this.arena.scale(0, scale, 0, this.m * this.n);
+  }
+
+  /** x (rows×cols, row-major) into X with row length c4, zero-padded. */
+  private putX(x: Float32Array | Float64Array, rows: number, cols: number): void {
+    const f = this.f32;
+    const c4 = this.c4;
+    for (let i = 0; i < rows; i++) {
+      const o = this.oX + i * c4;
+      const xi = i * cols;
+      for (let j = 0; j < cols; j++) f[o + j] = x[xi + j];
+      for (let j = cols; j < c4; j++) f[o + j] = 0;
+    }
+  }
+
+  /** rows×cols of the buffer at `off` (row length ld) as float64. */
+  private get(off: number, rows: number, cols: number, ld: number): Float64Array {
+    const f = this.f32;
+    const out = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++) {
+      const o = off + i * ld;
+      const oi = i * cols;
+      for (let j = 0; j < cols; j++) out[oi + j] = f[o + j];
+    }
+    return out;
+  }
+
+  /** C = W·B (B n×c4, C m×c4) */
+  private w(b: number, c: number): void {
+    this.arena.gemm(this.m, this.c4, this.n, 0, this.n, 1, b, this.c4, c, this.c4);
+  }
+
+  /** C = Wᵀ·B (B m×c4, C n×c4): W read transposed in place */
+  private wt(b: number, c: number): void {
+    this.arena.gemm(this.n, this.c4, this.m, 0, 1, this.n, b, this.c4, c, this.c4);
+  }
+
+  private toLong(b: number, c: number): void {
+    if (this.tall) this.w(b, c);
+    else this.wt(b, c);
+  }
+
+  private toShort(b: number, c: number): void {
+    if (this.tall) this.wt(b, c);
+    else this.w(b, c);
+  }
+
+  short(x: Float32Array | Float64Array, cols: number): Float64Array {
+    this.putX(x, this.long, cols);
+    this.toShort(this.oX, this.oZ);
+    return this.get(this.oZ, this.k, cols, this.c4);
+  }
+
+  gram(x: Float32Array | Float64Array, cols: number): Float64Array {
+    this.putX(x, this.k, cols);
+    this.toLong(this.oX, this.oY);
+    this.toShort(this.oY, this.oZ);
+    return this.get(this.oZ, this.k, cols, this.c4);
+  }
+
+  project(q: Float64Array, cols: number): Float64Array {
+    this.yCols = cols;
+    return this.gram(q, cols);
+  }
+
+  /** P (rows×cols, row-major) into the buffer at off, c4×ld, zero-padded. */
+  private putP(p: Float64Array, rows: number, cols: number, off: number, ld: number): void {
+    const f = this.f32;
+    for (let i = 0; i < this.c4; i++) {
+      for (let j = 0; j < ld; j++) f[off + i * ld + j] = i < rows && j < cols ? p[i * cols + j] : 0;
+    }
+  }
+
+  ritz(p: Float64Array, rank: number): Ritz {
+    const r4 = this.r4;
+    const oO = this.oO + this.bank * this.long * r4;
+    this.bank ^= 1;
+    // Padding rows of P meet Y's and Q's zero padding columns.
+    this.putP(p, this.yCols, rank, this.oP, r4);
+    this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, oO, r4);
+    this.arena.gemm(this.k, r4, this.c4, this.oX, this.c4, 1, this.oP, r4, this.oS, r4);
+    const { sumSq, argmax } = columnStats(this.f32, oO, r4, this.long, rank);
+    return { long: this.f32, off: oO, ld: r4, short: this.get(this.oS, this.k, rank, r4), sumSq, argmax };
+  }
+
+  /** O·diag(coef) in the gemm (the zero terms leave each product exact), handed to tfjs from the arena. */
+  longFactor(svd: Svd, coef: Float64Array, rank: number): tf.Tensor2D | undefined {
+    const r4 = this.r4;
+    if (r4 !== rank || svd.long !== this.f32) return undefined;
+    const f = this.f32;
+    for (let i = 0; i < r4; i++) for (let j = 0; j < r4; j++) f[this.oDG + i * r4 + j] = i === j ? coef[i] : 0;
+    this.arena.gemm(this.long, r4, r4, svd.longOff, r4, 1, this.oDG, r4, this.oF, r4);
+    return tensorFromArena<tf.Rank.R2>(f.subarray(this.oF, this.oF + this.long * r4), [this.long, r4]);
+  }
+
+  nextPower(pFull: Float64Array): Float64Array {
+    const c = this.yCols;
+    this.putP(pFull, c, c, this.oPF, this.c4);
+    this.arena.gemm(this.k, this.c4, this.c4, this.oZ, this.c4, 1, this.oPF, this.c4, this.oZP, this.c4);
+    return this.get(this.oZP, this.k, c, this.c4);
+  }
+
+  dispose(): void {}
+}
+
 function randomizedSvd(
-  W: tf.Tensor2D, m: number, n: number, rank: number, l: number, powerIters: number, seed: number, start?: Float64Array, next = false,
+  W: WProducts, m: number, n: number, rank: number, l: number, powerIters: number, seed: number, start?: Float64Array, next = false,
 ): Svd {
   const k = Math.min(m, n);
   const tall = m >= n;
-  const long = tall ? m : n;
-  // wasm's matMul with a transposed operand runs ~3× slower than on a transposed copy.
-  const Wt = tf.transpose(W) as tf.Tensor2D;
   let basis: Float64Array; // k×l, orthonormal columns on the short side
-  let y: tf.Tensor2D | undefined; // Y = (long side)·basis, long×l, kept on the backend
-  let g: Float64Array; // YᵀY, l×l
-  let z: Float64Array; // M·basis, k×l
-  try {
-    const toLong = tall ? W : Wt;
-    const toShort = tall ? Wt : W;
-    if (start) basis = start;
-    else {
-      // Ω: an n×l seeded Gaussian.
-      const omega = gaussian(n, l, seed);
-      basis = tall ? orthonormalize(mulW(W, Wt, omega, n, l), n, l) : orthonormalize(mulW(W, undefined, omega, n, l), m, l);
-    }
-    for (let it = 0; it < powerIters; it++) basis = orthonormalize(mulW(toLong, toShort, basis, k, l), k, l);
-    // Y and its Gram stay on the backend: only the l×l YᵀY comes back here, and after the eigen
-    // step the long×rank Y·P (a long×l read-back, its Gram and Y·P in JS cost ~0.3 ms more).
-    const q = basis;
-    y = tf.tidy(() => tf.matMul(toLong, tf.tensor2d(Float32Array.from(q), [k, l]))) as tf.Tensor2D;
-    const yy = y;
-    // YᵀY = Qᵀ·(Wᵀ·W·Q) (tall; W·Wᵀ wide) through the short k×l product: wasm's matMul with a
-    // transposed operand (Yᵀ·Y directly) costs ~3× more.
-    z = readBack(tf.matMul(toShort, yy));
-    g = denseMatMul(transposeOf(q, k, l), z, l, k, l);
-  } catch (err) {
-    y?.dispose();
-    throw err;
-  } finally {
-    Wt.dispose();
+  if (start) basis = start;
+  else {
+    // Ω: an n×l seeded Gaussian.
+    const omega = gaussian(n, l, seed);
+    basis = orthonormalize(tall ? W.gram(omega, l) : W.short(omega, l), k, l);
   }
-  let longVecs: Float64Array; // columns σ_j·u_j
-  let p: Float64Array;
-  let pFull: Float64Array; // all l eigenvectors of YᵀY, row-major l×l
-  try {
-    checkFinite(g);
-    const { vectors } = symmetricEigen(g, l);
-    pFull = vectors;
-    p = new Float64Array(l * rank);
-    for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = vectors[i * l + j];
-    const pr = Float32Array.from(p);
-    const yy = y;
-    longVecs = readBack(tf.tidy(() => tf.matMul(yy, tf.tensor2d(pr, [l, rank]))));
-  } finally {
-    y.dispose();
-  }
-  const shortVecs = denseMatMul(basis, p, k, l, rank); // unit columns
+  for (let it = 0; it < powerIters; it++) basis = orthonormalize(W.gram(basis, l), k, l);
+  // YᵀY = Qᵀ·(M·Q) for Y = (long side)·Q, through the short k×l product; Y itself stays with the
+  // products until Y·P.
+  const q = basis;
+  const z = W.project(q, l); // M·basis, k×l
+  const g = denseMatMul(transposeOf(q, k, l), z, l, k, l); // YᵀY, l×l
+  checkFinite(g);
+  // All l eigenvectors of YᵀY, row-major l×l. Off-diagonals down to 1e-12 of ‖YᵀY‖: the vectors are
+  // then exact for float32 factors, and a warm slice's near-diagonal Gram needs one sweep fewer.
+  const { vectors: pFull } = symmetricEigen(g, l, { offTol: SLICE_EIGEN_TOL });
+  const p = new Float64Array(l * rank);
+  for (let i = 0; i < l; i++) for (let j = 0; j < rank; j++) p[i * rank + j] = pFull[i * l + j];
+  // columns σ_j·u_j (long side), unit columns (short side)
+  const { long: longVecs, off: longOff, ld: longLd, short: shortVecs, sumSq, argmax: longArgmax } = W.ritz(p, rank);
   // σ_j = ‖Y·p_j‖ rather than √λ_j: consistent with the vector it scales, even at rounding level.
-  const s = new Float64Array(rank);
-  for (let j = 0; j < rank; j++) {
-    let ss = 0;
-    for (let i = 0; i < long; i++) ss += longVecs[i * rank + j] ** 2;
-    s[j] = Math.sqrt(ss);
-    if (s[j] > 0) for (let i = 0; i < long; i++) longVecs[i * rank + j] /= s[j];
-  }
-  // M·Q came back for the Gram anyway: one more power iteration costs only its QR. Ordered by
-  // the Ritz values (M·Q·P), so the next Gram is near diagonal and Jacobi needs few sweeps.
+  const s = sumSq.map(Math.sqrt);
+  // M·Q came back for the Gram anyway: one more power iteration costs only M·Q·P and its QR.
+  // Ordered by the Ritz values, so the next Gram is near diagonal and Jacobi needs few sweeps.
   let nextBasis: Float64Array | undefined;
   let containment: number | undefined;
   if (next) {
     checkFinite(z);
-    nextBasis = thinQ(denseMatMul(z, pFull!, k, l, l), k, l);
+    nextBasis = orthoQ(W.nextPower(pFull), k, l);
     if (start) {
       // ‖Q₁ᵀ·V_r‖²_F / r: Q₁ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
       const proj = denseMatMul(transposeOf(nextBasis, k, l), shortVecs, l, k, rank);
@@ -295,7 +574,61 @@ function randomizedSvd(
       containment = ss / rank;
     }
   }
-  return { s, U: tall ? longVecs : shortVecs, V: tall ? shortVecs : longVecs, next: nextBasis, containment };
+  return { s, long: longVecs, longOff, longLd, short: shortVecs, longArgmax, next: nextBasis, containment };
+}
+
+/**
+ * The factors A = U·√S (m×r), B = √S·Vᵀ (r×n) of a randomized Svd of the scaled W, S = 2^e·s, with
+ * canonicalFactorsOf's signs (each column of U has its largest-magnitude entry positive; the first
+ * of equal ones). The long side is normalised here, in the same pass that writes its factor.
+ */
+function ritzFactors(m: number, n: number, r: number, svd: Svd, scale: number, products: WProducts): LowRank {
+  const tall = m >= n;
+  const { s, long: L, longOff: lo, longLd: ld, short: S } = svd;
+  // U's column j is L's divided by σ_j (tall: the same largest entry) or S's (wide).
+  const best = tall ? svd.longArgmax : argmaxAbsColumns(S, m, r);
+  const fu = new Float64Array(r);
+  const fv = new Float64Array(r);
+  for (let j = 0; j < r; j++) {
+    const u = tall ? L[lo + best[j] * ld + j] : S[best[j] * r + j];
+    const f = (u < 0 ? -1 : 1) * Math.sqrt(Math.max(0, s[j] * scale));
+    const fl = s[j] > 0 ? f / s[j] : f;
+    fu[j] = tall ? fl : f;
+    fv[j] = tall ? f : fl;
+  }
+  let A: tf.Tensor2D | undefined;
+  const b = new Float32Array(r * n);
+  if (tall) {
+    A = products.longFactor?.(svd, fu, r);
+    if (!A) {
+      const a = new Float32Array(m * r);
+      for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j] = fu[j] * L[lo + i * ld + j];
+      A = tf.tensor2d(a, [m, r]);
+    }
+    for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) b[j * n + c] = fv[j] * S[c * r + j];
+  } else {
+    const a = new Float32Array(m * r);
+    for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j] = fu[j] * S[i * r + j];
+    A = tf.tensor2d(a, [m, r]);
+    for (let c = 0; c < n; c++) for (let j = 0; j < r; j++) b[j * n + c] = fv[j] * L[lo + c * ld + j];
+  }
+  return { A, B: tf.tensor2d(b, [r, n]) };
+}
+
+/** Per column of a row-major rows×cols matrix, the row of its first largest-magnitude entry. */
+function argmaxAbsColumns(x: Float64Array, rows: number, cols: number): Int32Array {
+  const best = new Int32Array(cols);
+  const bestAbs = new Float64Array(cols).fill(-1);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
+      const ax = Math.abs(x[i * cols + j]);
+      if (ax > bestAbs[j]) {
+        bestAbs[j] = ax;
+        best[j] = i;
+      }
+    }
+  }
+  return best;
 }
 
 /** A tensor's values as float64; the tensor is disposed. */
@@ -311,6 +644,14 @@ function transposeOf(x: Float64Array, rows: number, cols: number): Float64Array 
   const out = new Float64Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j];
   return out;
+}
+
+/**
+ * The share of ‖W‖²_F (`energy`) a slice captures. No closures on the hot path: tsx (keepNames)
+ * wraps each one it creates in a defineProperty call.
+ */
+function shareOf(x: Svd, rank: number, energy: number): number {
+  return energy > 0 ? capturedEnergy(x.s, rank) / energy : 0;
 }
 
 function capturedEnergy(s: Float64Array, rank: number): number {
@@ -401,7 +742,7 @@ function gaussian(rows: number, cols: number, seed: number): Float32Array {
 /** Orthonormal basis (row-major rows×cols, float64) of the columns of a finite rows×cols matrix. */
 function orthonormalize(y: Float64Array, rows: number, cols: number): Float64Array {
   checkFinite(y);
-  return thinQ(y, rows, cols);
+  return orthoQ(y, rows, cols);
 }
 
 function toMatrix(data: ArrayLike<number>, rows: number, cols: number): Matrix {

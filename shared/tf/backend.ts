@@ -5,6 +5,8 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { registerWasmGradientKernels } from './wasm-kernels.js';
+import { createSimdGemm } from '../../coordinator/adapter/simd-gemm.js';
+import { setDeviceGemm } from '../math/device-gemm.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 export const BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
@@ -14,6 +16,12 @@ export interface BackendChoice {
   /** Why this backend: requested explicitly, or the first that loaded in auto mode. */
   reason: string;
 }
+
+// The device's slice, knowledge branch and feedback do their products on plain arrays through the
+// coordinator's WebAssembly SIMD gemm (shared/math/device-gemm.ts). Registered here, the Node-only
+// bootstrap, because simd-gemm.ts imports node:v8, which the browser bundle must not reach; the
+// browser device keeps the tfjs path. MERGENET_DEVICE_GEMM=0 keeps it in Node too.
+if (process.env.MERGENET_DEVICE_GEMM !== '0') setDeviceGemm(() => createSimdGemm(1));
 
 let chosen: BackendChoice | undefined;
 let logged = false;
