@@ -91,7 +91,7 @@ async function main(): Promise<void> {
   const backends = (await availableBackends()).filter((b) => !only || only.includes(b));
   const results: unknown[] = [];
   let deviceOverhead: unknown;
-  const pytorch: PytorchStart = WITH_PYTORCH ? await startPytorchReference() : { ok: false, reason: 'BENCH_PYTORCH=0' };
+  const pytorch: PytorchStart = WITH_PYTORCH && WITH_ADAPTER ? await startPytorchReference() : { ok: false, reason: WITH_ADAPTER ? 'BENCH_PYTORCH=0' : 'BENCH_ADAPTER=0' };
   const torchRef = pytorch.ok ? pytorch.ref : null;
   process.stderr.write(pytorch.ok
     ? `bench: PyTorch reference live: ${pytorch.ref.python}, torch ${pytorch.ref.torchVersion}, ${pytorch.ref.threads} thread, attention ${pytorch.ref.attention}\n`
