@@ -3,7 +3,7 @@
 // accumulation, bit for bit; the softmax row helpers within float32 rounding.
 import seedrandom from 'seedrandom';
 import { describe, expect, it } from 'vitest';
-import { createSimdGemm } from '../coordinator/adapter/simd-gemm.js';
+import { createSimdGemm } from '../shared/math/simd-gemm.js';
 
 // the plain module (no fused multiply-adds), whose products are exact to the scalar order
 const simd = createSimdGemm(64, false)!;

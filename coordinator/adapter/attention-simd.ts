@@ -6,7 +6,7 @@
 // Every buffer passed here must live in the gemm's memory (Workspace.f32 blocks). Score rows are
 // padded to ns4 = ns rounded up to 4; the pads are set to −1e30 before the softmax, so they get
 // probability exactly 0.
-import type { SimdGemm } from './simd-gemm.js';
+import type { SimdGemm } from '../../shared/math/simd-gemm.js';
 
 type F32 = Float32Array;
 

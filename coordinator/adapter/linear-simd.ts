@@ -3,7 +3,7 @@
 // contract as linearForward/linearBackward in lpka-kernels.ts, which remain the fallback; here x
 // and W must live in the gemm's memory (Workspace.f32 blocks), and the widths must be multiples of 4.
 import { transpose32 } from './lpka-kernels.js';
-import type { SimdGemm } from './simd-gemm.js';
+import type { SimdGemm } from '../../shared/math/simd-gemm.js';
 import type { Workspace } from './workspace.js';
 
 type F32 = Float32Array;

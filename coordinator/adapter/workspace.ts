@@ -8,7 +8,7 @@
 // WebAssembly.Memory detaches every view of it, so a pass that runs out of room is abandoned
 // (WorkspaceOverflow), the memory grows, and `run` starts the pass again; this happens only the
 // first time a larger pair is seen.
-import { createSimdGemm, type SimdGemm } from './simd-gemm.js';
+import { createSimdGemm, type SimdGemm } from '../../shared/math/simd-gemm.js';
 
 /** Thrown by Workspace.f32 when the wasm memory is too small; `run` catches it. */
 export class WorkspaceOverflow extends Error {

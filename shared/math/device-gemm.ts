@@ -8,7 +8,7 @@
 // The slot-sized elementwise passes (norms, differences, scalings) run in simd-vec.ts's kernels on
 // the same memory: in V8 a plain loop over a 784×64 Float32Array costs ~0.1 ms a pass.
 //
-// The gemm is the coordinator's (coordinator/adapter/simd-gemm.ts). That module imports node:v8 (to
+// The gemm is the adapter's (shared/math/simd-gemm.ts). That module imports node:v8 (to
 // enable relaxed SIMD), which the isomorphic device core must not reach, so it is not imported
 // here: a Node entry registers it through setDeviceGemm (shared/tf/backend.ts does, on import).
 // Without a registered gemm (the browser bundle, or setDeviceGemm(null)), every caller takes its

@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { registerWasmGradientKernels } from './wasm-kernels.js';
-import { createSimdGemm } from '../../coordinator/adapter/simd-gemm.js';
+import { createSimdGemm } from '../math/simd-gemm.js';
 import { setDeviceGemm } from '../math/device-gemm.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
