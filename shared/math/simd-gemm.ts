@@ -22,6 +22,7 @@
 //   softmaxGradRow(p, ds, n4, D): ds ← p⊙(ds − D)   (the softmax backward, one row)
 //   softmaxRows, expRows, softmaxGradRows: the same over many rows in one call (see their bodies)
 import v8 from 'node:v8';
+import { section, sleb, str, uleb } from './wasm-bytes.js';
 
 const OP = {
   block: 0x02, loop: 0x03, if: 0x04, end: 0x0b, br: 0x0c, brIf: 0x0d, void: 0x40,
@@ -36,37 +37,9 @@ const SIMD = {
   i32x4TruncSatF32x4S: 0xf8,
 };
 
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-}
 
-function sleb(n: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const b = n & 0x7f;
-    n >>= 7;
-    if ((n === 0 && (b & 0x40) === 0) || (n === -1 && (b & 0x40) !== 0)) {
-      out.push(b);
-      return out;
-    }
-    out.push(b | 0x80);
-  }
-}
 
-function section(id: number, body: number[]): number[] {
-  return [id, ...uleb(body.length), ...body];
-}
 
-function str(s: string): number[] {
-  return [...uleb(s.length), ...[...s].map((c) => c.charCodeAt(0))];
-}
 
 // gemm parameter and local indices
 const [M, N, K, A, LDA, B, LDB, C, LDC, ACC, ASTEP] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];

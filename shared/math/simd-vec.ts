@@ -20,26 +20,14 @@
 //   copyRows(src, srcStride, dst, dstStride, rows, rowBytes)   a strided block copy, strides and
 //                            rowBytes in bytes, rowBytes a multiple of 16
 // Every float32 result is one IEEE operation per element, as the tfjs ops they replace compute it.
+import { section, str, uleb } from './wasm-bytes.js';
 
 const I32 = 0x7f;
 const F32 = 0x7d;
 const F64 = 0x7c;
 const V128 = 0x7b;
 
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-}
-
 const vec = (items: number[][]): number[] => [...uleb(items.length), ...items.flat()];
-const str = (s: string): number[] => [...uleb(s.length), ...[...s].map((c) => c.charCodeAt(0))];
-const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
 
 const get = (i: number) => [0x20, ...uleb(i)];
 const set = (i: number) => [0x21, ...uleb(i)];
