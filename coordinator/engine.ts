@@ -200,6 +200,7 @@ export class CoordinatorEngine {
 
   private async writeCheckpoint(): Promise<void> {
     const checkpointer = this.checkpointer!;
+    const startedAt = performance.now();
     // Serialize every adapter that took a step since the last checkpoint (the others' files are
     // reused: with many pairs, most are unchanged between two checkpoints). From workers, each
     // pair's state comes with its own counters (Pair.snapshotAsync): consistent per pair, while
@@ -213,7 +214,7 @@ export class CoordinatorEngine {
     const cyclesStarted = [...this.pairs.values()].reduce((a, p) => a + p.counters.cyclesStarted, 0);
     const generation = await checkpointer.save({ totals: { updates, cyclesStarted }, pairs });
     this.log.info({ dir: checkpointer.dir, generation, updates }, 'checkpoint written');
-    this.notify('checkpoint', { generation, updates });
+    this.notify('checkpoint', { generation, updates, startedAt });
   }
 
   status(url: string): StatusSnapshot {

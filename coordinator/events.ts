@@ -60,7 +60,8 @@ export interface CoordinatorEvents {
   register: [{ deviceId: string; session: string }];
   connect: [{ deviceId: string; session: string }];
   disconnect: [{ deviceId: string; session: string; reason: string }];
-  checkpoint: [{ generation: number; updates: number }];
+  /** a checkpoint is durable; startedAt is performance.now() when its write began taking state */
+  checkpoint: [{ generation: number; updates: number; startedAt: number }];
 }
 
 /** Emit one coordinator event (the engine gets this instead of an EventEmitter of its own). */

@@ -103,16 +103,16 @@ describe('coordinator checkpoints', () => {
       const { src, tgt } = await connectPair(coord);
       src.sendSlice({ ...S, rank: R, sliceId: 0, step: 0 });
       const seen: { updates: number; at: number }[] = [];
-      coord.on('checkpoint', (c) => seen.push({ updates: c.updates, at: performance.now() }));
+      coord.on('checkpoint', (c) => seen.push({ updates: c.updates, at: c.startedAt }));
       // 15 updates: due at 5, 10 and 15 (everyUpdates 5)
       for (let i = 1; i <= 15; i++) await completeCycle(coord, tgt, { ...T, rank: R, sliceId: i, step: i });
       if (!seen.some((c) => c.updates === 15)) await waitForEvent(coord, 'checkpoint', (c) => c.updates === 15);
       expect(seen[0].updates).toBe(5);
       // nothing due was lost: the last write holds every update, with none arriving after it
       expect(seen[seen.length - 1].updates).toBe(15);
-      // and the writes started at least the interval apart (events come when a write is durable,
-      // so a gap can only exceed the interval)
-      for (let i = 1; i < seen.length; i++) expect(seen[i].at - seen[i - 1].at).toBeGreaterThan(400);
+      // and the writes started at least the interval apart (by their start: the events come when a
+      // write is durable, and writes take unequal times, so the events' own gaps may be shorter)
+      for (let i = 1; i < seen.length; i++) expect(seen[i].at - seen[i - 1].at).toBeGreaterThanOrEqual(495);
       src.close();
       tgt.close();
     } finally {
