@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
 import seedrandom from 'seedrandom';
-import { gram, matMul, symmetricEigen, thinQ } from '../shared/math/dense.js';
+import { cholQFactor, gram, matMul, orthoQ, symmetricEigen, thinQ } from '../shared/math/dense.js';
 
 function gaussianArray(len: number, seed: string): Float64Array {
   const rng = seedrandom(seed);
@@ -65,6 +65,42 @@ describe('dense kernels', () => {
     expect(() => thinQ(new Float64Array(6), 2, 3)).toThrow(/rows ≥ cols/);
   });
 
+  it('orthoQ spans the input with orthonormal columns: by Cholesky QR when the columns are well apart, else by thinQ', () => {
+    // Columns scaled like Ritz values (a power iteration's M·Q·P): far apart in norm, nearly orthogonal.
+    const base = thinQ(gaussianArray(64 * 16, 'o1'), 64, 16);
+    const ritzLike = base.map((v, i) => v * 0.8 ** (2 * (i % 16)) + 1e-4 * Math.sin(i));
+    const cases: [string, Float64Array, number, number, boolean][] = [
+      ['Ritz-like 64×16', ritzLike, 64, 16, true],
+      ['random 784×16', gaussianArray(784 * 16, 'o2'), 784, 16, true],
+      ['rank 2 of 40×13', lowRankArray(40, 13, 2, 'o3'), 40, 13, false],
+      ['zero 20×5', new Float64Array(100), 20, 5, false],
+      ['two columns 1e-3 apart', (() => {
+        const a = gaussianArray(30 * 4, 'o4');
+        for (let i = 0; i < 30; i++) a[i * 4 + 1] = a[i * 4] + 1e-3 * a[i * 4 + 1];
+        return a;
+      })(), 30, 4, false],
+    ];
+    for (const [what, a, rows, cols, viaCholesky] of cases) {
+      const q = orthoQ(a, rows, cols);
+      expectOrthonormalColumns(q, rows, cols);
+      const qta = matMul(Float64Array.from(toMatrix(q, rows, cols).transpose().to1DArray()), a, cols, rows, cols);
+      const back = matMul(q, qta, rows, cols, cols);
+      let scale = 0;
+      for (const v of a) scale = Math.max(scale, Math.abs(v));
+      expect(maxAbsDiff(back, a), what).toBeLessThanOrEqual(1e-12 * Math.max(1, scale));
+      // The Cholesky factor exists exactly when the fast way is taken; with it, Q = A·T.
+      const T = cholQFactor(gram(a, rows, cols), cols, cols);
+      expect(T !== undefined, what).toBe(viaCholesky);
+      if (T) expect(maxAbsDiff(q, matMul(a, T, rows, cols, cols)), what).toBeLessThan(1e-15);
+      else expect(maxAbsDiff(q, thinQ(a, rows, cols)), what).toBe(0);
+    }
+    // A Gram matrix stored with a longer row (ld > cols) gives the same factor.
+    const g = gram(ritzLike, 64, 16);
+    const wide = new Float64Array(16 * 18);
+    for (let i = 0; i < 16; i++) for (let j = 0; j < 16; j++) wide[i * 18 + j] = g[i * 16 + j];
+    expect(cholQFactor(wide, 16, 18)).toEqual(cholQFactor(g, 16, 16));
+  });
+
   it('symmetricEigen matches ml-matrix on random, repeated and singular spectra, largest first', () => {
     const n = 16;
     const g = gaussianArray(40 * n, 'e1');
@@ -103,5 +139,18 @@ describe('dense kernels', () => {
     const { values } = symmetricEigen(a, n);
     // Absolute error at rounding of the largest; relative only as good as the input's rounding.
     for (let i = 0; i < n; i++) expect(Math.abs(values[i] - d[i])).toBeLessThan(1e-14);
+  });
+
+  it('symmetricEigen with a looser offTol stops at that off-diagonal size: eigenpairs to about offTol', () => {
+    const n = 16;
+    const a = gram(gaussianArray(40 * n, 'tol'), 40, n);
+    const exact = symmetricEigen(a, n);
+    const loose = symmetricEigen(a, n, { offTol: 1e-12 });
+    const scale = exact.values[0];
+    expect(maxAbsDiff(loose.values, exact.values)).toBeLessThan(1e-12 * scale);
+    expectOrthonormalColumns(loose.vectors, n, n);
+    // A·v = λ·v to the tolerance (the vectors' signs are Jacobi's, the same in both runs here)
+    const av = matMul(a, loose.vectors, n, n, n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) expect(Math.abs(av[i * n + j] - loose.vectors[i * n + j] * loose.values[j])).toBeLessThan(1e-11 * scale);
   });
 });

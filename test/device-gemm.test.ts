@@ -131,6 +131,30 @@ describe('the arena\'s elementwise kernels (simd-vec.ts)', () => {
   });
 });
 
+describe('the arena\'s float64 gemm (simd-vec gemm64)', () => {
+  it('equals the float64 product summed in order, A read as stored or transposed, odd k and m', () => {
+    const arena = deviceArena()!;
+    arena.reserve(20000);
+    const d = arena.f64;
+    const rng = mulberry32(64);
+    for (const [m, n, k] of [[1, 2, 1], [3, 4, 5], [16, 16, 64], [7, 10, 33]]) {
+      const a = Float64Array.from({ length: m * k }, () => rng() - 0.5);
+      const b = Float64Array.from({ length: k * n }, () => rng() - 0.5);
+      const ref = new Float64Array(m * n);
+      for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) for (let p = 0; p < k; p++) ref[i * n + j] += a[i * k + p] * b[p * n + j];
+      d.set(a, 0);
+      d.set(b, 3000);
+      d.fill(7, 6000, 6000 + m * n);
+      arena.gemm64(m, n, k, 0, k, 1, 3000, n, 6000, n);
+      expect(Array.from(d.subarray(6000, 6000 + m * n))).toEqual(Array.from(ref));
+      // the same A stored transposed (k×m), read with lda 1, aStep m
+      for (let i = 0; i < m; i++) for (let p = 0; p < k; p++) d[p * m + i] = a[i * k + p];
+      arena.gemm64(m, n, k, 0, 1, m, 3000, n, 6000, n);
+      expect(Array.from(d.subarray(6000, 6000 + m * n))).toEqual(Array.from(ref));
+    }
+  });
+});
+
 describe('lowRankSlice on the device gemm', () => {
   it('gives the tfjs path\'s factors, tall and wide, sketch widths and ranks not multiples of 4, far from unit scale', () => {
     for (const [m, n] of [[784, 64], [64, 784], [300, 90], [129, 37]] as [number, number][]) {

@@ -82,10 +82,31 @@ export function orthoQ(a: Float64Array, rows: number, cols: number): Float64Arra
 
 function cholQ(a: Float64Array, rows: number, cols: number): Float64Array | undefined {
   if (rows < cols) return undefined;
-  const g = gram(a, rows, cols);
+  const T = cholQFactor(gram(a, rows, cols), cols, cols);
+  if (!T) return undefined;
+  // Q = A·T
+  const q = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let i = 0; i < cols; i++) {
+      const x = a[o + i];
+      const ti = i * cols;
+      for (let c = i; c < cols; c++) q[o + c] += x * T[ti + c];
+    }
+  }
+  return q;
+}
+
+/**
+ * Cholesky QR's right factor: for the Gram matrix G = AᵀA of cols columns (row-major, row length
+ * ld ≥ cols), T = D·R⁻¹ (cols×cols, upper triangular, row length cols) with D = diag(1/‖a_j‖) and
+ * RᵀR = D·G·D, so that A·T has orthonormal columns; undefined when orthoQ must take thinQ (a
+ * pivot below CHOL_QR_MIN_PIVOT, a zero or non-finite column).
+ */
+export function cholQFactor(g: ArrayLike<number>, cols: number, ld: number): Float64Array | undefined {
   const d = new Float64Array(cols);
   for (let j = 0; j < cols; j++) {
-    const v = g[j * cols + j];
+    const v = g[j * ld + j];
     if (!(v > 0 && v < Infinity)) return undefined;
     d[j] = 1 / Math.sqrt(v);
   }
@@ -93,13 +114,13 @@ function cholQ(a: Float64Array, rows: number, cols: number): Float64Array | unde
   const R = new Float64Array(cols * cols);
   const min2 = CHOL_QR_MIN_PIVOT * CHOL_QR_MIN_PIVOT;
   for (let j = 0; j < cols; j++) {
-    let s = g[j * cols + j] * d[j] * d[j];
+    let s = g[j * ld + j] * d[j] * d[j];
     for (let k = 0; k < j; k++) s -= R[k * cols + j] * R[k * cols + j];
     if (!(s >= min2)) return undefined;
     const rjj = Math.sqrt(s);
     R[j * cols + j] = rjj;
     for (let i = j + 1; i < cols; i++) {
-      let t = g[j * cols + i] * d[j] * d[i];
+      let t = g[j * ld + i] * d[j] * d[i];
       for (let k = 0; k < j; k++) t -= R[k * cols + j] * R[k * cols + i];
       R[j * cols + i] = t / rjj;
     }
@@ -114,17 +135,7 @@ function cholQ(a: Float64Array, rows: number, cols: number): Float64Array | unde
     }
   }
   for (let i = 0; i < cols; i++) for (let c = i; c < cols; c++) T[i * cols + c] *= d[i];
-  // Q = A·T
-  const q = new Float64Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    for (let i = 0; i < cols; i++) {
-      const x = a[o + i];
-      const ti = i * cols;
-      for (let c = i; c < cols; c++) q[o + c] += x * T[ti + c];
-    }
-  }
-  return q;
+  return T;
 }
 
 /** YᵀY (cols×cols, row-major) of a row-major rows×cols matrix, accumulated in float64. */

@@ -39,12 +39,30 @@ const at = (off: number) => BASE + 4 * off;
  */
 export class GemmArena {
   private f32View: Float32Array;
+  private f64View: Float64Array;
   /** the scratch bytes before BASE, as floats */
   private scratch: Float32Array;
 
   constructor(private readonly mod: GemmModule, private readonly vec: SimdVec) {
     this.f32View = new Float32Array(mod.memory.buffer, BASE);
+    this.f64View = new Float64Array(mod.memory.buffer, BASE);
     this.scratch = new Float32Array(mod.memory.buffer, 0, BASE / 4);
+  }
+
+  /**
+   * The arena as float64 (index d is float offset 2d): valid, like reserve's view, until the next
+   * reserve that grows the memory.
+   */
+  get f64(): Float64Array {
+    return this.f64View;
+  }
+
+  /**
+   * C[m, n] = A[m, k]·B[k, n] in float64, offsets in doubles (as f64's indices), A[i, p] at
+   * a + i·lda + p·aStep. n must be even.
+   */
+  gemm64(m: number, n: number, k: number, a: number, lda: number, aStep: number, b: number, ldb: number, c: number, ldc: number): void {
+    this.vec.gemm64(m, n, k, BASE + 8 * a, lda, aStep, BASE + 8 * b, ldb, BASE + 8 * c, ldc);
   }
 
   /** The arena as float32, at least `floats` long. Views taken before this call may be stale. */
@@ -54,6 +72,7 @@ export class GemmArena {
     if (bytes > have) this.mod.memory.grow(Math.ceil((bytes - have) / PAGE_BYTES));
     if (this.f32View.buffer !== this.mod.memory.buffer) {
       this.f32View = new Float32Array(this.mod.memory.buffer, BASE);
+      this.f64View = new Float64Array(this.mod.memory.buffer, BASE);
       this.scratch = new Float32Array(this.mod.memory.buffer, 0, BASE / 4);
     }
     return this.f32View;

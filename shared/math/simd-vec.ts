@@ -17,6 +17,10 @@
 //   addSub(k, x, y, c, n)   c = k + (x − y)
 //   diffSumSq(p, q, n) → f64   Σ (p − q)², each difference rounded to float32 first (as
 //                            tf.sub gives it), then as sumSq; n a multiple of 8
+//   gemm64(m, n, k, a, lda, aStep, b, ldb, c, ldc)   C = A·B in float64 (pointers in bytes, the
+//                            rest in elements; A[i, p] at a + 8·(i·lda + p·aStep) as in the gemm;
+//                            n even): row by row, C's row accumulated in memory, each entry summed
+//                            over p in order, for the small matrices of a slice
 //   copyRows(src, srcStride, dst, dstStride, rows, rowBytes)   a strided block copy, strides and
 //                            rowBytes in bytes, rowBytes a multiple of 16
 // Every float32 result is one IEEE operation per element, as the tfjs ops they replace compute it.
@@ -41,7 +45,7 @@ const I32_GE_U = 0x4f;
 const F32_MAX = 0x97;
 const F64_ADD = 0xa0;
 const V = {
-  shuffle: 0x0d, f32Splat: 0x13, f32Lane: 0x1f, f64Lane: 0x21, promoteLow: 0x5f,
+  shuffle: 0x0d, f32Splat: 0x13, f64Splat: 0x14, f32Lane: 0x1f, f64Lane: 0x21, promoteLow: 0x5f,
   f32Abs: 0xe0, f32Add: 0xe4, f32Sub: 0xe5, f32Mul: 0xe6, f32Pmax: 0xeb, f64Add: 0xf0, f64Mul: 0xf2, store: 0x0b,
 };
 
@@ -173,6 +177,42 @@ function addSubBody(): number[] {
   ]));
 }
 
+// gemm64(m, n, k, a, lda, aStep, b, ldb, c, ldc): locals 10 i, 11 p, 12 jb, 13 nb, 14 crow, 15 brow,
+// 16 av (v128)
+function gemm64Body(): number[] {
+  const [Mx, Nx, Kx, A, LDA, ASTEP, B, LDB, C, LDC, I, P, JB, NB, CROW, BROW, AV] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+  const mul = (a: number, b: number) => [...get(a), ...get(b), 0x6c /* i32.mul */];
+  const bytes8 = [...i32c(3), I32_SHL];
+  const zero = [...simd(0x0c), ...new Array(16).fill(0)];
+  const whileLtU = (x: number, lim: number, inner: number[]) => [
+    0x02, 0x40, 0x03, 0x40, ...get(x), ...get(lim), I32_GE_U, 0x0d, 1, ...inner, 0x0c, 0, 0x0b, 0x0b,
+  ];
+  return body([[6, I32], [1, V128]], [
+    ...get(Nx), ...bytes8, ...set(NB),
+    ...whileLtU(I, Mx, [
+      ...get(C), ...mul(I, LDC), ...bytes8, I32_ADD, ...set(CROW),
+      ...i32c(0), ...set(JB),
+      ...whileLtU(JB, NB, [...get(CROW), ...get(JB), I32_ADD, ...zero, ...simd(V.store), 3, 0, ...get(JB), ...i32c(16), I32_ADD, ...set(JB)]),
+      ...i32c(0), ...set(P),
+      ...whileLtU(P, Kx, [
+        // av = splat(A[i·lda + p·aStep])
+        ...get(A), ...mul(I, LDA), ...mul(P, ASTEP), I32_ADD, ...bytes8, I32_ADD, 0x2b, 3, 0, ...simd(V.f64Splat), ...set(AV),
+        ...get(B), ...mul(P, LDB), ...bytes8, I32_ADD, ...set(BROW),
+        ...i32c(0), ...set(JB),
+        ...whileLtU(JB, NB, [
+          ...get(CROW), ...get(JB), I32_ADD,
+          ...get(CROW), ...get(JB), I32_ADD, ...simd(0x00), 3, 0,
+          ...get(AV), ...get(BROW), ...get(JB), I32_ADD, ...simd(0x00), 3, 0, ...simd(V.f64Mul),
+          ...simd(V.f64Add), ...simd(V.store), 3, 0,
+          ...get(JB), ...i32c(16), I32_ADD, ...set(JB),
+        ]),
+        ...get(P), ...i32c(1), I32_ADD, ...set(P),
+      ]),
+      ...get(I), ...i32c(1), I32_ADD, ...set(I),
+    ]),
+  ]);
+}
+
 // copyRows(src, ss, dst, ds, rows, rowBytes): locals 6 i, 7 j
 function copyRowsBody(): number[] {
   const [SRC, SS, DST, DS, ROWS, RB, I, J] = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -201,13 +241,14 @@ function moduleBytes(): Uint8Array {
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32]]), 0], // addSub
     [0x60, ...vec([[I32], [I32], [I32]]), ...vec([[F64]])], // sumSqMax
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32]]), 0], // copyRows
+    [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32], [I32], [I32], [I32], [I32]]), 0], // gemm64
   ]));
   // diffSumSq shares sumSqMax's type (i32, i32, i32) → f64
   const imports = section(2, vec([[...str('env'), ...str('mem'), 0x02, 0x00, 0]]));
-  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4], [5], [4]]));
-  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax', 'copyRows', 'diffSumSq'];
+  const funcs = section(3, vec([[0], [1], [1], [2], [3], [4], [5], [4], [6]]));
+  const names = ['sumSq', 'sub', 'add', 'scale', 'addSub', 'sumSqMax', 'copyRows', 'diffSumSq', 'gemm64'];
   const exports = section(7, vec(names.map((name, i) => [...str(name), 0x00, i])));
-  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody(), copyRowsBody(), diffSumSqBody()]));
+  const code = section(10, vec([sumSqBody(), subBody(), addBody(), scaleBody(), addSubBody(), sumSqMaxBody(), copyRowsBody(), diffSumSqBody(), gemm64Body()]));
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
@@ -216,6 +257,7 @@ export interface SimdVec {
   sumSqMax(p: number, n: number, out: number): number;
   copyRows(src: number, srcStride: number, dst: number, dstStride: number, rows: number, rowBytes: number): void;
   diffSumSq(p: number, q: number, n: number): number;
+  gemm64(m: number, n: number, k: number, a: number, lda: number, aStep: number, b: number, ldb: number, c: number, ldc: number): void;
   sub(a: number, b: number, c: number, n: number): void;
   add(a: number, b: number, c: number, n: number): void;
   scale(a: number, s: number, c: number, n: number): void;

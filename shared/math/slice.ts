@@ -14,7 +14,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import seedrandom from 'seedrandom';
-import { matMul as denseMatMul, orthoQ, symmetricEigen } from './dense.js';
+import { cholQFactor, matMul as denseMatMul, orthoQ, symmetricEigen } from './dense.js';
 import { deviceArena, pad4, readFloat32Into, tensorFromArena, type GemmArena } from './device-gemm.js';
 import type { LowRank } from './low-rank.js';
 
@@ -254,8 +254,15 @@ interface WProducts {
    * squares and each column's first largest-magnitude row (columnStats). Releases Y.
    */
   ritz(p: Float64Array, rank: number): Ritz;
-  /** M·Q·P (k×cols) for the Q of the last project and P (cols×cols): one more power iteration. */
-  nextPower(pFull: Float64Array): Float64Array;
+  /** Qᵀ·M·Q = Qᵀ·z (cols×cols, float64) for the Q and z of the last project: YᵀY. */
+  qtz(): Float64Array;
+  /**
+   * orth(M·Q·P) (k×cols, orthonormal columns, a new array) for the Q of the last project and P
+   * (cols×cols): one more power iteration, the next warm start.
+   */
+  nextBasis(pFull: Float64Array): Float64Array;
+  /** ‖Q₁ᵀ·S‖²_F for Q₁ the last nextBasis (k×cols) and S the last ritz's short side (k×rank). */
+  containment(q1: Float64Array, short: Float64Array, rank: number): number;
   /**
    * The long side of a Ritz result of these products with column j scaled by coef[j], as a
    * long×rank tensor (A of a tall W), or undefined to have the caller build it.
@@ -356,8 +363,18 @@ class TfjsProducts implements WProducts {
     }
   }
 
-  nextPower(pFull: Float64Array): Float64Array {
-    return denseMatMul(this.z!, pFull, this.z!.length / this.cols, this.cols, this.cols);
+  qtz(): Float64Array {
+    const k = this.q!.length / this.cols;
+    return denseMatMul(transposeOf(this.q!, k, this.cols), this.z!, this.cols, k, this.cols);
+  }
+
+  nextBasis(pFull: Float64Array): Float64Array {
+    const k = this.z!.length / this.cols;
+    return orthoQ(denseMatMul(this.z!, pFull, k, this.cols, this.cols), k, this.cols);
+  }
+
+  containment(q1: Float64Array, short: Float64Array, rank: number): number {
+    return sumSquaresOfXtY(q1, short, q1.length / this.cols, this.cols, rank);
   }
 
   dispose(): void {
@@ -374,7 +391,8 @@ class TfjsProducts implements WProducts {
  * padded to a multiple of 4 with zero columns, which stay zero through every product.
  * Arena layout (floats): W m·n | X long·c4 | Y long·c4 | Z k·c4 | P c4·r4 | O two banks of long·r4
  * (the Ritz vectors of a warm and a cold run of one slice, both kept until the factors are built) |
- * S k·r4 | PF c4·c4 | ZP k·c4 | F long·r4 | DG r4·r4.
+ * S k·r4 | PF c4·c4 | ZP k·c4 | F long·r4 | DG r4·r4; then float64 (gemm64), rows padded to even
+ * lengths l2, r2: Q k·l2 | z k·l2 | G l2·l2 | X k·l2 | T l2·l2 | Q₁ k·l2 | S k·r2 | C l2·r2.
  */
 class ArenaProducts implements WProducts {
   private readonly tall: boolean;
@@ -395,6 +413,18 @@ class ArenaProducts implements WProducts {
   private readonly oZP: number;
   private f32: Float32Array;
   private yCols = 0;
+  private readonly l2: number;
+  private readonly r2: number;
+  private readonly dQ: number;
+  private readonly dZ: number;
+  private readonly dG: number;
+  private readonly dX: number;
+  private readonly dT: number;
+  private readonly dQ1: number;
+  private readonly dS: number;
+  private readonly dC: number;
+  /** whether Q₁ (dQ1) holds the last nextBasis */
+  private q1Valid = false;
 
   constructor(private readonly arena: GemmArena, W: tf.Tensor2D, private readonly m: number, private readonly n: number, l: number, rank: number) {
     this.tall = m >= n;
@@ -413,7 +443,18 @@ class ArenaProducts implements WProducts {
     this.oZP = this.oPF + this.c4 * this.c4;
     this.oF = this.oZP + this.k * this.c4;
     this.oDG = this.oF + this.long * r4;
-    this.f32 = arena.reserve(this.oDG + r4 * r4);
+    const k = this.k;
+    const l2 = (this.l2 = l + (l & 1));
+    const r2 = (this.r2 = rank + (rank & 1));
+    this.dQ = (this.oDG + r4 * r4 + 1) >> 1;
+    this.dZ = this.dQ + k * l2;
+    this.dG = this.dZ + k * l2;
+    this.dX = this.dG + l2 * l2;
+    this.dT = this.dX + k * l2;
+    this.dQ1 = this.dT + l2 * l2;
+    this.dS = this.dQ1 + k * l2;
+    this.dC = this.dS + k * r2;
+    this.f32 = arena.reserve(2 * (this.dC + l2 * r2));
     readFloat32Into(W, this.f32, 0);
   }
 
@@ -488,7 +529,63 @@ class ArenaProducts implements WProducts {
 
   project(q: Float64Array, cols: number): Float64Array {
     this.yCols = cols;
-    return this.gram(q, cols);
+    this.putX(q, this.k, cols);
+    this.toLong(this.oX, this.oY);
+    this.toShort(this.oY, this.oZ);
+    // q and z as float64 for qtz: z is exactly the float32 product, q the basis it multiplied
+    const d = this.arena.f64;
+    const f = this.f32;
+    const l2 = this.l2;
+    for (let i = 0; i < this.k; i++) {
+      for (let j = 0; j < cols; j++) {
+        d[this.dQ + i * l2 + j] = q[i * cols + j];
+        d[this.dZ + i * l2 + j] = f[this.oZ + i * this.c4 + j];
+      }
+      for (let j = cols; j < l2; j++) {
+        d[this.dQ + i * l2 + j] = 0;
+        d[this.dZ + i * l2 + j] = 0;
+      }
+    }
+    return d.subarray(this.dZ, this.dZ + this.k * l2);
+  }
+
+  qtz(): Float64Array {
+    const [k, l2, c] = [this.k, this.l2, this.yCols];
+    this.arena.gemm64(l2, l2, k, this.dQ, 1, l2, this.dZ, l2, this.dG, l2);
+    return compact(this.arena.f64, this.dG, c, c, l2);
+  }
+
+  nextBasis(pFull: Float64Array): Float64Array {
+    const [k, l2, c, c4] = [this.k, this.l2, this.yCols, this.c4];
+    // M·Q·P = z·P in the float32 gemm, then float64 X (k×l2) for Cholesky QR in gemm64
+    this.putP(pFull, c, c, this.oPF, c4);
+    this.arena.gemm(k, c4, c4, this.oZ, c4, 1, this.oPF, c4, this.oZP, c4);
+    const d = this.arena.f64;
+    const f = this.f32;
+    for (let i = 0; i < k; i++) {
+      for (let j = 0; j < c; j++) d[this.dX + i * l2 + j] = f[this.oZP + i * c4 + j];
+      for (let j = c; j < l2; j++) d[this.dX + i * l2 + j] = 0;
+    }
+    this.arena.gemm64(l2, l2, k, this.dX, 1, l2, this.dX, l2, this.dG, l2);
+    const T = cholQFactor(d.subarray(this.dG, this.dG + l2 * l2), c, l2);
+    if (!T) {
+      this.q1Valid = false;
+      return orthoQ(compact(d, this.dX, k, c, l2), k, c);
+    }
+    for (let i = 0; i < l2; i++) for (let j = 0; j < l2; j++) d[this.dT + i * l2 + j] = i < c && j < c ? T[i * c + j] : 0;
+    this.arena.gemm64(k, l2, l2, this.dX, l2, 1, this.dT, l2, this.dQ1, l2);
+    this.q1Valid = true;
+    return compact(d, this.dQ1, k, c, l2);
+  }
+
+  containment(q1: Float64Array, short: Float64Array, rank: number): number {
+    const [k, l2, r2, c] = [this.k, this.l2, this.r2, this.yCols];
+    if (!this.q1Valid) return sumSquaresOfXtY(q1, short, k, c, rank);
+    this.arena.gemm64(l2, r2, k, this.dQ1, 1, l2, this.dS, r2, this.dC, r2);
+    const d = this.arena.f64;
+    let ss = 0;
+    for (let i = 0; i < c; i++) for (let j = 0; j < rank; j++) ss += d[this.dC + i * r2 + j] ** 2;
+    return ss;
   }
 
   /** P (rows×cols, row-major) into the buffer at off, c4×ld, zero-padded. */
@@ -508,7 +605,19 @@ class ArenaProducts implements WProducts {
     this.arena.gemm(this.long, r4, this.c4, this.oY, this.c4, 1, this.oP, r4, oO, r4);
     this.arena.gemm(this.k, r4, this.c4, this.oX, this.c4, 1, this.oP, r4, this.oS, r4);
     const { sumSq, argmax } = columnStats(this.f32, oO, r4, this.long, rank);
-    return { long: this.f32, off: oO, ld: r4, short: this.get(this.oS, this.k, rank, r4), sumSq, argmax };
+    // the short side as float64, for the Svd and (row length r2) for containment's gemm64
+    const short = new Float64Array(this.k * rank);
+    const d = this.arena.f64;
+    const r2 = this.r2;
+    for (let i = 0; i < this.k; i++) {
+      for (let j = 0; j < rank; j++) {
+        const v = this.f32[this.oS + i * r4 + j];
+        short[i * rank + j] = v;
+        d[this.dS + i * r2 + j] = v;
+      }
+      for (let j = rank; j < r2; j++) d[this.dS + i * r2 + j] = 0;
+    }
+    return { long: this.f32, off: oO, ld: r4, short, sumSq, argmax };
   }
 
   /** O·diag(coef) in the gemm (the zero terms leave each product exact), handed to tfjs from the arena. */
@@ -519,13 +628,6 @@ class ArenaProducts implements WProducts {
     for (let i = 0; i < r4; i++) for (let j = 0; j < r4; j++) f[this.oDG + i * r4 + j] = i === j ? coef[i] : 0;
     this.arena.gemm(this.long, r4, r4, svd.longOff, r4, 1, this.oDG, r4, this.oF, r4);
     return tensorFromArena<tf.Rank.R2>(f.subarray(this.oF, this.oF + this.long * r4), [this.long, r4]);
-  }
-
-  nextPower(pFull: Float64Array): Float64Array {
-    const c = this.yCols;
-    this.putP(pFull, c, c, this.oPF, this.c4);
-    this.arena.gemm(this.k, this.c4, this.c4, this.oZ, this.c4, 1, this.oPF, this.c4, this.oZP, this.c4);
-    return this.get(this.oZP, this.k, c, this.c4);
   }
 
   dispose(): void {}
@@ -548,7 +650,7 @@ function randomizedSvd(
   // products until Y·P.
   const q = basis;
   const z = W.project(q, l); // M·basis, k×l
-  const g = denseMatMul(transposeOf(q, k, l), z, l, k, l); // YᵀY, l×l
+  const g = W.qtz(); // YᵀY = Qᵀ·z, l×l
   checkFinite(g);
   // All l eigenvectors of YᵀY, row-major l×l. Off-diagonals down to 1e-12 of ‖YᵀY‖: the vectors are
   // then exact for float32 factors, and a warm slice's near-diagonal Gram needs one sweep fewer.
@@ -565,14 +667,9 @@ function randomizedSvd(
   let containment: number | undefined;
   if (next) {
     checkFinite(z);
-    nextBasis = orthoQ(W.nextPower(pFull), k, l);
-    if (start) {
-      // ‖Q₁ᵀ·V_r‖²_F / r: Q₁ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
-      const proj = denseMatMul(transposeOf(nextBasis, k, l), shortVecs, l, k, rank);
-      let ss = 0;
-      for (let i = 0; i < proj.length; i++) ss += proj[i] * proj[i];
-      containment = ss / rank;
-    }
+    nextBasis = W.nextBasis(pFull);
+    // ‖Q₁ᵀ·V_r‖²_F / r: Q₁ and V_r have orthonormal columns, so this is 1 − mean sin² of the angles.
+    if (start) containment = W.containment(nextBasis, shortVecs, rank) / rank;
   }
   return { s, long: longVecs, longOff, longLd, short: shortVecs, longArgmax, next: nextBasis, containment };
 }
@@ -638,6 +735,21 @@ function readBack(t: tf.Tensor): Float64Array {
   } finally {
     t.dispose();
   }
+}
+
+/** rows×cols of x from `off` (row length ld), as a new compact array. */
+function compact(x: Float64Array, off: number, rows: number, cols: number, ld: number): Float64Array {
+  const out = new Float64Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = x[off + i * ld + j];
+  return out;
+}
+
+/** ‖Xᵀ·Y‖²_F for row-major X (rows×cx) and Y (rows×cy), float64. */
+function sumSquaresOfXtY(x: Float64Array, y: Float64Array, rows: number, cx: number, cy: number): number {
+  const proj = denseMatMul(transposeOf(x, rows, cx), y, cx, rows, cy);
+  let ss = 0;
+  for (let i = 0; i < proj.length; i++) ss += proj[i] * proj[i];
+  return ss;
 }
 
 function transposeOf(x: Float64Array, rows: number, cols: number): Float64Array {
