@@ -3,10 +3,31 @@
 // accumulation, bit for bit; the softmax row helpers within float32 rounding.
 import seedrandom from 'seedrandom';
 import { describe, expect, it } from 'vitest';
-import { createSimdGemm } from '../shared/math/simd-gemm.js';
+import { createSimdGemm, type SimdGemm } from '../shared/math/simd-gemm.js';
 
 // the plain module (no fused multiply-adds), whose products are exact to the scalar order
 const simd = createSimdGemm(64, false)!;
+
+/** expRow over rows of n4 floats in [−35, 5) with a −1e30 pad: each within 5e-6 of exp(x − shift), the pad 0, the sum too. */
+function expectExpRows(g: SimdGemm, sizes: number[], seed: string): void {
+  const rng = seedrandom(seed);
+  const mem = new Float32Array(g.memory.buffer);
+  for (const n4 of sizes) {
+    const x = Float32Array.from({ length: n4 }, () => 40 * rng() - 35);
+    x[0] = -1e30; // a pad: exactly 0
+    mem.set(x);
+    const shift = 2 * rng();
+    const sum = g.expRow(0, n4, shift);
+    let ref = 0;
+    for (let i = 0; i < n4; i++) {
+      const e = Math.exp(x[i] - shift);
+      ref += e;
+      expect(Math.abs(mem[i] - e)).toBeLessThanOrEqual(5e-6 * e + 1e-38);
+    }
+    expect(mem[0]).toBe(0);
+    expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
+  }
+}
 
 /** Scalar reference in float32 arithmetic, summing over k in order as the gemm does. */
 function gemmRef(m: number, n: number, k: number, a: Float32Array, lda: number, b: Float32Array, ldb: number, c: Float32Array, ldc: number, acc: boolean): void {
@@ -109,23 +130,7 @@ describe('simd gemm', () => {
   });
 
   it('expRow is exp(x − shift) within 5e-6 relative, with its sum, over odd and even vector counts', () => {
-    const rng = seedrandom('exp');
-    const mem = new Float32Array(simd.memory.buffer);
-    for (const n4 of [4, 8, 12, 64, 132]) {
-      const x = Float32Array.from({ length: n4 }, () => 40 * rng() - 35);
-      x[0] = -1e30; // a pad: exactly 0
-      mem.set(x);
-      const shift = 2 * rng();
-      const sum = simd.expRow(0, n4, shift);
-      let ref = 0;
-      for (let i = 0; i < n4; i++) {
-        const e = Math.exp(x[i] - shift);
-        ref += e;
-        expect(Math.abs(mem[i] - e)).toBeLessThanOrEqual(5e-6 * e + 1e-38);
-      }
-      expect(mem[0]).toBe(0);
-      expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
-    }
+    expectExpRows(simd, [4, 8, 12, 64, 132], 'exp');
   });
 
   it('rowMax is the maximum of exactly its n4 floats', () => {
@@ -168,23 +173,7 @@ describe('simd gemm', () => {
   it('with relaxed-SIMD fused multiply-adds, expRow is exp(x − shift) within 5e-6 relative', () => {
     const fused = createSimdGemm(64, true)!;
     if (!fused.fused) return;
-    const rng = seedrandom('fma-exp');
-    const mem = new Float32Array(fused.memory.buffer);
-    for (const n4 of [4, 12, 132]) {
-      const x = Float32Array.from({ length: n4 }, () => 40 * rng() - 35);
-      x[0] = -1e30;
-      mem.set(x);
-      const shift = 2 * rng();
-      const sum = fused.expRow(0, n4, shift);
-      let ref = 0;
-      for (let i = 0; i < n4; i++) {
-        const e = Math.exp(x[i] - shift);
-        ref += e;
-        expect(Math.abs(mem[i] - e)).toBeLessThanOrEqual(5e-6 * e + 1e-38);
-      }
-      expect(mem[0]).toBe(0);
-      expect(Math.abs(sum - ref) / ref).toBeLessThan(5e-6);
-    }
+    expectExpRows(fused, [4, 12, 132], 'fma-exp');
   });
 
   it('uses the fused module by default where V8 accepts it, the plain one with MERGENET_WASM_RELAXED_SIMD=0', () => {

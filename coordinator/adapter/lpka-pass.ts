@@ -284,6 +284,23 @@ export function forwardPass(shape: PassShape, W: readonly LayerViews<F32>[], tar
 }
 
 /**
+ * The SIMD attention backward for upstream dO32 [N, d] (float32, in the gemm's memory), its
+ * outputs and scratch taken from `ws`: dQ [N, d] and dKᵀ, dVᵀ [d, ns4], float32.
+ */
+function attentionBackwardInWorkspace(ws: Workspace, A: AttnTape, dO32: F32, N: number, ns: number, d: number, heads: number): { dQ32: F32; dKt: F32; dVt: F32 } {
+  const ns4 = A.ns4;
+  const dQ32 = ws.f32(N * d);
+  const dKt = ws.f32(d * ns4);
+  const dVt = ws.f32(d * ns4);
+  const block = Math.min(N, ATTN_ROW_BLOCK);
+  const S = ws.f32(A.P === null ? block * ns4 : 0);
+  const stats = ws.f32(A.P === null ? 2 * block : 0);
+  const dS = ws.f32(block * ns4);
+  attentionBackwardSimd(ws.simd!, A.Q, A.K!, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
+  return { dQ32, dKt, dVt };
+}
+
+/**
  * Accumulate into G (zeroed by the caller) the gradients of ⟨rows, dRows⟩ + ⟨cols, dCols⟩ with
  * respect to every parameter, for the forward pass `fw` (which must still be in `ws`).
  */
@@ -337,14 +354,7 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const ns4 = A.ns4;
           const dO32 = ws.f32(N * d);
           linearBackwardSimd(simd, ws, A.O, N, d, P.Wo, r, dA, null, GP.Wo, GP.bo, dO32);
-          const dQ32 = ws.f32(N * d);
-          const dKt = ws.f32(d * ns4);
-          const dVt = ws.f32(d * ns4);
-          const block = Math.min(N, ATTN_ROW_BLOCK);
-          const S = ws.f32(A.P === null ? block * ns4 : 0);
-          const stats = ws.f32(A.P === null ? 2 * block : 0);
-          const dS = ws.f32(block * ns4);
-          attentionBackwardSimd(simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
+          const { dQ32, dKt, dVt } = attentionBackwardInWorkspace(ws, A, dO32, N, ns, d, heads);
           // scaled in place: the float32 rounding of the product is what the gemm was given before,
           // when the scaled dQ went through float64
           for (let i = 0; i < dQ32.length; i++) dQ32[i] *= scale;
@@ -365,14 +375,7 @@ export function backwardPass(shape: PassShape, W: readonly LayerViews<F32>[], G:
           const ns4 = A.ns4;
           const dO32 = ws.f32(N * d);
           for (let i = 0; i < dO32.length; i++) dO32[i] = dO[i];
-          const dQ32 = ws.f32(N * d);
-          const dKt = ws.f32(d * ns4);
-          const dVt = ws.f32(d * ns4);
-          const block = Math.min(N, ATTN_ROW_BLOCK);
-          const S = ws.f32(A.P === null ? block * ns4 : 0);
-          const stats = ws.f32(A.P === null ? 2 * block : 0);
-          const dS = ws.f32(block * ns4);
-          attentionBackwardSimd(ws.simd, A.Q, A.K, A.Kt, A.Vt, A.O, A.P, dO32, N, ns, ns4, d, heads, dQ32, dKt, dVt, S, stats, dS, ws.f32(block));
+          const { dQ32, dKt, dVt } = attentionBackwardInWorkspace(ws, A, dO32, N, ns, d, heads);
           for (let i = 0; i < dQ.length; i++) dQ[i] = dQ32[i];
           untransposePadded(dKt, d, ns, ns4, dK);
           untransposePadded(dVt, d, ns, ns4, dV);

@@ -90,6 +90,25 @@ function madd(fused: boolean, c: number[], a: number[], b: number[]): number[] {
 }
 
 /**
+ * The loop over column blocks of `width` bytes from J, shared by both block kinds: set up the
+ * accumulators (`init`), run the k loop (`kBody`, then A and B stepped by one k), store them.
+ */
+function columnLoop(width: number, init: number[], kBody: number[], store: number[]): number[] {
+  return [
+    ...get(NBYTES), OP.i32Const, ...sleb(width), 0x6b /* i32.sub */, ...set(JEND),
+    ...whileLe(J, JEND, [
+      ...init,
+      OP.i32Const, 0, ...set(KK),
+      ...get(AROW), ...set(APTR),
+      ...get(B), ...get(J), OP.i32Add, ...set(BPTR),
+      ...whileLt(KK, K, [...kBody, ...incBy(APTR, ASTEP4), ...incBy(BPTR, LDB4), ...inc(KK, 1)]),
+      ...store,
+      ...inc(J, width),
+    ]),
+  ];
+}
+
+/**
  * One pass over the columns of C row i in blocks of nv vectors (4·nv floats), starting at J: each
  * block's accumulators stay in registers over the whole k loop, so C is read and written once.
  */
@@ -111,22 +130,7 @@ function columnBlocks(nv: number, fused: boolean): number[] {
   }
   const store: number[] = [];
   for (let v = 0; v < nv; v++) store.push(...get(CROW), ...get(J), OP.i32Add, ...get(CV[v]), ...simd(SIMD.store), ...memargAt(16 * v));
-  return [
-    ...get(NBYTES), OP.i32Const, ...sleb(width), 0x6b /* i32.sub */, ...set(JEND),
-    ...whileLe(J, JEND, [
-      ...init,
-      OP.i32Const, 0, ...set(KK),
-      ...get(AROW), ...set(APTR),
-      ...get(B), ...get(J), OP.i32Add, ...set(BPTR),
-      ...whileLt(KK, K, [
-        ...get(APTR), OP.f32Load, 2, 0, ...simd(SIMD.f32x4Splat), ...set(AV),
-        ...fma,
-        ...incBy(APTR, ASTEP4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
-      ]),
-      ...store,
-      ...inc(J, width),
-    ]),
-  ];
+  return columnLoop(width, init, [...get(APTR), OP.f32Load, 2, 0, ...simd(SIMD.f32x4Splat), ...set(AV), ...fma], store);
 }
 
 /**
@@ -166,21 +170,7 @@ function rowBlock4(nv: number, fused: boolean): number[] {
     store.push(...cAt(r), ...set(CPTR));
     for (let v = 0; v < nv; v++) store.push(...get(CPTR), ...get(acc(r, v)), ...simd(SIMD.store), ...memargAt(16 * v));
   }
-  return [
-    ...get(NBYTES), OP.i32Const, ...sleb(width), 0x6b /* i32.sub */, ...set(JEND),
-    ...whileLe(J, JEND, [
-      ...init,
-      OP.i32Const, 0, ...set(KK),
-      ...get(AROW), ...set(APTR),
-      ...get(B), ...get(J), OP.i32Add, ...set(BPTR),
-      ...whileLt(KK, K, [
-        ...fma,
-        ...incBy(APTR, ASTEP4), ...incBy(BPTR, LDB4), ...inc(KK, 1),
-      ]),
-      ...store,
-      ...inc(J, width),
-    ]),
-  ];
+  return columnLoop(width, init, fma, store);
 }
 
 function gemmBody(fma: boolean): number[] {
