@@ -26,8 +26,8 @@ import { sharedWorkspace, type Workspace, type WorkspaceSnapshot } from './works
 /**
  * Most bytes a kept tape may hold per adapter (forwardFactors keepTape): its workspace blocks plus
  * copies of the parameters and inputs. At r 8 the tape of 64×10 / 128×10 slots takes 0.9 MB and
- * that of 784×128 / 800×128 5.4 MB (measured with the GELU′ it now keeps) (without its attention probabilities, which the backward then
- * recomputes); larger pairs recompute the forward in the VJP instead. A worker holds one tape per
+ * that of 784×128 / 800×128 5.4 MB, measured (without its attention probabilities, which the
+ * backward then recomputes); larger pairs recompute the forward in the VJP instead. A worker holds one tape per
  * pair between a transfer and its update.
  */
 export const KEEP_TAPE_BYTES = 8 << 20;
