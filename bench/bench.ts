@@ -225,7 +225,8 @@ async function main(): Promise<void> {
       if (WITH_DEVICE && deviceOverhead === undefined) {
         deviceOverhead = measureDeviceOverhead({ tCycle: 2, rank: 8, batchSize: 32, warmup: WARMUP, repeats: REPEATS });
         process.stderr.write(`bench ${backend} device overhead: ${JSON.stringify(deviceOverhead)}\n`);
-        deviceOverhead = { backend, ...(deviceOverhead as object) };
+        // one entry per model (the MLP, the CNN), each with the backend it ran on
+        deviceOverhead = (deviceOverhead as object[]).map((m) => ({ backend, ...m }));
       }
     }
   } finally {

@@ -1,8 +1,10 @@
 // The simulated devices of `npm run bench:load`, run in a child process (so that the coordinator's
 // process measures only itself). Each device speaks the wire protocol of docs/PROTOCOL.md over its
 // own socket.io connection: register, a slice every `sliceMs` (sources and targets alike, with
-// random factors), and, as a target, feedback on every transfer at once (k steps of training are
-// not simulated: the point is the coordinator's load). Every loop is bounded by `durationMs`.
+// random factors) or less often where the coordinator asks for a slice pace (its `pace` event:
+// a tick before the paced time sends nothing), and, as a target, feedback on every transfer at
+// once (k steps of training are not simulated: the point is the coordinator's load). Every loop
+// is bounded by `durationMs`.
 // Input: one IPC message (LoadDevicesJob); output: one IPC message (LoadDevicesReport).
 import { io, type Socket } from 'socket.io-client';
 import { decodeMessage, encodeMessage, tensorToWire, type WireTensor } from '../shared/codec/tensor-codec.js';
@@ -45,6 +47,9 @@ export interface LoadDevicesReport {
   /** target slices answered with a skip, by reason */
   skips: Record<string, number>;
   disconnects: number;
+  /** `pace` messages received, and slice ticks they held back */
+  paceMessages: number;
+  slicesPaced: number;
   /** CPU of this devices' process over the load phase, in cores */
   cpuCores?: number;
 }
@@ -62,6 +67,9 @@ class SimDevice {
   plan?: PlanMsg;
   private sliceId = 0;
   private step = 0;
+  /** the coordinator's slice pace (0: none) and the earliest time of the next slice */
+  private paceMs = 0;
+  private nextAt = 0;
   private readonly A: WireTensor;
   private readonly B: WireTensor;
   /** sliceId → when it was sent (targets only; cleared as transfers arrive) */
@@ -96,6 +104,13 @@ class SimDevice {
     socket.on('skip', (b) => {
       const r = decodeMessage(b) as { reason: string };
       this.stats.skips[r.reason] = (this.stats.skips[r.reason] ?? 0) + 1;
+    });
+    socket.on('pace', (b) => {
+      const m = decodeMessage(b) as { sliceIntervalMs: number };
+      this.stats.paceMessages++;
+      this.paceMs = m.sliceIntervalMs;
+      // as the reference device does: the next slice somewhere within one interval from now
+      this.nextAt = performance.now() + Math.random() * this.paceMs;
     });
     socket.on('disconnect', () => {
       this.stats.disconnects++;
@@ -134,9 +149,19 @@ class SimDevice {
   sendSlice(): void {
     const s = this.socket;
     if (!s?.connected) return;
+    const now = performance.now();
+    if (this.paceMs > 0) {
+      if (now < this.nextAt) {
+        this.stats.slicesPaced++;
+        return;
+      }
+      // one interval after this slice's scheduled time (ticks are sliceMs apart: counting from
+      // the tick would make an interval just over sliceMs into two ticks)
+      this.nextAt = Math.max(this.nextAt + this.paceMs, now);
+    }
     const sliceId = this.sliceId++;
     this.step += 1;
-    if (this.isTarget) this.sentAt.set(sliceId, performance.now());
+    if (this.isTarget) this.sentAt.set(sliceId, now);
     s.emit('slice', encodeMessage({ slot: this.spec.slot, sliceId, step: this.step, rank: this.job.rank, A: this.A, B: this.B }));
     this.stats.slicesSent++;
     // A target's slice that started no cycle never gets a transfer: forget old ones.
@@ -178,7 +203,7 @@ class SimDevice {
 async function run(job: LoadDevicesJob): Promise<LoadDevicesReport> {
   const stats: LoadDevicesReport = {
     registered: 0, failedToRegister: 0, registerAllMs: 0, loadMs: 0, slicesSent: 0, transfers: 0, feedbackSent: 0,
-    latencyMs: [], lateRegisterMs: [], rejects: {}, skips: {}, disconnects: 0,
+    latencyMs: [], lateRegisterMs: [], rejects: {}, skips: {}, disconnects: 0, paceMessages: 0, slicesPaced: 0,
   };
   let measuring = false;
   const latencies: number[] = [];

@@ -70,9 +70,10 @@ async function main(): Promise<void> {
     .option('--checkpoint-interval <ms>', 'checkpoint.minIntervalMs (default: the config default)', (v) => Number(v))
     .option('--connect-concurrency <n>', 'connections opened at once while registering', positiveInt, 50)
     .option('--max-queued <n>', 'throughput.maxQueuedPerWorker (default: the config default)', positiveInt)
+    .option('--no-pace', 'turn the coordinator\'s slice pace off (throughput.pace.enabled false): devices send every --slice-ms')
     .option('--workers <n>', "adapter worker threads ('auto': one per core; 0: adapters on the event loop)", (v) => (v === 'auto' ? v : Number(v)), 'auto' as number | 'auto')
     .parse(process.argv)
-    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number; checkpointInterval?: number; warmup: number }>();
+    .opts<{ devices: number; duration: number; slots: string; rank: number; sliceMs: number; late: number; checkpointEvery: number; connectConcurrency: number; workers: number | 'auto'; maxQueued?: number; checkpointInterval?: number; warmup: number; pace: boolean }>();
   const shapes = SLOT_SETS[o.slots];
   if (!shapes) throw new InvalidArgumentError(`--slots must be one of ${Object.keys(SLOT_SETS).join(', ')}`);
   const pairs = Math.floor(o.devices / 2);
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
     devices: [...devices, ...late].map((d) => ({ id: d.id, token: d.token })),
     // The LPKA runs every cycle (no pass-through start, no guard to stop a pair): the load is the adapter's.
     defaults: { rank: o.rank, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' } },
-    throughput: { adapterWorkers: o.workers, ...(o.maxQueued ? { maxQueuedPerWorker: o.maxQueued } : {}) },
+    throughput: { adapterWorkers: o.workers, ...(o.maxQueued ? { maxQueuedPerWorker: o.maxQueued } : {}), pace: { enabled: o.pace } },
     pairs: Array.from({ length: pairs }, (_, i) => ({ id: `p${i}`, source: { device: `d${2 * i}`, slot: 's' }, target: { device: `d${2 * i + 1}`, slot: 't' } })),
     checkpoint: dir ? { dir, everyUpdates: o.checkpointEvery, ...(o.checkpointInterval !== undefined ? { minIntervalMs: o.checkpointInterval } : {}) } : {},
     statusEveryMs: 0,
@@ -97,12 +98,19 @@ async function main(): Promise<void> {
   const coord = await serve(config, { logger: createLogger('coordinator', process.env.MERGENET_LOG_LEVEL ?? 'warn') });
   let updates = 0;
   coord.on('update', () => updates++);
-  const rss: { t: number; mb: number; heapMb: number; externalMb: number }[] = [];
+  // the slice pace asked of the devices over time (s from the start of the load)
+  const paces: { t: number; sliceIntervalMs: number; shedFraction: number; capacity?: number }[] = [];
+  coord.on('pace', (p) => paces.push({ t: +((performance.now() - (loadStartedAt || performance.now())) / 1000).toFixed(1), ...p, shedFraction: +p.shedFraction.toFixed(3), ...(p.capacity !== undefined ? { capacity: +p.capacity.toFixed(1) } : {}) }));
+  let cycles = 0;
+  coord.on('cycle', () => cycles++);
+  const rss: { t: number; mb: number; heapMb: number; externalMb: number; cyclesPerSec: number }[] = [];
+  let cyclesAtSample = 0;
   const t0 = performance.now();
   const sampler = setInterval(() => {
     // heap and external are the main thread's; RSS also holds the adapter workers' heaps
     const m = process.memoryUsage();
-    rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(m.rss), heapMb: mb(m.heapUsed), externalMb: mb(m.external) });
+    rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(m.rss), heapMb: mb(m.heapUsed), externalMb: mb(m.external), cyclesPerSec: +((cycles - cyclesAtSample) / 5).toFixed(1) });
+    cyclesAtSample = cycles;
   }, 5000);
 
   const here = dirname(fileURLToPath(import.meta.url));
@@ -174,6 +182,9 @@ async function main(): Promise<void> {
     /** the largest departure from the median, in % of it */
     maxDeviationPct: +((Math.max(...settled.map((x) => Math.abs(x - rssMedian))) / rssMedian) * 100).toFixed(1),
   };
+  // pair-cycles/s once warmed up: the samples whose 5 s lie wholly after the warm-up and within the load
+  const warm = rss.filter((r) => r.t - 5 >= loadStartS + o.warmup && r.t <= loadStartS + loadSeconds);
+  const cyclesAfterWarmup = warm.length ? +(warm.reduce((a, r) => a + r.cyclesPerSec, 0) / warm.length).toFixed(1) : null;
   const lat = report.latencyMs;
   const lateOk = report.lateRegisterMs.filter((x): x is number => x !== null).sort((a, b) => a - b);
   const result = {
@@ -187,6 +198,7 @@ async function main(): Promise<void> {
     offeredCyclesPerSec: +(pairs * (1000 / o.sliceMs)).toFixed(1),
     pairCyclesPerSec: +(report.transfers / (report.loadMs / 1000)).toFixed(1),
     adapterUpdatesPerSec: +(loadUpdates / loadSeconds).toFixed(1),
+    pairCyclesPerSecAfterWarmup: cyclesAfterWarmup,
     coordinatorCpu: { cores: +(cpuSeconds / loadSeconds).toFixed(2), msPerUpdate: loadUpdates ? +((cpuSeconds * 1000) / loadUpdates).toFixed(2) : null, ...threads },
     sliceToTransferMs: { p50: percentile(lat, 50), p99: percentile(lat, 99), n: lat.length },
     eventLoopLagMs: { p50: +(lag.percentile(50) / 1e6).toFixed(1), p99: +(lag.percentile(99) / 1e6).toFixed(1), max: +(lag.max / 1e6).toFixed(1) },
@@ -203,19 +215,21 @@ async function main(): Promise<void> {
     drops: status.drops,
     skips: report.skips,
     rejects: report.rejects,
-    device: { cpuCores: report.cpuCores, slicesSent: report.slicesSent, transfers: report.transfers, feedbackSent: report.feedbackSent, disconnects: report.disconnects },
+    device: { cpuCores: report.cpuCores, slicesSent: report.slicesSent, slicesPaced: report.slicesPaced, paceMessages: report.paceMessages, transfers: report.transfers, feedbackSent: report.feedbackSent, disconnects: report.disconnects },
+    pace: o.pace ? { changes: paces.length, lastSliceIntervalMs: status.totals.sliceIntervalMs ?? 0, timeline: paces } : 'off',
   };
   process.stdout.write(JSON.stringify(result, null, 2) + '\n');
   const rssFirst = rss[0]?.mb;
   const rssLast = rss[rss.length - 1]?.mb;
   process.stdout.write(
     `bench:load ${o.devices} devices (${o.slots} slots, r ${o.rank}): registered ${report.registered} in ${report.registerAllMs} ms; ` +
-      `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered, ${result.adapterUpdatesPerSec} updates/s; ` +
+      `${result.pairCyclesPerSec} pair-cycles/s of ${result.offeredCyclesPerSec} offered (${cyclesAfterWarmup ?? '–'} after ${o.warmup} s), ${result.adapterUpdatesPerSec} updates/s; ` +
       `slice→transfer p50 ${result.sliceToTransferMs.p50} / p99 ${result.sliceToTransferMs.p99} ms; ` +
       `coordinator CPU ${result.coordinatorCpu.cores} cores (${result.coordinatorCpu.msPerUpdate} ms per update` +
       (threads ? `; main thread ${threads.mainCores}, other threads ${threads.otherThreadsCores}` : '') +
       `; devices' process ${report.cpuCores} cores); loop lag p99 ${result.eventLoopLagMs.p99} ms; late register p99 ${result.lateRegisterMs.p99} ms (${result.lateRegisterMs.timedOut} of ${o.late} timed out); ` +
       `RSS ${rssFirst} → ${rssLast} MB` +
+      (o.pace ? `; slice pace ${status.totals.sliceIntervalMs ?? 0} ms (${paces.length} changes)` : '; slice pace off') +
       (rssAfterWarmup ? ` (after ${o.warmup} s: ${rssAfterWarmup.minMb}–${rssAfterWarmup.maxMb} MB, ±${rssAfterWarmup.maxDeviationPct} % of the median)` : '') +
       `; drops ${JSON.stringify(status.drops)}; skips ${JSON.stringify(report.skips)}; rejects ${JSON.stringify(report.rejects)}\n`,
   );

@@ -45,6 +45,8 @@ export interface DeviceStatus {
   rejects: Record<string, number>;
   /** target slices the coordinator answered with a skip instead of a transfer, by reason */
   skips: Record<string, number>;
+  /** the coordinator's slice pace in force (0: none), and the (slot, step)s at which it held a due slice back */
+  slicePace: { intervalMs: number; deferred: number };
   loss: number | undefined;
   valAcc: number | undefined;
   testAcc: number | undefined;

@@ -11,6 +11,7 @@ import {
   describeZodError,
   planSchema,
   rejectSchema,
+  paceSchema,
   skipSchema,
   feedbackAckSchema,
   type FeedbackAckMsg,
@@ -19,6 +20,7 @@ import {
   type TeacherMsg,
   type PlanMsg,
   type RejectMsg,
+  type PaceMsg,
   type SkipMsg,
   type TransferMsg,
 } from '../shared/protocol/messages.js';
@@ -107,6 +109,8 @@ export interface DeviceLinkHandlers {
   transfer(t: TransferMsg): void;
   /** a target slice that started no cycle of one pair */
   skip(s: SkipMsg): void;
+  /** the coordinator asks for slices at least this far apart (0: no pace) */
+  pace(p: PaceMsg): void;
   reject(r: RejectMsg): void;
   /** the coordinator accepted a feedback (schema-checked here; the device checks it against its plan) */
   feedbackAck(a: FeedbackAckMsg): void;
@@ -159,6 +163,7 @@ export class DeviceLink {
     socket.on(EVENTS.transfer, (buf) => this.guard('transfer', () => this.onTransfer(buf)));
     socket.on(EVENTS.reject, (buf) => this.guard('reject', () => this.onReject(buf)));
     socket.on(EVENTS.skip, (buf) => this.guard('skip', () => this.onSkip(buf)));
+    socket.on(EVENTS.pace, (buf) => this.guard('pace', () => this.onPace(buf)));
     socket.on(EVENTS.feedbackAck, (buf) => this.guard('feedback_ack', () => this.onFeedbackAck(buf)));
     socket.on(EVENTS.teacher, (buf) => this.guard('teacher', () => this.onTeacher(buf)));
   }
@@ -315,6 +320,12 @@ export class DeviceLink {
     const res = skipSchema.safeParse(decodeMessage(buf));
     if (!res.success) throw new Error(`skip: ${describeZodError(res.error)}`);
     this.on.skip(res.data);
+  }
+
+  private onPace(buf: unknown): void {
+    const res = paceSchema.safeParse(decodeMessage(buf));
+    if (!res.success) throw new Error(`pace: ${describeZodError(res.error)}`);
+    this.on.pace(res.data);
   }
 
   private onReject(buf: unknown): void {

@@ -17,6 +17,7 @@ import { TypedEmitter } from './emitter.js';
 import { CodecError, tensorToWire, wireToFloat32 } from '../shared/codec/tensor-codec.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { disposeLowRank, type LowRank } from '../shared/math/low-rank.js';
+import { mulberry32 } from '../shared/math/prng.js';
 import { lowRankSlice, SliceHistory } from '../shared/math/slice.js';
 import { EVENTS } from '../shared/protocol/events.js';
 import {
@@ -162,6 +163,8 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
   private wakePacer: (() => void) | undefined;
   private skipsReceived: Record<string, number> = {};
   private slicesSent = 0;
+  /** draws each slot's phase when a pace comes (seeded: a simulation repeats) */
+  private readonly paceRandom: () => number;
   private readonly ignored: Record<string, number> = {};
   private feedbackSent = 0;
   /** feedback_ack received for pairs this device is the target of; the latest adapter step per pair */
@@ -174,6 +177,7 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
     super();
     this.opts = opts;
     this.deviceId = opts.deviceId;
+    this.paceRandom = mulberry32((opts.seed ^ 0x9e3779b9) >>> 0);
     this.log = (opts.logger ?? silentLogger()).child({ device: opts.deviceId });
     const url = normalizeCoordinatorUrl(opts.url); // throws naming the URL when it cannot work
     if (url.notice) this.log.warn({ url: url.url }, url.notice);
@@ -241,6 +245,11 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
           bump(this.skipsReceived, k.reason);
           this.answered(k.pairId, k.sliceId);
         },
+        pace: (p) => {
+          if (!this.plan) return; // a pace belongs to a session; one before its plan has none to pace
+          this.schedule.setPace(p.sliceIntervalMs, performance.now(), this.paceRandom);
+          this.log.info({ sliceIntervalMs: p.sliceIntervalMs }, 'slice pace');
+        },
         reject: (r) => this.onReject(r),
         feedbackAck: (a) => this.onFeedbackAck(a),
         teacher: (t) => this.onTeacher(t),
@@ -292,6 +301,7 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
       slicesEvicted: this.slices.evicted,
       rejects: { ...this.rejects },
       skips: { ...this.skipsReceived },
+      slicePace: { intervalMs: this.schedule.pace, deferred: this.schedule.deferred },
       loss: this.loop.lastLoss,
       valAcc: this.loop.lastValAcc,
       testAcc: this.loop.lastTestAcc,
@@ -623,7 +633,7 @@ export class DeviceClient extends TypedEmitter<DeviceEvents> {
       for (const h of this.sliceHistories.values()) h.reset();
       this.sliceHistoryWrites = this.branches.weightWrites;
     }
-    for (const due of this.schedule.due(step)) {
+    for (const due of this.schedule.due(step, performance.now())) {
       const sliceId = this.nextSliceId++;
       const W = this.branches.weight(due.slot); // W, not W_eff: the branch is not knowledge of this device
       let history = this.sliceHistories.get(due.slot);

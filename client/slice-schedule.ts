@@ -1,5 +1,7 @@
 // Which (slot, rank) slices are due at a step: every tCycle steps per pair, one slice for all
-// pairs that share a slot (docs/DESIGN.md §9).
+// pairs that share a slot (docs/DESIGN.md §9), and no sooner than the coordinator's pace allows
+// (the `pace` event, docs/PROTOCOL.md §4.14): a slot held back by the pace keeps its pairs due,
+// so their slice goes at the first step after the pace allows it.
 import type { PlanPair } from '../shared/protocol/messages.js';
 
 export interface DueSlice {
@@ -16,6 +18,11 @@ export class SliceSchedule {
   private next = new Map<string, number>();
   private pairs: PlanPair[] = [];
   private slotRank = new Map<string, number>();
+  /** the pace asked for, ms (0: none), and per slot the earliest time of its next slice */
+  private paceMs = 0;
+  private notBefore = new Map<string, number>();
+  /** due slices the pace held back, counted once per (slot, step) */
+  deferred = 0;
 
   /**
    * Adopt a plan's pairs at local step `step`. Pairs new to the schedule are due at once (a fresh
@@ -37,10 +44,29 @@ export class SliceSchedule {
     this.slotRank = slotRank;
   }
 
+  /** Forget the plan and the pace (a new session starts without either). */
   clear(): void {
     this.pairs = [];
     this.next.clear();
     this.slotRank.clear();
+    this.paceMs = 0;
+    this.notBefore.clear();
+  }
+
+  /** The pace in force, ms (0: none). */
+  get pace(): number {
+    return this.paceMs;
+  }
+
+  /**
+   * Adopt a pace at time `now` (ms). Each slot's next slice is drawn uniformly within one interval
+   * from now: a fleet told at once must not send at once.
+   */
+  setPace(intervalMs: number, now: number, random: () => number): void {
+    this.paceMs = intervalMs;
+    this.notBefore.clear();
+    if (intervalMs <= 0) return;
+    for (const slot of this.slotRank.keys()) this.notBefore.set(slot, now + random() * intervalMs);
   }
 
   /** The rank slices of `slot` are sent at (undefined if no pair uses the slot). */
@@ -52,16 +78,26 @@ export class SliceSchedule {
    * The slices due at `step` (the step about to be reported to the coordinator), one per slot,
    * and advance each due pair by its tCycle.
    */
-  due(step: number): DueSlice[] {
+  due(step: number, now = 0): DueSlice[] {
     const out = new Map<string, DueSlice>();
+    const held = new Set<string>();
     for (const p of this.pairs) {
       const at = this.next.get(p.pairId) ?? step;
       if (step < at) continue;
+      if (this.paceMs > 0 && now < (this.notBefore.get(p.slot) ?? -Infinity)) {
+        held.add(p.slot);
+        continue;
+      }
       this.next.set(p.pairId, step + p.tCycle);
       const d = out.get(p.slot);
       if (d) d.pairIds.push(p.pairId);
       else out.set(p.slot, { slot: p.slot, rank: this.slotRank.get(p.slot)!, pairIds: [p.pairId] });
     }
+    this.deferred += held.size;
+    // The next slice one interval after this one's scheduled time, not after its actual one: a
+    // slice goes at the first step after its time, and counting from there would stretch every
+    // interval by up to a step (by up to a whole tCycle where that is near the pace).
+    if (this.paceMs > 0) for (const slot of out.keys()) this.notBefore.set(slot, Math.max((this.notBefore.get(slot) ?? now) + this.paceMs, now));
     return [...out.values()];
   }
 }

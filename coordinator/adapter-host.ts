@@ -10,6 +10,8 @@ import type { Factors } from './adapter/lpka.js';
 export interface AdapterHost {
   /** worker threads behind this host (for status) */
   readonly size: number;
+  /** ms spent on requests so far, summed over workers, where the host measures it (the slice pace's capacity) */
+  readonly busyMs?: number;
   create(pairId: string, config: AdapterConfig): Promise<unknown>;
   /** A′, B′; the host keeps (target, source) as the input of the pair's next update. */
   forward(pairId: string, target: Factors, source: Factors): Promise<Factors>;

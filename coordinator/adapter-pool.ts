@@ -28,6 +28,7 @@ export class AdapterPool {
   private readonly home = new Map<string, Slot>();
   private nextId = 0;
   private closed = false;
+  private busy = 0;
 
   /** `size` worker threads (default: the machine's available parallelism). */
   constructor(size = availableParallelism()) {
@@ -37,6 +38,7 @@ export class AdapterPool {
     this.slots = Array.from({ length: size }, () => {
       const slot: Slot = { worker: new Worker(boot, { workerData: { entry } }), pairs: 0, pending: new Map() };
       slot.worker.on('message', (reply: PoolReply) => {
+        this.busy += reply.ms;
         const p = slot.pending.get(reply.id);
         if (!p) return;
         slot.pending.delete(reply.id);
@@ -53,6 +55,11 @@ export class AdapterPool {
 
   get size(): number {
     return this.slots.length;
+  }
+
+  /** ms the workers have spent on requests so far, summed over workers. */
+  get busyMs(): number {
+    return this.busy;
   }
 
   /** The worker index that holds `pairId`, if any (for tests and status). */

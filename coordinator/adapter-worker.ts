@@ -16,7 +16,8 @@ export type PoolRequest =
   | { id: number; op: 'restore'; pairId: string; bytes: Uint8Array }
   | { id: number; op: 'drop'; pairId: string };
 
-export type PoolReply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string };
+/** `ms`: the request's compute time in the worker (the pool sums it: its busy time). */
+export type PoolReply = { id: number; ok: true; result: unknown; ms: number } | { id: number; ok: false; error: string; ms: number };
 
 interface Held {
   adapter: LpkaAdapter;
@@ -76,12 +77,13 @@ function handle(req: PoolRequest): { result: unknown; transfer: ArrayBuffer[] } 
 parentPort?.on('message', (req: PoolRequest) => {
   let reply: PoolReply;
   let transfer: ArrayBuffer[] = [];
+  const t0 = performance.now();
   try {
     const r = handle(req);
-    reply = { id: req.id, ok: true, result: r.result };
+    reply = { id: req.id, ok: true, result: r.result, ms: performance.now() - t0 };
     transfer = r.transfer;
   } catch (err) {
-    reply = { id: req.id, ok: false, error: (err as Error).message };
+    reply = { id: req.id, ok: false, error: (err as Error).message, ms: performance.now() - t0 };
   }
   parentPort!.postMessage(reply, transfer);
 });

@@ -188,6 +188,16 @@ const rawConfigSchema = z.strictObject({
       adapterWorkers: z.union([z.literal('auto'), nonNegInt.max(256)]).default(0),
       /** adapter requests waiting in the pool, per worker, beyond which new cycles are skipped as `overloaded` */
       maxQueuedPerWorker: posInt.default(16),
+      /**
+       * Where adapters run in workers: when cycles are shed, ask the devices to send slices further
+       * apart (the `pace` event; coordinator/pacer.ts). windowMs: how often the pace is reconsidered.
+       */
+      pace: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          windowMs: posInt.min(100).default(2000),
+        })
+        .prefault({}),
     })
     .prefault({}),
   checkpoint: z
@@ -288,7 +298,7 @@ export interface CoordinatorConfig {
   limits: { maxMessageBytes: number; maxRank: number };
   timing: { cycleTimeoutMs: number; sourceMaxAgeMs: number };
   /** adapterWorkers resolved ('auto': the cores); 0: adapters run on the event loop */
-  throughput: { adapterWorkers: number; maxQueuedPerWorker: number };
+  throughput: { adapterWorkers: number; maxQueuedPerWorker: number; pace: { enabled: boolean; windowMs: number } };
   checkpoint: { dir?: string; everyUpdates: number; minIntervalMs: number };
   statusEveryMs: number;
 }
@@ -442,6 +452,7 @@ function resolveConfig(raw: RawConfig, opts: ParseOptions): CoordinatorConfig {
     throughput: {
       adapterWorkers: raw.throughput.adapterWorkers === 'auto' ? availableParallelism() : raw.throughput.adapterWorkers,
       maxQueuedPerWorker: raw.throughput.maxQueuedPerWorker,
+      pace: { ...raw.throughput.pace },
     },
     checkpoint: {
       dir: raw.checkpoint.dir === undefined ? undefined : resolve(baseDir, raw.checkpoint.dir),

@@ -26,6 +26,7 @@ import { autoPairConfigs, autoPairRank, planFor, planNotes } from './plan.js';
 import { OutputChannelRouter } from './output-channel.js';
 import { ProbeSplits } from './probe-splits.js';
 import { Registry, type StoredSlice } from './registry.js';
+import { SlicePacing, type PaceTick } from './slice-pacing.js';
 import { buildStatus, type StatusSnapshot } from './status.js';
 
 /** How the engine reaches devices. Connection ids are opaque to it (socket ids in server.ts). */
@@ -97,6 +98,8 @@ export class CoordinatorEngine {
   /** Adapters off the event loop (created when first needed), and the backpressure of their cycles. */
   private host?: AdapterHost;
   private readonly work = new Backpressure();
+  /** The slice pace asked of the devices when cycles are shed (pacer.ts); absent when turned off. */
+  private readonly pacing?: SlicePacing;
   /** Set by drain(): no new cycle starts. */
   private closing = false;
 
@@ -111,6 +114,10 @@ export class CoordinatorEngine {
   ) {
     this.startedAt = now();
     this.host = opts.adapterHost;
+    if (config.throughput.pace.enabled) {
+      // A source's slice must still be young enough when its pair's target slice comes.
+      this.pacing = new SlicePacing(now(), { maxIntervalMs: Math.max(1000, Math.min(60_000, config.timing.sourceMaxAgeMs / 2)) });
+    }
     this.registry = new Registry(config.devices);
     for (const pc of config.pairs) this.addPair(new Pair(pc, () => this.adapterHost()));
     if (config.checkpoint.dir) this.checkpointer = new Checkpointer(config.checkpoint.dir);
@@ -226,7 +233,7 @@ export class CoordinatorEngine {
       deviceRejects: this.deviceRejects,
       pairs: [...this.pairs.values()],
       drops: this.drops,
-      adapterHost: this.host ? { workers: this.host.size, queued: this.work.queued, pending: this.work.pending } : undefined,
+      adapterHost: this.host ? { workers: this.host.size, queued: this.work.queued, pending: this.work.pending, paceIntervalMs: this.pacing?.intervalMs } : undefined,
     });
   }
 
@@ -544,6 +551,8 @@ export class CoordinatorEngine {
     if (probe) plan.probe = probe;
     if (!this.outbox.send(d.socketId, EVENTS.plan, plan)) return;
     d.lastPlanKey = key;
+    // A new session starts without a pace: tell it the one in force.
+    if (force && this.pacing?.intervalMs) this.outbox.send(d.socketId, EVENTS.pace, { sliceIntervalMs: this.pacing.intervalMs });
     this.log.info({ deviceId, pairs: pairs.map((p) => `${p.pairId}:${p.role}:r${p.rank}`), notes }, 'plan sent');
   }
 
@@ -588,7 +597,9 @@ export class CoordinatorEngine {
     };
     this.registry.storeSlice(from.deviceId, stored);
     for (const pair of this.pairsOf(from.deviceId)) {
-      if (pair.active && pair.target.device === from.deviceId && pair.target.slot === msg.slot) this.tryStartCycle(pair, stored, from);
+      if (!pair.active || pair.target.device !== from.deviceId || pair.target.slot !== msg.slot) continue;
+      if (this.host && pair.usesAdapter) this.pacing?.countSlice();
+      this.tryStartCycle(pair, stored, from);
     }
   }
 
@@ -623,7 +634,10 @@ export class CoordinatorEngine {
     if (host) {
       if (this.closing) return;
       // Saturated: shed this cycle rather than queue it behind the others.
-      if (this.work.queued >= this.config.throughput.maxQueuedPerWorker * host.size) return skip('overloaded');
+      if (this.work.queued >= this.config.throughput.maxQueuedPerWorker * host.size) {
+        this.pacing?.countShed();
+        return skip('overloaded');
+      }
       return this.startCycleInWorker(pair, slice, src, from, skip);
     }
 
@@ -675,6 +689,7 @@ export class CoordinatorEngine {
   private holdSlice(pair: Pair, slice: StoredSlice, from: Sender): void {
     const old = this.work.hold(pair.id, { sliceId: slice.sliceId, from });
     if (!old) return;
+    this.pacing?.countShed();
     this.countDrop('superseded');
     pair.countDrop('superseded');
     const msg: SkipMsg = { pairId: pair.id, sliceId: old.sliceId, reason: 'superseded' };
@@ -707,6 +722,7 @@ export class CoordinatorEngine {
       return skip('internal');
     }
     const host = pair.remoteHost!;
+    this.pacing?.countStarted();
     const sliceId = slice.sliceId;
     const step = slice.step;
     const sourceStep = src.step;
@@ -789,6 +805,25 @@ export class CoordinatorEngine {
     } catch (err) {
       this.log.error({ err }, 'sweep failed');
     }
+  }
+
+  /**
+   * Close the slice pace's window (every throughput.pace.windowMs): where cycles were shed, every
+   * connected device is asked to send its slices further apart; where none were for a while, closer.
+   * `loop`: the event loop's utilization over the window (0..1), measured by the caller.
+   */
+  paceTick(loop?: number): PaceTick | undefined {
+    if (!this.pacing || !this.host) return undefined;
+    let active = 0;
+    for (const p of this.pairs.values()) if (p.active && p.usesAdapter) active++;
+    const t = this.pacing.tick(this.now(), active, this.host.busyMs, this.host.size, loop);
+    if (t.announce === undefined) return t;
+    this.log.info({ sliceIntervalMs: t.announce, shedFraction: +t.shedFraction.toFixed(3), capacity: t.capacity, why: t.why }, 'slice pace changed');
+    for (const d of this.registry.registered()) {
+      if (d.connected && d.socketId) this.outbox.send(d.socketId, EVENTS.pace, { sliceIntervalMs: t.announce });
+    }
+    this.notify('pace', { sliceIntervalMs: t.announce, shedFraction: t.shedFraction, capacity: t.capacity });
+    return t;
   }
 
   // ---------------------------------------------------------------- feedback and metrics

@@ -62,6 +62,8 @@ export interface CoordinatorEvents {
   disconnect: [{ deviceId: string; session: string; reason: string }];
   /** a checkpoint is durable; startedAt is performance.now() when its write began taking state */
   checkpoint: [{ generation: number; updates: number; startedAt: number }];
+  /** the devices were asked for a new slice pace (coordinator/pacer.ts); capacity in cycles/s where measured */
+  pace: [{ sliceIntervalMs: number; shedFraction: number; capacity?: number }];
 }
 
 /** Emit one coordinator event (the engine gets this instead of an EventEmitter of its own). */

@@ -31,6 +31,7 @@ export class CoordinatorMetrics {
   private readonly drops = this.counter('mergenet_drops_total', 'refused messages and abandoned cycles, by reason (an error code)', ['reason']);
   private readonly rejects = this.counter('mergenet_rejects_total', 'messages of connected devices refused with a reject, by code', ['code']);
   private readonly queueDepth = this.gauge('mergenet_queue_depth', 'work waiting: outbound = messages in the sockets\' write buffers; adapter = the coordinator\'s work queue, where it has one', ['queue']);
+  private readonly sliceInterval = this.gauge('mergenet_slice_pace_interval_seconds', 'how far apart the devices were asked to send slices (0: no pace), where adapters run in workers');
   private readonly bytesIn = this.counter('mergenet_bytes_received_total', 'payload bytes received from devices, by event', ['event']);
   private readonly bytesOut = this.counter('mergenet_bytes_sent_total', 'payload bytes sent to devices, by event', ['event']);
   private readonly loopLag = this.gauge('mergenet_event_loop_lag_seconds', 'event-loop delay since the previous scrape (perf_hooks), by statistic', ['stat']);
@@ -105,6 +106,7 @@ export class CoordinatorMetrics {
     for (const [code, n] of Object.entries(rejects)) this.rejects.inc({ code }, n);
     this.queueDepth.set({ queue: 'outbound' }, outboundQueue);
     if (t.queueDepth !== undefined) this.queueDepth.set({ queue: 'adapter' }, t.queueDepth);
+    if (t.sliceIntervalMs !== undefined) this.sliceInterval.set(t.sliceIntervalMs / 1000);
     for (const [event, c] of Object.entries(st.wire?.in ?? {})) this.bytesIn.inc({ event }, c.bytes);
     for (const [event, c] of Object.entries(st.wire?.out ?? {})) this.bytesOut.inc({ event }, c.bytes);
     this.uptime.set(st.uptimeMs / 1000);

@@ -3,6 +3,7 @@
 // (engine.ts), which holds the devices, pairs and cycles. Every refused message gets a `reject` to
 // its sender only, and is counted; nothing a device sends can throw into socket.io. The same
 // http server answers plain HTTP (http-routes.ts): health, status, Prometheus metrics, dashboard.
+import { performance } from 'node:perf_hooks';
 import { EventEmitter } from 'node:events';
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -186,6 +187,17 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     // Sweep expired cycles so a dead target's remembered input is freed and counted promptly.
     const sweepMs = Math.min(5000, Math.max(50, Math.floor(this.config.timing.cycleTimeoutMs / 4)));
     this.timers.push(setInterval(() => this.engine.sweep(), sweepMs).unref());
+    if (this.config.throughput.pace.enabled) {
+      // The event loop's utilization is one of the slice pace's two measures of load (pacer.ts).
+      let elu = performance.eventLoopUtilization();
+      this.timers.push(
+        setInterval(() => {
+          const now = performance.eventLoopUtilization();
+          this.engine.paceTick(performance.eventLoopUtilization(now, elu).utilization);
+          elu = now;
+        }, this.config.throughput.pace.windowMs).unref(),
+      );
+    }
     this.feed.start();
     if (this.config.statusEveryMs > 0) {
       this.timers.push(setInterval(() => this.log.info(statusLogFields(this.status()), 'status'), this.config.statusEveryMs).unref());

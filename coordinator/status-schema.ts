@@ -100,6 +100,8 @@ export const statusSnapshotSchema = z.strictObject({
     queueDepth: count.optional(),
     adapterWorkers: count.optional(),
     pendingSlices: count.optional(),
+    /** the slice pace asked of the devices, ms (0: none; absent: pacing off or adapters on the event loop) */
+    sliceIntervalMs: count.optional(),
   }),
   drops: counts,
   wire: z.strictObject({ in: wireCounts, out: wireCounts }).optional(),

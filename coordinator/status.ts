@@ -85,6 +85,8 @@ export interface StatusSnapshot {
     adapterWorkers?: number;
     /** pairs holding a pending target slice until their cycle in flight ends */
     pendingSlices?: number;
+    /** the slice pace the devices were asked for, ms (0: none); absent where pacing is off */
+    sliceIntervalMs?: number;
   };
   /** the same drops, by reason (an error code of shared/protocol/errors.ts) */
   drops: Record<string, number>;
@@ -112,7 +114,7 @@ export interface StatusInput {
   pairs: Pair[];
   drops: Record<string, number>;
   /** the worker pool, where adapters run in one */
-  adapterHost?: { workers: number; queued: number; pending: number };
+  adapterHost?: { workers: number; queued: number; pending: number; paceIntervalMs?: number };
   /** totals carried over from a restored checkpoint are already in the pairs' counters */
 }
 
@@ -185,7 +187,7 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
       updates: pairs.reduce((a, p) => a + p.updates, 0),
       inFlight: pairs.filter((p) => p.inFlight).length,
       drops: sum(s.drops),
-      ...(s.adapterHost ? { queueDepth: s.adapterHost.queued, adapterWorkers: s.adapterHost.workers, pendingSlices: s.adapterHost.pending } : {}),
+      ...(s.adapterHost ? { queueDepth: s.adapterHost.queued, adapterWorkers: s.adapterHost.workers, pendingSlices: s.adapterHost.pending, ...(s.adapterHost.paceIntervalMs !== undefined ? { sliceIntervalMs: s.adapterHost.paceIntervalMs } : {}) } : {}),
     },
     drops: { ...s.drops },
   };

@@ -74,7 +74,7 @@ class ScriptedCoordinator {
   url = '';
   sessions = new Map<string, string>(); // deviceId → current session
   registers: RegisterMsg[] = [];
-  slices: { slot: string; sliceId: number; A: Float32Array; B: Float32Array; shapeA: number[]; shapeB: number[]; session: string }[] = [];
+  slices: { slot: string; sliceId: number; A: Float32Array; B: Float32Array; shapeA: number[]; shapeB: number[]; session: string; at: number }[] = [];
   transfersSent: Cycle[] = [];
   feedback: (FeedbackMsg & { session: string })[] = [];
   staleFeedback = 0;
@@ -139,7 +139,7 @@ class ScriptedCoordinator {
       const s = sliceSchema.parse(decodeMessage(buf));
       const A = wireToFloat32(s.A);
       const B = wireToFloat32(s.B);
-      this.slices.push({ slot: s.slot, sliceId: s.sliceId, A: A.values, B: B.values, shapeA: A.shape, shapeB: B.shape, session });
+      this.slices.push({ slot: s.slot, sliceId: s.sliceId, A: A.values, B: B.values, shapeA: A.shape, shapeB: B.shape, session, at: performance.now() });
       for (const p of this.pairs) {
         if (p.role !== 'target' || p.slot !== s.slot || p.rank > s.rank || this.inFlight.has(p.pairId)) continue;
         const c: Cycle = { pairId: p.pairId, cycleId: this.nextCycle++, session, k: p.k };
@@ -442,6 +442,49 @@ describe('DeviceClient against a scripted coordinator', () => {
     } finally {
       await proxy.close();
     }
+  });
+
+  it('honours the coordinator\'s slice pace: slices of a slot at least the interval apart, every due one again at pace 0', async () => {
+    coord = new ScriptedCoordinator([pair('p3', 'source', 'out', 1, 1, 2)], { 'dev-a': 'secret-a' });
+    await coord.listen();
+    const dev = device(coord.url, { maxSteps: 100_000, evalEvery: 0 });
+    const PACE = 150;
+    const run = dev.start();
+    const until = (cond: () => boolean, what: string, ms = 20_000) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms);
+        const poll = setInterval(() => cond() && (clearInterval(poll), clearTimeout(timer), resolve()), 5);
+      });
+    // unpaced: a slice every step (tCycle 1)
+    await until(() => coord!.slices.length >= 20, 'twenty slices');
+    coord.sockets.get('dev-a')!.emit('pace', encodeMessage({ sliceIntervalMs: PACE }));
+    await until(() => dev.status().slicePace.intervalMs === PACE, 'the pace adopted');
+    // slices that arrive from here on were sent under the pace (less the loopback's transit)
+    const adoptedAt = performance.now() + 10;
+    await until(() => coord!.slices.filter((s) => s.at > adoptedAt).length >= 5, 'five paced slices');
+    // back to no pace: every step's slice again
+    const liftedAt = performance.now();
+    coord.sockets.get('dev-a')!.emit('pace', encodeMessage({ sliceIntervalMs: 0 }));
+    await until(() => dev.status().slicePace.intervalMs === 0, 'the pace lifted');
+    const fromUnpaced = coord.slices.length;
+    await until(() => coord!.slices.length >= fromUnpaced + 20, 'twenty slices after the pace was lifted');
+    const unpacedMs = coord.slices[fromUnpaced + 19].at - coord.slices[fromUnpaced].at;
+    // a bad pace is counted and changes nothing
+    coord.sockets.get('dev-a')!.emit('pace', encodeMessage({ sliceIntervalMs: -5 }));
+    await until(() => (dev.status().ignored.bad_pace ?? 0) === 1, 'the bad pace ignored');
+    dev.stop();
+    await run;
+
+    // Paced slices: each gap at least the interval, less a little for the loopback's jitter on arrival.
+    const paced = coord.slices.filter((s) => s.at > adoptedAt && s.at < liftedAt);
+    expect(paced.length).toBeGreaterThanOrEqual(5);
+    const gaps = paced.slice(1).map((s, i) => s.at - paced[i].at);
+    expect(Math.min(...gaps)).toBeGreaterThan(PACE - 30);
+    // ...while unpaced, twenty slices took far less than twenty intervals
+    expect(unpacedMs).toBeLessThan(19 * PACE);
+    const st = dev.status();
+    expect(st.slicePace).toMatchObject({ intervalMs: 0 });
+    expect(st.slicePace.deferred).toBeGreaterThan(0);
   });
 
   it('counts feedback_ack for its target pairs and ignores acks it cannot place', async () => {

@@ -39,7 +39,7 @@ interface Sent {
 }
 
 /** An engine with `targets` target devices t0…, each paired with the one source, on small slots. */
-function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: number; host?: AdapterHost; checkpointDir?: string } = {}) {
+function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: number; host?: AdapterHost; checkpointDir?: string; pace?: boolean } = {}) {
   const clock = { now: 10_000 };
   const sent: Sent[] = [];
   const outbox: Outbox = {
@@ -58,7 +58,7 @@ function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: n
       defaults: { rank: R, tCycle: 1, k: 1, align: 'none', gate: { guard: 'none' }, adapter: { lr: 0.01 } },
       pairs: ids.map((id) => ({ id: `p-${id}`, source: { device: 'src', slot: 'w' }, target: { device: id, slot: 'w' } })),
       timing: { cycleTimeoutMs: TIMEOUT_MS },
-      throughput: { adapterWorkers: opts.workers ?? 0, maxQueuedPerWorker: opts.maxQueuedPerWorker ?? 8 },
+      throughput: { adapterWorkers: opts.workers ?? 0, maxQueuedPerWorker: opts.maxQueuedPerWorker ?? 8, pace: { enabled: opts.pace ?? true } },
       checkpoint: opts.checkpointDir ? { dir: opts.checkpointDir, everyUpdates: 1000 } : {},
       statusEveryMs: 0,
     }),
@@ -106,7 +106,7 @@ function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: n
     engine.dispose();
     await engine.closeAdapterHost();
   };
-  return { engine, clock, sent, src, tgts, slice, of, feedback, refusal, close };
+  return { engine, clock, sent, src, tgts, join, slice, of, feedback, refusal, close };
 }
 
 const bits = (w: unknown, shape: number[]) => Array.from(new Uint32Array(wireToFloat32(w, { shape }).values.buffer));
@@ -267,6 +267,60 @@ describe('engine with adapters in worker threads', () => {
     await e.close();
   });
 
+  it('asks every connected device for a slice pace once cycles are shed, and tells a device that registers later', async () => {
+    const host = new HeldHost();
+    const e = setup(12, { host, maxQueuedPerWorker: 1 });
+    e.slice(e.src, SRC, 0);
+    // one forward takes the only place in the queue; the other eleven target slices are shed
+    e.tgts.forEach((t, i) => e.slice(t, TGT, i + 1));
+    expect(e.of<SkipMsg>('skip').filter((k) => k.reason === 'overloaded').length).toBe(11);
+    e.clock.now += 2000;
+    const tick = e.engine.paceTick()!;
+    // 1 cycle started in 2 s (0.5/s) for 12 pairs: offered at 85 % of that would be 12/(0.85·0.5) s
+    // = 28 s, but a first pace is at most 8× the interval they offered at (2 s): 16 s
+    expect(tick).toMatchObject({ why: 'saturated', capacity: 0.5, announce: 16_000 });
+    const paces = e.sent.filter((m) => m.event === 'pace');
+    expect(paces.map((m) => m.connectionId).sort()).toEqual(Array.from({ length: 13 }, (_, i) => `c${i + 1}`).sort());
+    expect(new Set(paces.map((m) => m.msg.sliceIntervalMs))).toEqual(new Set([16_000]));
+    const st = e.engine.status('');
+    expect(st.totals.sliceIntervalMs).toBe(16_000);
+    const metrics = new CoordinatorMetrics();
+    const prom = parsePrometheusText(await metrics.render(st, 0));
+    metrics.close();
+    expect(sampleValue(prom, 'mergenet_slice_pace_interval_seconds', {})).toBeCloseTo(16, 6);
+    // the same decision again is not announced again
+    e.clock.now += 2000;
+    expect(e.engine.paceTick()!.announce).toBeUndefined();
+    // a device that (re)connects gets its plan, then the pace in force
+    const before = e.sent.length;
+    e.join('t3', TGT);
+    expect(e.sent.slice(before).filter((m) => m.connectionId === 'c14').map((m) => m.event)).toEqual(['plan', 'pace']);
+    host.forwards[0].release();
+    await flush();
+    await e.engine.drain();
+    await e.close();
+  });
+
+  it('no pace where it is turned off, or where adapters run on the event loop', async () => {
+    const host = new HeldHost();
+    const off = setup(12, { host, maxQueuedPerWorker: 1, pace: false });
+    off.slice(off.src, SRC, 0);
+    off.tgts.forEach((t, i) => off.slice(t, TGT, i + 1));
+    off.clock.now += 2000;
+    expect(off.engine.paceTick()).toBeUndefined();
+    expect(off.of('pace')).toEqual([]);
+    expect(off.engine.status('').totals.sliceIntervalMs).toBeUndefined();
+    host.forwards[0].release();
+    await flush();
+    await off.engine.drain();
+    await off.close();
+    const main = setup(2);
+    main.slice(main.src, SRC, 0);
+    main.clock.now += 2000;
+    expect(main.engine.paceTick()).toBeUndefined();
+    await main.close();
+  });
+
   it('a failed update in a worker ends the cycle as internal and frees the pair', async () => {
     const host = new HeldHost();
     host.update = () => Promise.reject(new Error('non-finite gradient norm'));
@@ -357,7 +411,7 @@ describe('engine with adapters in worker threads', () => {
 describe('throughput config', () => {
   it('defaults to adapters on the event loop; auto is one worker per core; errors name the field', () => {
     const base = { devices: [{ id: 'a', token: 'x' }] };
-    expect(parseCoordinatorConfig(base).throughput).toEqual({ adapterWorkers: 0, maxQueuedPerWorker: 16 });
+    expect(parseCoordinatorConfig(base).throughput).toEqual({ adapterWorkers: 0, maxQueuedPerWorker: 16, pace: { enabled: true, windowMs: 2000 } });
     expect(parseCoordinatorConfig({ ...base, throughput: { adapterWorkers: 'auto' } }).throughput.adapterWorkers).toBe(availableParallelism());
     expect(() => parseCoordinatorConfig({ ...base, throughput: { adapterWorkers: -1 } })).toThrow(/throughput\.adapterWorkers/);
     expect(() => parseCoordinatorConfig({ ...base, throughput: { maxQueuedPerWorker: 0 } })).toThrow(/throughput\.maxQueuedPerWorker/);

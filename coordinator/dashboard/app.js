@@ -53,6 +53,7 @@
       [t.drops, 'drops'],
     ];
     if (t.queueDepth !== undefined) items.push([t.queueDepth, 'queue depth']);
+    if (t.sliceIntervalMs) items.push([`${(t.sliceIntervalMs / 1000).toFixed(1)} s`, 'slice pace']);
     $('totals').innerHTML = items.map(([v, l]) => `<div><b>${esc(v)}</b><span>${esc(l)}</span></div>`).join('');
     $('where').textContent = `${st.url} · up ${duration(st.uptimeMs)}`;
   }

@@ -9,6 +9,7 @@ import {
   feedbackSchema,
   logitsSchema,
   metricsSchema,
+  paceSchema,
   planSchema,
   registerSchema,
   rejectSchema,
@@ -48,6 +49,8 @@ export const COORDINATOR_TO_DEVICE = {
   reject: rejectSchema,
   /** protocol 3: the answer to a teacher_request that started a cycle of an output pair */
   teacher: teacherSchema,
+  /** how far apart to send slices: a saturated coordinator's request (an older device may ignore it) */
+  pace: paceSchema,
 } as const;
 
 export type DeviceEvent = keyof typeof DEVICE_TO_COORDINATOR;
@@ -72,6 +75,7 @@ export const EVENTS = {
   teacherRequest: 'teacher_request',
   teacher: 'teacher',
   teacherFeedback: 'teacher_feedback',
+  pace: 'pace',
 } as const satisfies Record<string, DeviceEvent | CoordinatorEvent>;
 
 /** The events a device may send; any other name is refused with `unknown_event`. */

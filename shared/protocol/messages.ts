@@ -202,6 +202,17 @@ export const feedbackAckSchema = z.object({
 });
 export type FeedbackAckMsg = z.infer<typeof feedbackAckSchema>;
 
+/**
+ * Coordinator → device: how far apart to send slices (docs/PROTOCOL.md §4.14). Sent when a
+ * saturated coordinator starts shedding cycles, each time the interval changes, and after a plan
+ * while it holds. A device that ignores it loses nothing but its slices' chance to be used.
+ */
+export const paceSchema = z.object({
+  /** send each slot's slices at least this many ms apart, on average (0: as often as the plan says) */
+  sliceIntervalMs: count,
+});
+export type PaceMsg = z.infer<typeof paceSchema>;
+
 export const rejectSchema = z.object({
   code: z.string(),
   reason: z.string(),
