@@ -104,13 +104,18 @@ function measureModel(name: string, spec: ModelSpec, o: OverheadOptions) {
   const sliceMs = traj.amortizedMs;
   // A transfer: the adapter's output, here the slice slightly moved.
   const generated = tf.tidy(() => ({ A: tf.add(current.A, tf.randomNormal(current.A.shape, 0, 1e-2, 'float32', 3)) as tf.Tensor2D, B: tf.clone(current.B) }));
+  // wasm, cpu and tensorflow run every op when it is called; a backend that defers work (webgl)
+  // needs a read-back to finish the update. Reading the slot back unconditionally, as this did,
+  // measured the read: on wasm even a 1×1 slice of the kernel reads all of it into a fresh 200 KB
+  // array, 0.5 ms on the 1 Dec EPYC VM against ~0.1 ms for set() itself, which a device never does.
+  const eager = ['wasm', 'cpu', 'tensorflow'].includes(tf.getBackend());
   const applyMs = timeMs(() => {
     branches.set('p', layer, generated, current, 0.5);
-    // Force the kernel update by reading the slot back. Not through tf.tidy: tidy walks a returned
-    // typed array element by element, which cost ~15 ms here and is no part of the device's work.
-    const w = readSlot(model, layer);
-    w.dataSync();
-    w.dispose();
+    if (!eager) {
+      const w = readSlot(model, layer);
+      w.dataSync();
+      w.dispose();
+    }
   }, o.warmup, o.repeats);
   const G = tf.randomNormal([m, n], 0, 1e-3, 'float32', 4) as tf.Tensor2D;
   const feedbackMs = timeMs(() => {
