@@ -19,7 +19,7 @@ export interface PacerOptions {
   shedHigh: number;
   /** a window with at most this fraction shed counts as quiet */
   shedLow: number;
-  /** offer this fraction of the measured capacity when saturated */
+  /** the fraction of the measured capacity the chosen interval offers (saturated or quiet) */
   headroom: number;
   /** quiet windows in a row before the interval is shortened */
   quietWindows: number;

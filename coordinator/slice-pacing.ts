@@ -23,8 +23,6 @@ export class SlicePacing {
   private windowStart: number;
   private announced = 0;
   private busyAtStart?: number;
-  /** the last tick's decision, for the status */
-  last?: PaceDecision;
 
   constructor(now: number, opts: SlicePacingOptions = {}) {
     const { announceChange = 0.15, ...pacer } = opts;
@@ -65,7 +63,6 @@ export class SlicePacing {
     const d = this.pacer.observe({ ms, slices: this.slices, shed: this.shed, started: this.started, activePairs, busy, loop });
     this.slices = this.shed = this.started = 0;
     this.windowStart = now;
-    this.last = d;
     const was = this.announced;
     const next = d.intervalMs;
     const worth = (was === 0) !== (next === 0) || Math.abs(next - was) > this.announceChange * was;

@@ -26,6 +26,15 @@ function expectOrthonormalColumns(q: Float64Array, rows: number, cols: number, t
   expect(maxAbsDiff(gram(q, rows, cols), Matrix.eye(cols).to1DArray())).toBeLessThan(tol);
 }
 
+/** Q·Qᵀ·A = A (within 1e-12 of A's largest value): Q spans A's column space. */
+function expectSpans(q: Float64Array, a: Float64Array, rows: number, cols: number, what?: string): void {
+  const qta = matMul(Float64Array.from(toMatrix(q, rows, cols).transpose().to1DArray()), a, cols, rows, cols);
+  const back = matMul(q, qta, rows, cols, cols);
+  let scale = 0;
+  for (const v of a) scale = Math.max(scale, Math.abs(v));
+  expect(maxAbsDiff(back, a), what).toBeLessThanOrEqual(1e-12 * Math.max(1, scale));
+}
+
 /** A rows×cols matrix of rank `rank` (product of two Gaussians). */
 function lowRankArray(rows: number, cols: number, rank: number, seed: string): Float64Array {
   return matMul(gaussianArray(rows * rank, `${seed}:a`), gaussianArray(rank * cols, `${seed}:b`), rows, rank, cols);
@@ -55,12 +64,7 @@ describe('dense kernels', () => {
     for (const [, a, rows, cols] of cases) {
       const q = thinQ(a, rows, cols);
       expectOrthonormalColumns(q, rows, cols);
-      // Q·Qᵀ·A = A: Q spans A's column space.
-      const qta = matMul(Float64Array.from(toMatrix(q, rows, cols).transpose().to1DArray()), a, cols, rows, cols);
-      const back = matMul(q, qta, rows, cols, cols);
-      let scale = 0;
-      for (const v of a) scale = Math.max(scale, Math.abs(v));
-      expect(maxAbsDiff(back, a)).toBeLessThanOrEqual(1e-12 * Math.max(1, scale));
+      expectSpans(q, a, rows, cols);
     }
     expect(() => thinQ(new Float64Array(6), 2, 3)).toThrow(/rows ≥ cols/);
   });
@@ -83,11 +87,7 @@ describe('dense kernels', () => {
     for (const [what, a, rows, cols, viaCholesky] of cases) {
       const q = orthoQ(a, rows, cols);
       expectOrthonormalColumns(q, rows, cols);
-      const qta = matMul(Float64Array.from(toMatrix(q, rows, cols).transpose().to1DArray()), a, cols, rows, cols);
-      const back = matMul(q, qta, rows, cols, cols);
-      let scale = 0;
-      for (const v of a) scale = Math.max(scale, Math.abs(v));
-      expect(maxAbsDiff(back, a), what).toBeLessThanOrEqual(1e-12 * Math.max(1, scale));
+      expectSpans(q, a, rows, cols, what);
       // The Cholesky factor exists exactly when the fast way is taken; with it, Q = A·T.
       const T = cholQFactor(gram(a, rows, cols), cols, cols);
       expect(T !== undefined, what).toBe(viaCholesky);
