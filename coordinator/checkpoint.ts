@@ -85,6 +85,9 @@ export interface CheckpointData {
   pairs: CheckpointPair[];
 }
 
+/** Adds one pair to a streaming save at its index in the manifest (see Checkpointer.saveStreaming). */
+export type PutPair = (index: number, pair: CheckpointPair) => Promise<void>;
+
 export interface LoadedCheckpoint extends CheckpointData {
   generation: number;
   savedAt: string;
@@ -120,8 +123,8 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 /**
- * Reads and writes checkpoints of one directory. Saves are queued, so two never interleave, and
- * each save captures its data synchronously when called (the caller serializes adapters first).
+ * Reads and writes checkpoints of one directory. Saves are queued, so two never interleave. A save
+ * takes its pairs when it runs, one at a time (saveStreaming), or all at once (save).
  */
 export class Checkpointer {
   private generation = 0;
@@ -179,26 +182,32 @@ export class Checkpointer {
 
   /** Queue a save of `data`; resolves when it is durable. Returns the generation written. */
   save(data: CheckpointData): Promise<number> {
+    return this.saveStreaming(async (put) => {
+      for (const [i, p] of data.pairs.entries()) await put(i, p);
+      return data.totals;
+    });
+  }
+
+  /**
+   * Queue a save whose pairs arrive one at a time: `fill` calls `put(index, pair)` for each pair
+   * (concurrent puts are fine) and resolves with the totals. Each state file is written as its pair
+   * arrives, so only the states in flight are held in memory, never all of them at once; the
+   * manifest, which lists the pairs by index, is written last. Resolves with the generation once
+   * it is durable.
+   */
+  saveStreaming(fill: (put: PutPair) => Promise<CheckpointData['totals']>): Promise<number> {
     const generation = ++this.generation;
-    const run = this.queue.then(() => this.write(generation, data));
+    const run = this.queue.then(() => this.write(generation, fill));
     // A failed save must not wedge the queue for the next one.
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private async write(generation: number, data: CheckpointData): Promise<number> {
+  private async write(generation: number, fill: (put: PutPair) => Promise<CheckpointData['totals']>): Promise<number> {
     await mkdir(this.dir, { recursive: true });
-    const manifest: CheckpointManifest = {
-      format: CHECKPOINT_FORMAT,
-      formatVersion: CHECKPOINT_FORMAT_VERSION,
-      protocolVersion: PROTOCOL_VERSION,
-      generation,
-      savedAt: new Date().toISOString(),
-      totals: data.totals,
-      pairs: [],
-    };
+    const entries: CheckpointManifest['pairs'] = [];
     const keep = new Set<string>([MANIFEST_NAME]);
-    for (const [i, p] of data.pairs.entries()) {
+    const put: PutPair = async (i, p) => {
       const { state, stateUnchanged, ...rest } = p;
       let stateRef: CheckpointManifest['pairs'][number]['state'];
       if (stateUnchanged) {
@@ -209,12 +218,24 @@ export class Checkpointer {
         keep.add(prev.ref.file);
       } else if (state) {
         const file = fileNameFor(i, p.id, generation);
-        await writeFileAtomic(join(this.dir, file), state);
+        if (keep.has(file)) throw new CheckpointError(`pair ${p.id}: index ${i} was put twice`);
         keep.add(file);
+        await writeFileAtomic(join(this.dir, file), state);
         stateRef = { file, bytes: state.byteLength, sha256: sha256(state) };
       }
-      manifest.pairs.push({ ...rest, state: stateRef });
-    }
+      entries[i] = { ...rest, state: stateRef };
+    };
+    const totals = await fill(put);
+    const manifest: CheckpointManifest = {
+      format: CHECKPOINT_FORMAT,
+      formatVersion: CHECKPOINT_FORMAT_VERSION,
+      protocolVersion: PROTOCOL_VERSION,
+      generation,
+      savedAt: new Date().toISOString(),
+      totals,
+      // indexes a fill skipped leave holes; the manifest lists the pairs that were put, in index order
+      pairs: entries.filter((e) => e !== undefined),
+    };
     // The pair files must be durable before the manifest that names them.
     await syncDir(this.dir);
     await writeFileAtomic(join(this.dir, MANIFEST_NAME), Buffer.from(JSON.stringify(manifest, null, 2) + '\n', 'utf8'));

@@ -209,23 +209,35 @@ export class CoordinatorEngine {
     const checkpointer = this.checkpointer!;
     const startedAt = performance.now();
     // Serialize every adapter that took a step since the last checkpoint (the others' files are
-    // reused: with many pairs, most are unchanged between two checkpoints). From workers, each
-    // pair's state comes with its own counters (Pair.snapshotAsync): consistent per pair, while
-    // the other pairs keep cycling meanwhile.
+    // reused: with many pairs, most are unchanged between two checkpoints).
     const entry = (p: Pair) => (p.hasAdapter && checkpointer.hasState(p.id, p.adapterStep) ? p.snapshotUnchanged() : undefined);
-    const pairs = this.host
-      ? await gatherInWindows([...this.pairs.values()], 2 * this.host.size, (p) => entry(p) ?? p.snapshotAsync())
-      : [...this.pairs.values()].map((p) => entry(p) ?? p.snapshot());
-    for (const saved of this.pendingRestore.values()) pairs.push(saved);
-    const updates = this.totalUpdates;
-    const cyclesStarted = [...this.pairs.values()].reduce((a, p) => a + p.counters.cyclesStarted, 0);
-    const generation = await checkpointer.save({ totals: { updates, cyclesStarted }, pairs });
+    const pairs = [...this.pairs.values()];
+    const restoring = [...this.pendingRestore.values()];
+    const cyclesStarted = () => pairs.reduce((a, p) => a + p.counters.cyclesStarted, 0);
+    let updates = this.totalUpdates;
+    let generation: number;
+    if (this.host) {
+      generation = await checkpointer.saveStreaming(async (put) => {
+        // From workers, each pair's state comes with its own counters (Pair.snapshotAsync):
+        // consistent per pair, while the other pairs keep cycling meanwhile. Each state goes to
+        // its file as it arrives, so memory holds the states in flight, not every adapter's.
+        await gatherInWindows(pairs, 2 * this.host!.size, async (p, i) => put(i, entry(p) ?? (await p.snapshotAsync())));
+        for (const [j, saved] of restoring.entries()) await put(pairs.length + j, saved);
+        updates = this.totalUpdates;
+        return { updates, cyclesStarted: cyclesStarted() };
+      });
+    } else {
+      // On the event loop, every pair is serialized now, at one instant (CoalescingWriter's contract).
+      const snaps = [...pairs.map((p) => entry(p) ?? p.snapshot()), ...restoring];
+      generation = await checkpointer.save({ totals: { updates, cyclesStarted: cyclesStarted() }, pairs: snaps });
+    }
     this.log.info({ dir: checkpointer.dir, generation, updates }, 'checkpoint written');
     this.notify('checkpoint', { generation, updates, startedAt });
   }
 
-  status(url: string): StatusSnapshot {
+  status(url: string, opts: { gateTraces?: boolean } = {}): StatusSnapshot {
     return buildStatus({
+      ...opts,
       url,
       startedAt: this.startedAt,
       now: this.now(),
@@ -1019,13 +1031,13 @@ export class CoordinatorEngine {
  * the workers for a few adapter states at a time: asking for all at once queued hundreds of
  * exports ahead of the cycles' forwards and updates.
  */
-async function gatherInWindows<T, R>(items: readonly T[], window: number, fn: (item: T) => R | Promise<R>): Promise<R[]> {
+async function gatherInWindows<T, R>(items: readonly T[], window: number, fn: (item: T, index: number) => R | Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   const lane = async (): Promise<void> => {
     while (next < items.length) {
       const i = next++;
-      out[i] = await fn(items[i]);
+      out[i] = await fn(items[i], i);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(window, items.length)) }, lane));

@@ -12,6 +12,7 @@ import type { StepResult } from './adapter/adamw.js';
 import type { CheckpointPair, PairCountersSnapshot } from './checkpoint.js';
 import { hash32, pairAdapterConfig, type Endpoint, type PairConfig } from './config.js';
 import { alignmentFits, inferAlignment, passThroughStart, type Alignment } from './adapter/pass-through.js';
+import { GateTrace } from './gate/gate-trace.js';
 import { TrustGate, type GateState, type GateStep, type GateTracePoint, type TargetReport } from './gate/trust-gate.js';
 import { noiseLikeLowRank, noiseSeed } from './noise.js';
 import { relevanceTrial, type RelevanceTrial } from './gate/relevance.js';
@@ -67,7 +68,6 @@ export interface PairCounters {
 /** What happened to a recent cycle, so late or repeated feedback gets the precise reason. */
 type Ended = 'completed' | CycleDropReason;
 const ENDED_MEMORY = 32;
-const GATE_TRACE = 512;
 
 export class Pair {
   readonly id: string;
@@ -96,8 +96,8 @@ export class Pair {
   alignment?: Alignment;
   /** ‖K‖/‖W‖ the target reported for its latest branch (from feedback), for status. */
   lastBranchRatio?: number;
-  /** g after each update (at most GATE_TRACE entries: every other one is dropped when full), for reports */
-  readonly gateTrace: GateTracePoint[] = [];
+  /** g after each update (at most 512 points: every other one is dropped when full), for reports */
+  readonly gateTrace = new GateTrace();
   private model?: AdapterWithOptimizer;
   /** The optimiser step of an adapter that lives in an AdapterHost (undefined: none there). */
   private remoteStep?: number;
@@ -477,17 +477,13 @@ export class Pair {
     return gate;
   }
 
-  /** Record g after an update; halve the resolution rather than forget the start (the decision lives there). */
+  /** Record g after an update. */
   private traceGate(g: number, gateGrad: number, target: TargetReport): void {
     const point: GateTracePoint = { update: this.counters.updates, gate: g, gateGrad };
     if (target.sourceGrad !== undefined) point.sourceGrad = target.sourceGrad;
     if (target.trainAcc !== undefined) point.trainAcc = target.trainAcc;
     if (target.relevance) point.beatShadows = target.relevance.beatAll;
     this.gateTrace.push(point);
-    if (this.gateTrace.length > GATE_TRACE) {
-      const kept = this.gateTrace.filter((_, i) => i % 2 === 0);
-      this.gateTrace.splice(0, this.gateTrace.length, ...kept);
-    }
   }
 
   /** How a cycle that is not in flight ended, if it ended recently. */

@@ -127,7 +127,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
   ) {
     super();
     this.logBudget = new LogLimiter({ now: clock });
-    this.feed = new DashboardFeed(() => this.status(), dashboardEveryMs);
+    this.feed = new DashboardFeed(() => this.status({ gateTraces: false }), dashboardEveryMs);
     this.on('cycle', (e) => this.metrics.observeAdapter('forward', e.adapterMs));
     this.on('update', (e) => this.metrics.observeAdapter('update', e.adapterMs));
     this.on('drop', (d) => this.feed.recordDrop(d));
@@ -208,9 +208,9 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
     );
   }
 
-  status(): StatusSnapshot {
+  status(opts: { gateTraces?: boolean } = {}): StatusSnapshot {
     const copy = (r: WireTotals['in']) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, { ...v }]));
-    return { ...this.engine.status(this.url), wire: { in: copy(this.wire.in), out: copy(this.wire.out) } };
+    return { ...this.engine.status(this.url, opts), wire: { in: copy(this.wire.in), out: copy(this.wire.out) } };
   }
 
   /** Messages queued in the sockets' write buffers (engine.io), waiting to leave. */

@@ -69,6 +69,7 @@ export const pairStatusSchema = z.strictObject({
     reason: z.string().optional(),
     decidedAt: count.optional(),
   }),
+  // absent only in the dashboard feed's snapshots; /status always has it
   gateTrace: z.array(
     z.strictObject({
       update: count,
@@ -78,7 +79,7 @@ export const pairStatusSchema = z.strictObject({
       trainAcc: z.number().min(0).max(1).optional(),
       beatShadows: z.boolean().optional(),
     }),
-  ),
+  ).optional(),
   branchRatio: z.number().nonnegative().optional(),
 });
 

@@ -51,8 +51,8 @@ export interface PairStatus
   channel?: 'parameter' | 'output';
   /** the trust gate: g, θ, the guard's decision and the updates it has had */
   gate: { value: number; theta: number; decision: GateDecision; updates: number; reason?: string; decidedAt?: number };
-  /** g after each update (thinned to at most 512 points) */
-  gateTrace: GateTracePoint[];
+  /** g after each update (thinned to at most 512 points); left out of the dashboard's feed */
+  gateTrace?: GateTracePoint[];
   /** ‖K‖/‖W‖ the target reported for its latest branch */
   branchRatio?: number;
 }
@@ -116,6 +116,8 @@ export interface StatusInput {
   /** the worker pool, where adapters run in one */
   adapterHost?: { workers: number; queued: number; pending: number; paceIntervalMs?: number };
   /** totals carried over from a restored checkpoint are already in the pairs' counters */
+  /** false: leave the pairs' gate traces out (the dashboard's feed, which builds a snapshot every second and draws none) */
+  gateTraces?: boolean;
 }
 
 export function buildStatus(s: StatusInput): StatusSnapshot {
@@ -168,7 +170,7 @@ export function buildStatus(s: StatusInput): StatusSnapshot {
       alignment: p.alignment,
       channel: p.channel,
       gate: { value: p.gate.value, theta: p.gate.theta, decision: p.gate.decision, updates: p.gate.updates, reason: p.gate.reason, decidedAt: p.gate.state().decidedAt },
-      gateTrace: p.gateTrace.map((t) => ({ ...t })),
+      ...(s.gateTraces === false ? {} : { gateTrace: p.gateTrace.points() }),
       branchRatio: p.lastBranchRatio,
     };
   });

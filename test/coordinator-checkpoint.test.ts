@@ -201,6 +201,57 @@ describe('coordinator checkpoints', () => {
     }
   });
 
+  it('a streaming save writes each state file as its pair arrives and the manifest last; a failed one leaves the previous checkpoint whole', async () => {
+    const own = await mkdtemp(join(tmpdir(), 'mergenet-ckpt-stream-'));
+    try {
+      const counters = { cyclesStarted: 0, updates: 0, drops: {} };
+      const pair = (id: string, adapterStep: number, fill: number) => ({
+        id, source: { device: 'src', slot: 'conv' }, target: { device: 'tgt', slot: 'dense' }, rank: R, auto: false,
+        sourceMode: 'real' as const, nextCycleId: 0, adapterStep, counters, state: new Uint8Array(64).fill(fill),
+      });
+      const cp = new Checkpointer(own);
+      const pairFiles = async () => (await readdir(own)).filter((f) => f.startsWith('pair-')).sort();
+      const manifest = async () => JSON.parse(await readFile(join(own, MANIFEST_NAME), 'utf8'));
+
+      const g1 = await cp.save({ totals: { updates: 1, cyclesStarted: 1 }, pairs: [pair('a', 1, 1), pair('b', 1, 2)] });
+      expect((await manifest()).generation).toBe(g1);
+
+      // Pairs put out of order: each file is on disk once its put resolves, while the manifest
+      // still names the previous generation; the new manifest lists the pairs in index order.
+      const seen: string[][] = [];
+      const g2 = await cp.saveStreaming(async (put) => {
+        await put(1, pair('b', 2, 4));
+        seen.push(await pairFiles());
+        expect((await manifest()).generation).toBe(g1);
+        await put(0, pair('a', 2, 3));
+        seen.push(await pairFiles());
+        return { updates: 2, cyclesStarted: 2 };
+      });
+      expect(seen[0]).toContain(`pair-1-b.g${g2}.bin`);
+      expect(seen[0]).not.toContain(`pair-0-a.g${g2}.bin`);
+      expect(seen[1]).toContain(`pair-0-a.g${g2}.bin`);
+      const m2 = await manifest();
+      expect(m2.generation).toBe(g2);
+      expect(m2.pairs.map((p: { id: string }) => p.id)).toEqual(['a', 'b']);
+      expect(await pairFiles()).toEqual([`pair-0-a.g${g2}.bin`, `pair-1-b.g${g2}.bin`]);
+
+      // A fill that fails after one put: the save rejects and the manifest of g2 still loads.
+      await expect(cp.saveStreaming(async (put) => {
+        await put(0, pair('a', 3, 5));
+        throw new Error('worker lost');
+      })).rejects.toThrow('worker lost');
+      const loaded = (await new Checkpointer(own).load())!;
+      expect(loaded.generation).toBe(g2);
+      expect([...loaded.pairs.find((p) => p.id === 'a')!.state!]).toEqual(new Array(64).fill(3));
+
+      // The next save succeeds and removes the failed save's orphaned file.
+      const g4 = await cp.save({ totals: { updates: 3, cyclesStarted: 3 }, pairs: [pair('a', 3, 6)] });
+      expect(await pairFiles()).toEqual([`pair-0-a.g${g4}.bin`]);
+    } finally {
+      await rm(own, { recursive: true, force: true });
+    }
+  });
+
   it('SIGTERM: checkpoints, closes and exits 0', async () => {
     const coord = await serve(config(dir), { logger: silentLogger() });
     const { src, tgt } = await connectPair(coord);

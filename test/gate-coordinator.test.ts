@@ -131,7 +131,7 @@ describe('trust gate in the coordinator', () => {
     expect(ev.reason).toMatch(/beat all 9 random factors with its directions' norms in 3 of 3/);
     const st = c.status().pairs[0];
     expect(st.active).toBe(true);
-    expect(st.gateTrace.map((p) => p.beatShadows)).toEqual([true, true, true]);
+    expect(st.gateTrace!.map((p) => p.beatShadows)).toEqual([true, true, true]);
   });
 
   it('relevance guard (default): refuses a source whose factor is no more aligned with gA than noise', async () => {

@@ -136,6 +136,24 @@ describe('coordinator HTTP endpoints', () => {
     expect(st.devices.map((d) => d.id).sort()).toEqual(['a', 'b']);
     expect(st.pairs.every((p) => p.updates >= 3)).toBe(true);
     expect(st.wire!.in.slice!.bytes).toBeGreaterThan(0);
+    // /status carries each pair's gate trace, a point per update ...
+    for (const p of st.pairs) expect(p.gateTrace!.map((t) => t.update)).toEqual(Array.from({ length: p.updates }, (_, i) => i + 1));
+
+    // ... and the dashboard's feed, a snapshot a second, leaves the traces out (it draws none).
+    const ac = new AbortController();
+    const events = await fetch(`${fleet.coord.url}/events`, { headers: { authorization: `Bearer ${VIEWER_TOKEN}` }, signal: ac.signal });
+    expect(events.status).toBe(200);
+    const reader = events.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = '';
+    while (!/event: hello\ndata: .*\n\n/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    ac.abort();
+    const hello = JSON.parse(/event: hello\ndata: (.*)\n\n/.exec(text)![1]);
+    expect(hello.status.pairs.map((p: { id: string }) => p.id).sort()).toEqual(['a-to-b', 'b-to-a']);
+    for (const p of hello.status.pairs) expect(p).not.toHaveProperty('gateTrace');
   });
 
   it('answers other paths and methods with a JSON error', async () => {

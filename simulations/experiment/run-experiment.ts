@@ -198,7 +198,7 @@ export function fleetConditionRun(e: Experiment, condition: string, seed: number
     wallMs: t.wallMs,
     extra,
     // A join-only pair ends after its one transfer without a guard's decision: say so, not 'pending'.
-    gates: pairs.map((p) => ({ pairId: p.id, decision: p.joinDone ? 'join only' : p.gate.decision, reason: p.joinDone ? p.inactiveReason : p.gate.reason, channel: p.channel, trace: p.gateTrace })),
+    gates: pairs.map((p) => ({ pairId: p.id, decision: p.joinDone ? 'join only' : p.gate.decision, reason: p.joinDone ? p.inactiveReason : p.gate.reason, channel: p.channel, trace: p.gateTrace ?? [] })),
     sources: Object.fromEntries(Object.entries(run.devices).filter(([id]) => id !== e.target).map(([id, d]) => [id, d.curve])),
   };
 }
