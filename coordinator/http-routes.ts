@@ -17,7 +17,8 @@ export interface HttpRoutesDeps {
   auth: ViewerAuth;
   metrics: CoordinatorMetrics;
   feed: DashboardFeed;
-  status(): StatusSnapshot;
+  /** gateTraces false: without the pairs' gate traces (up to 512 points a pair: most of a large fleet's snapshot) */
+  status(opts?: { gateTraces?: boolean }): StatusSnapshot;
   /** messages waiting in the sockets' write buffers */
   outboundQueue(): number;
   log: Logger;
@@ -68,7 +69,7 @@ export function httpRoutes(deps: HttpRoutesDeps): (req: IncomingMessage, res: Se
       return json(res, 405, { error: 'method_not_allowed', message: `${req.method} is not served; the endpoints are read-only (GET)` }, { allow: 'GET, HEAD' });
     }
     const path = url.pathname;
-    if (path === '/healthz') return json(res, 200, { ok: true, uptimeMs: deps.status().uptimeMs });
+    if (path === '/healthz') return json(res, 200, { ok: true, uptimeMs: deps.status({ gateTraces: false }).uptimeMs });
     const file = STATIC[path];
     if (file) {
       const body = await readStatic(file.file());
@@ -77,12 +78,17 @@ export function httpRoutes(deps: HttpRoutesDeps): (req: IncomingMessage, res: Se
       return;
     }
     if (path === '/status') {
-      if (authorized(req, res, url, false)) json(res, 200, deps.status());
+      if (!authorized(req, res, url, false)) return;
+      const traces = url.searchParams.get('gateTraces');
+      if (traces !== null && traces !== '0' && traces !== '1') {
+        return json(res, 400, { error: 'bad_request', message: `gateTraces must be 0 or 1, got ${JSON.stringify(traces)}` });
+      }
+      json(res, 200, deps.status({ gateTraces: traces !== '0' }));
       return;
     }
     if (path === '/metrics') {
       if (!authorized(req, res, url, false)) return;
-      const text = await deps.metrics.render(deps.status(), deps.outboundQueue());
+      const text = await deps.metrics.render(deps.status({ gateTraces: false }), deps.outboundQueue());
       res.writeHead(200, { 'content-type': deps.metrics.contentType, 'cache-control': 'no-store' });
       res.end(text);
       return;

@@ -162,7 +162,7 @@ class Coordinator extends EventEmitter implements RunningCoordinator {
         auth: new ViewerAuth(this.config.viewers),
         metrics: this.metrics,
         feed: this.feed,
-        status: () => this.status(),
+        status: (opts) => this.status(opts),
         outboundQueue: () => this.outboundQueue(),
         log: this.log,
       }),

@@ -138,6 +138,15 @@ describe('coordinator HTTP endpoints', () => {
     expect(st.wire!.in.slice!.bytes).toBeGreaterThan(0);
     // /status carries each pair's gate trace, a point per update ...
     for (const p of st.pairs) expect(p.gateTrace!.map((t) => t.update)).toEqual(Array.from({ length: p.updates }, (_, i) => i + 1));
+    // ... unless asked to leave them out (most of a large fleet's snapshot); a bad value says what is allowed
+    const lean = await get('/status?gateTraces=0', VIEWER_TOKEN);
+    expect(lean.status).toBe(200);
+    const leanSt = statusSnapshotSchema.parse(await lean.json());
+    expect(leanSt.pairs.map((p) => p.id).sort()).toEqual(['a-to-b', 'b-to-a']);
+    for (const p of leanSt.pairs) expect(p).not.toHaveProperty('gateTrace');
+    const bad = await get('/status?gateTraces=no', VIEWER_TOKEN);
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toEqual({ error: 'bad_request', message: 'gateTraces must be 0 or 1, got "no"' });
 
     // ... and the dashboard's feed, a snapshot a second, leaves the traces out (it draws none).
     const ac = new AbortController();
