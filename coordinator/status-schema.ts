@@ -69,7 +69,7 @@ export const pairStatusSchema = z.strictObject({
     reason: z.string().optional(),
     decidedAt: count.optional(),
   }),
-  // absent only in the dashboard feed's snapshots; /status always has it
+  // absent where a snapshot leaves traces out: the dashboard's feed, /status?gateTraces=0
   gateTrace: z.array(
     z.strictObject({
       update: count,

@@ -51,7 +51,7 @@ export interface PairStatus
   channel?: 'parameter' | 'output';
   /** the trust gate: g, θ, the guard's decision and the updates it has had */
   gate: { value: number; theta: number; decision: GateDecision; updates: number; reason?: string; decidedAt?: number };
-  /** g after each update (thinned to at most 512 points); left out of the dashboard's feed */
+  /** g after each update (thinned to at most 512 points); absent where a snapshot leaves traces out (the dashboard's feed, `/status?gateTraces=0`) */
   gateTrace?: GateTracePoint[];
   /** ‖K‖/‖W‖ the target reported for its latest branch */
   branchRatio?: number;
@@ -115,7 +115,7 @@ export interface StatusInput {
   drops: Record<string, number>;
   /** the worker pool, where adapters run in one */
   adapterHost?: { workers: number; queued: number; pending: number; paceIntervalMs?: number };
-  /** totals carried over from a restored checkpoint are already in the pairs' counters */
+  // (totals carried over from a restored checkpoint are already in the pairs' counters)
   /** false: leave the pairs' gate traces out (the dashboard's feed, which builds a snapshot every second and draws none) */
   gateTraces?: boolean;
 }
