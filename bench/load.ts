@@ -10,7 +10,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
 import { parseCoordinatorConfig } from '../coordinator/config.js';
@@ -99,17 +99,32 @@ async function main(): Promise<void> {
   let updates = 0;
   coord.on('update', () => updates++);
   // the slice pace asked of the devices over time (s from the start of the load)
-  const paces: { t: number; sliceIntervalMs: number; shedFraction: number; capacity?: number }[] = [];
-  coord.on('pace', (p) => paces.push({ t: +((performance.now() - (loadStartedAt || performance.now())) / 1000).toFixed(1), ...p, shedFraction: +p.shedFraction.toFixed(3), ...(p.capacity !== undefined ? { capacity: +p.capacity.toFixed(1) } : {}) }));
+  const paces: { t: number; sliceIntervalMs: number; shedFraction: number; why: string; capacity?: number; busy?: number; loop?: number }[] = [];
+  coord.on('pace', (p) =>
+    paces.push({
+      t: +((performance.now() - (loadStartedAt || performance.now())) / 1000).toFixed(1),
+      sliceIntervalMs: p.sliceIntervalMs,
+      shedFraction: +p.shedFraction.toFixed(3),
+      why: p.why,
+      ...(p.capacity !== undefined ? { capacity: +p.capacity.toFixed(1) } : {}),
+      ...(p.busy !== undefined ? { busy: +p.busy.toFixed(3) } : {}),
+      ...(p.loop !== undefined ? { loop: +p.loop.toFixed(3) } : {}),
+    }),
+  );
   let cycles = 0;
   coord.on('cycle', () => cycles++);
-  const rss: { t: number; mb: number; heapMb: number; externalMb: number; cyclesPerSec: number }[] = [];
+  // loopUtilization: the event loop's, over each 5 s sample
+  const rss: { t: number; mb: number; heapMb: number; externalMb: number; cyclesPerSec: number; loopUtilization: number }[] = [];
   let cyclesAtSample = 0;
+  let eluAtSample = performance.eventLoopUtilization();
   const t0 = performance.now();
   const sampler = setInterval(() => {
     // heap and external are the main thread's; RSS also holds the adapter workers' heaps
     const m = process.memoryUsage();
-    rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(m.rss), heapMb: mb(m.heapUsed), externalMb: mb(m.external), cyclesPerSec: +((cycles - cyclesAtSample) / 5).toFixed(1) });
+    const elu = performance.eventLoopUtilization();
+    const loopUtilization = +performance.eventLoopUtilization(elu, eluAtSample).utilization.toFixed(3);
+    eluAtSample = elu;
+    rss.push({ t: Math.round((performance.now() - t0) / 1000), mb: mb(m.rss), heapMb: mb(m.heapUsed), externalMb: mb(m.external), cyclesPerSec: +((cycles - cyclesAtSample) / 5).toFixed(1), loopUtilization });
     cyclesAtSample = cycles;
   }, 5000);
 

@@ -830,11 +830,11 @@ export class CoordinatorEngine {
     for (const p of this.pairs.values()) if (p.active && p.usesAdapter) active++;
     const t = this.pacing.tick(this.now(), active, this.host.busyMs, this.host.size, loop);
     if (t.announce === undefined) return t;
-    this.log.info({ sliceIntervalMs: t.announce, shedFraction: +t.shedFraction.toFixed(3), capacity: t.capacity, why: t.why }, 'slice pace changed');
+    this.log.info({ sliceIntervalMs: t.announce, shedFraction: +t.shedFraction.toFixed(3), capacity: t.capacity, why: t.why, busy: t.busy, loop: t.loop }, 'slice pace changed');
     for (const d of this.registry.registered()) {
       if (d.connected && d.socketId) this.outbox.send(d.socketId, EVENTS.pace, { sliceIntervalMs: t.announce });
     }
-    this.notify('pace', { sliceIntervalMs: t.announce, shedFraction: t.shedFraction, capacity: t.capacity });
+    this.notify('pace', { sliceIntervalMs: t.announce, shedFraction: t.shedFraction, capacity: t.capacity, why: t.why, busy: t.busy, loop: t.loop });
     return t;
   }
 

@@ -3,6 +3,7 @@
 // refused handshakes and rejected messages.
 import type { ErrorCode } from '../shared/protocol/errors.js';
 import type { SourceMode } from './config.js';
+import type { PaceDecision } from './pacer.js';
 
 export interface UpdateEvent {
   pairId: string;
@@ -62,8 +63,11 @@ export interface CoordinatorEvents {
   disconnect: [{ deviceId: string; session: string; reason: string }];
   /** a checkpoint is durable; startedAt is performance.now() when its write began taking state */
   checkpoint: [{ generation: number; updates: number; startedAt: number }];
-  /** the devices were asked for a new slice pace (coordinator/pacer.ts); capacity in cycles/s where measured */
-  pace: [{ sliceIntervalMs: number; shedFraction: number; capacity?: number }];
+  /**
+   * the devices were asked for a new slice pace (coordinator/pacer.ts): why, with the window's
+   * measures (capacity in cycles/s; busy, the workers' busy fraction; loop, the event loop's utilization)
+   */
+  pace: [{ sliceIntervalMs: number; shedFraction: number; capacity?: number; why: PaceDecision['why']; busy?: number; loop?: number }];
 }
 
 /** Emit one coordinator event (the engine gets this instead of an EventEmitter of its own). */

@@ -12,6 +12,9 @@ export interface SlicePacingOptions extends Partial<PacerOptions> {
 export interface PaceTick extends PaceDecision {
   /** the devices must be told: the interval to announce */
   announce?: number;
+  /** the window's measures: the workers' busy fraction and the event loop's utilization (0..1), where measured */
+  busy?: number;
+  loop?: number;
 }
 
 export class SlicePacing {
@@ -66,8 +69,8 @@ export class SlicePacing {
     const was = this.announced;
     const next = d.intervalMs;
     const worth = (was === 0) !== (next === 0) || Math.abs(next - was) > this.announceChange * was;
-    if (!worth) return d;
+    if (!worth) return { ...d, busy, loop };
     this.announced = next;
-    return { ...d, announce: next };
+    return { ...d, busy, loop, announce: next };
   }
 }

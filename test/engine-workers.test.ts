@@ -51,6 +51,8 @@ function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: n
   };
   const ids = Array.from({ length: targets }, (_, i) => `t${i}`);
   const engineOpts: EngineOptions = opts.host ? { adapterHost: opts.host } : {};
+  // the engine's coordinator events, as the server would emit them
+  const events: { event: string; payload: unknown }[] = [];
   const engine = new CoordinatorEngine(
     parseCoordinatorConfig({
       devices: [{ id: 'src', token: 's' }, ...ids.map((id) => ({ id, token: id }))],
@@ -64,7 +66,7 @@ function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: n
     }),
     silentLogger(),
     outbox,
-    () => undefined,
+    (event, ...args) => void events.push({ event, payload: args[0] }),
     () => clock.now,
     engineOpts,
   );
@@ -106,7 +108,7 @@ function setup(targets: number, opts: { workers?: number; maxQueuedPerWorker?: n
     engine.dispose();
     await engine.closeAdapterHost();
   };
-  return { engine, clock, sent, src, tgts, join, slice, of, feedback, refusal, close };
+  return { engine, clock, sent, events, src, tgts, join, slice, of, feedback, refusal, close };
 }
 
 const bits = (w: unknown, shape: number[]) => Array.from(new Uint32Array(wireToFloat32(w, { shape }).values.buffer));
@@ -275,10 +277,12 @@ describe('engine with adapters in worker threads', () => {
     e.tgts.forEach((t, i) => e.slice(t, TGT, i + 1));
     expect(e.of<SkipMsg>('skip').filter((k) => k.reason === 'overloaded').length).toBe(11);
     e.clock.now += 2000;
-    const tick = e.engine.paceTick()!;
+    const tick = e.engine.paceTick(0.9)!;
     // 1 cycle started in 2 s (0.5/s) for 12 pairs: offered at 85 % of that would be 12/(0.85·0.5) s
     // = 28 s, but a first pace is at most 8× the interval they offered at (2 s): 16 s
     expect(tick).toMatchObject({ why: 'saturated', capacity: 0.5, announce: 16_000 });
+    // the coordinator's `pace` event says why, with the window's measures (this host measures no busy time)
+    expect(e.events.filter((x) => x.event === 'pace').map((x) => x.payload)).toEqual([{ sliceIntervalMs: 16_000, shedFraction: 11 / 12, capacity: 0.5, why: 'saturated', busy: undefined, loop: 0.9 }]);
     const paces = e.sent.filter((m) => m.event === 'pace');
     expect(paces.map((m) => m.connectionId).sort()).toEqual(Array.from({ length: 13 }, (_, i) => `c${i + 1}`).sort());
     expect(new Set(paces.map((m) => m.msg.sliceIntervalMs))).toEqual(new Set([16_000]));
