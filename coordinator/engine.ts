@@ -221,7 +221,7 @@ export class CoordinatorEngine {
         // From workers, each pair's state comes with its own counters (Pair.snapshotAsync):
         // consistent per pair, while the other pairs keep cycling meanwhile. Each state goes to
         // its file as it arrives, so memory holds the states in flight, not every adapter's.
-        await gatherInWindows(pairs, 2 * this.host!.size, async (p, i) => put(i, entry(p) ?? (await p.snapshotAsync())));
+        await inWindows(pairs, 2 * this.host!.size, async (p, i) => put(i, entry(p) ?? (await p.snapshotAsync())));
         for (const [j, saved] of restoring.entries()) await put(pairs.length + j, saved);
         updates = this.totalUpdates;
         return { updates, cyclesStarted: cyclesStarted() };
@@ -1027,19 +1027,17 @@ export class CoordinatorEngine {
 }
 
 /**
- * fn over items with at most `window` calls pending at once, results in order. A checkpoint asks
- * the workers for a few adapter states at a time: asking for all at once queued hundreds of
- * exports ahead of the cycles' forwards and updates.
+ * fn over items with at most `window` calls pending at once. A checkpoint asks the workers for a
+ * few adapter states at a time: asking for all at once queued hundreds of exports ahead of the
+ * cycles' forwards and updates.
  */
-async function gatherInWindows<T, R>(items: readonly T[], window: number, fn: (item: T, index: number) => R | Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
+async function inWindows<T>(items: readonly T[], window: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
   let next = 0;
   const lane = async (): Promise<void> => {
     while (next < items.length) {
       const i = next++;
-      out[i] = await fn(items[i], i);
+      await fn(items[i], i);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(window, items.length)) }, lane));
-  return out;
 }
